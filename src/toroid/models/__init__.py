@@ -1,0 +1,21 @@
+"""Built-in classifiers as plain torch.nn modules, each carrying the config that rebuilds it."""
+
+from toroid.models.build import BUILDERS, build
+from toroid.models.config import attach_config, model_config
+from toroid.models.lenet import lenet5
+from toroid.models.mlp import mlp
+from toroid.models.resnet import BasicBlock, ResNet, resnet
+from toroid.models.vgg import vgg
+
+__all__ = [
+    "BUILDERS",
+    "BasicBlock",
+    "ResNet",
+    "attach_config",
+    "build",
+    "lenet5",
+    "mlp",
+    "model_config",
+    "resnet",
+    "vgg",
+]

@@ -1,0 +1,35 @@
+"""`build(config)`: the model that a config (as carried by every built-in model) describes."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from torch import nn
+
+from toroid.errors import InvalidArgumentError
+from toroid.models.lenet import lenet5
+from toroid.models.mlp import mlp
+from toroid.models.resnet import resnet
+from toroid.models.vgg import vgg
+
+BUILDERS: dict[str, Callable[..., nn.Module]] = {
+    "mlp": mlp,
+    "lenet5": lenet5,
+    "vgg": vgg,
+    "resnet": resnet,
+}
+
+
+def build(config: Mapping[str, Any]) -> nn.Module:
+    """A freshly initialized model from `{"name": ..., **arguments}`."""
+    name = config.get("name")
+    if name not in BUILDERS:
+        raise InvalidArgumentError(
+            f"unknown model {name!r}; valid: {', '.join(BUILDERS)}"
+        )
+    arguments = {k: v for k, v in config.items() if k != "name"}
+    try:
+        return BUILDERS[name](**arguments)
+    except TypeError as exc:
+        raise InvalidArgumentError(f"bad arguments for model {name!r}: {exc}") from exc

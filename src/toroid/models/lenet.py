@@ -1,0 +1,63 @@
+"""LeNet-5: two conv/pool stages and three fully connected layers."""
+
+from __future__ import annotations
+
+from torch import nn
+
+from toroid.errors import InvalidArgumentError
+from toroid.models.config import attach_config, check_choice, check_positive
+from toroid.models.mlp import ACTIVATIONS, Activation, activation_module
+
+
+def lenet5(
+    *,
+    in_channels: int = 1,
+    num_classes: int = 10,
+    input_size: int = 28,
+    batchnorm: bool = True,
+    activation: Activation = "relu",
+) -> nn.Sequential:
+    """conv5x5(6) -> pool -> conv5x5(16) -> pool -> fc120 -> fc84 -> fc(num_classes), with
+    BatchNorm after every hidden layer by default. 28x28 inputs are padded by 2 as in the
+    original 32x32 design; any input_size >= 28 works."""
+    check_positive("in_channels", in_channels)
+    check_positive("num_classes", num_classes)
+    check_choice("activation", activation, tuple(ACTIVATIONS))
+    if input_size < 28:
+        raise InvalidArgumentError(f"lenet5 needs input_size >= 28, got {input_size}")
+    pad = 2 if input_size < 32 else 0
+    side = ((input_size + 2 * pad - 4) // 2 - 4) // 2
+    bias = not batchnorm
+
+    def norm(kind: type[nn.Module], n: int) -> list[nn.Module]:
+        return [kind(n)] if batchnorm else []
+
+    layers: list[nn.Module] = [
+        nn.Conv2d(in_channels, 6, 5, padding=pad, bias=bias),
+        *norm(nn.BatchNorm2d, 6),
+        activation_module(activation),
+        nn.MaxPool2d(2),
+        nn.Conv2d(6, 16, 5, bias=bias),
+        *norm(nn.BatchNorm2d, 16),
+        activation_module(activation),
+        nn.MaxPool2d(2),
+        nn.Flatten(),
+        nn.Linear(16 * side * side, 120, bias=bias),
+        *norm(nn.BatchNorm1d, 120),
+        activation_module(activation),
+        nn.Linear(120, 84, bias=bias),
+        *norm(nn.BatchNorm1d, 84),
+        activation_module(activation),
+        nn.Linear(84, num_classes),
+    ]
+    return attach_config(  # type: ignore[return-value]
+        nn.Sequential(*layers),
+        {
+            "name": "lenet5",
+            "in_channels": in_channels,
+            "num_classes": num_classes,
+            "input_size": input_size,
+            "batchnorm": batchnorm,
+            "activation": activation,
+        },
+    )

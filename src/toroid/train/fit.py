@@ -1,0 +1,334 @@
+"""`fit`: train a copy of a model on in-memory data, deterministically and resumably."""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import math
+import time
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from toroid import progress as progress_helper
+from toroid.data.batches import iterate_batches, random_crop_flip
+from toroid.data.tensordata import DataLike, Split, TensorData, as_tensor_data
+from toroid.errors import (
+    InvalidArgumentError,
+    ResumeMismatchError,
+    TrainingDivergedError,
+)
+from toroid.evaluate import Metrics, evaluate
+from toroid.models.config import CONFIG_ATTRIBUTE
+from toroid.optim.registry import make_optimizer, resolve_optimizer
+from toroid.storage import flatten_state, has_bundle, read_bundle, unflatten_state, write_bundle
+from toroid.train.closure import Batch, BatchClosure
+from toroid.train.schedules import Schedule, check_schedule, lr_factor
+
+_STATE_STEM = "train-state"
+# Eval-mode training error is checked for zero only once the running error is this low.
+_ZERO_CHECK_BELOW = 0.01
+
+
+@dataclass(frozen=True)
+class EpochRecord:
+    """One epoch: running (train-mode, as the minibatches were seen) loss and error, the
+    eval-mode training error when it was checked, time, and cumulative gradient evaluations."""
+
+    epoch: int
+    lr: float
+    train_loss: float
+    train_error: float
+    eval_train_error: float | None
+    seconds: float
+    grad_evals: int
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    """A trained model (a new object; the input model is untouched) and how it got there.
+    Final metrics are eval-mode, on the un-augmented training and test sets."""
+
+    model: nn.Module
+    history: tuple[EpochRecord, ...]
+    train: Metrics
+    test: Metrics | None
+    epochs: int
+    reached_zero_train_error: bool
+    wall_time: float
+    grad_evals: int
+    optimizer: Mapping[str, Any]
+    seed: int
+
+    @property
+    def train_error(self) -> float:
+        return self.train.error
+
+    @property
+    def test_error(self) -> float | None:
+        return None if self.test is None else self.test.error
+
+
+def derive_seed(seed: int, purpose: str) -> int:
+    """Independent seeds for independent random streams of one run."""
+    digest = hashlib.sha256(f"{seed}:{purpose}".encode()).digest()
+    return int.from_bytes(digest[:8], "little") & 0x7FFF_FFFF_FFFF_FFFF
+
+
+def _split_parts(split: Split | DataLike) -> tuple[TensorData, TensorData | None]:
+    if isinstance(split, Split):
+        return split.train, split.test
+    return as_tensor_data(split), None
+
+
+def _fingerprint(settings: Mapping[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def _rng_devices(device: torch.device) -> list[torch.device]:
+    return [device] if device.type == "cuda" else []
+
+
+def fit(
+    model: nn.Module,
+    split: Split | DataLike,
+    *,
+    optimizer: str | Mapping[str, Any] = "sgd",
+    epochs: int,
+    batch_size: int = 128,
+    schedule: Schedule = "constant",
+    weight_decay: float | None = None,
+    seed: int = 0,
+    device: str | torch.device = "cpu",
+    stop_at_zero_train_error: bool = True,
+    augment: bool = False,
+    progress: bool = True,
+    checkpoint_dir: str | Path | None = None,
+    resume: bool = False,
+    eval_batch_size: int = 1000,
+    on_epoch_end: Callable[[EpochRecord], None] | None = None,
+) -> TrainResult:
+    """Train a copy of `model` with cross-entropy on `split.train` (a `Split`, or training
+    data alone as a `TensorData` or `(x, y)`).
+
+    `optimizer` is a registered name or a config such as `{"name": "sgd", "lr": 0.05}`;
+    `weight_decay`, when given, overrides the config's. The learning rate follows
+    `schedule` per step. With `stop_at_zero_train_error`, training stops at the end of the
+    first epoch whose eval-mode error on the whole (un-augmented) training set is zero.
+    With `checkpoint_dir`, the full training state is saved atomically after every epoch;
+    `resume=True` continues from it and ends with the same weights as an uninterrupted
+    run. Same seed, same machine: bit-identical weights. Progress goes through
+    `toroid.progress` (shown when the CLI or the user enabled it).
+    """
+    if epochs <= 0:
+        raise InvalidArgumentError(f"epochs must be positive, got {epochs}")
+    if batch_size <= 0:
+        raise InvalidArgumentError(f"batch_size must be positive, got {batch_size}")
+    check_schedule(schedule)
+    if weight_decay is not None and weight_decay < 0:
+        raise InvalidArgumentError(f"weight_decay must be >= 0, got {weight_decay}")
+    train_data, test_data = _split_parts(split)
+    if len(train_data) == 0:
+        raise InvalidArgumentError("the training set is empty")
+    if augment and train_data.x.dim() != 4:
+        raise InvalidArgumentError(
+            f"augment=True needs image inputs (N, C, H, W), got shape {tuple(train_data.x.shape)}"
+        )
+    dev = torch.device(device)
+    opt_config = resolve_optimizer(optimizer, weight_decay=weight_decay)
+    state_dir = Path(checkpoint_dir) if checkpoint_dir is not None else None
+    settings = {
+        "model": getattr(model, CONFIG_ATTRIBUTE, type(model).__name__),
+        "optimizer": opt_config,
+        "epochs": epochs,
+        "batch_size": batch_size,
+        "schedule": schedule,
+        "seed": seed,
+        "augment": augment,
+        "stop_at_zero_train_error": stop_at_zero_train_error,
+        "train_size": len(train_data),
+        "train_shape": list(train_data.x.shape[1:]),
+    }
+    fingerprint = _fingerprint(settings)
+
+    net = copy.deepcopy(model).to(dev)
+    train_data = train_data.to(dev)
+    opt = make_optimizer(opt_config, net.parameters())
+    batch_gen = torch.Generator().manual_seed(derive_seed(seed, "batches"))
+    augment_gen = torch.Generator().manual_seed(derive_seed(seed, "augment"))
+    steps_per_epoch = math.ceil(len(train_data) / batch_size)
+    total_steps = steps_per_epoch * epochs
+
+    history: list[EpochRecord] = []
+    start_epoch, step, grad_evals_before, elapsed_before = 0, 0, 0, 0.0
+    finished = False
+    with torch.random.fork_rng(devices=_rng_devices(dev)):
+        torch.manual_seed(derive_seed(seed, "global"))
+        if state_dir is not None and has_bundle(state_dir, _STATE_STEM):
+            if not resume:
+                raise InvalidArgumentError(
+                    f"{state_dir} already holds training state; pass resume=True to continue "
+                    "it, or choose another checkpoint_dir"
+                )
+            restored = _restore(state_dir, fingerprint, net, opt, batch_gen, augment_gen, dev)
+            start_epoch, step, grad_evals_before, elapsed_before, finished, history = restored
+
+        def epoch_batches() -> Iterator[Batch]:
+            for x, y in iterate_batches(train_data, batch_size=batch_size, generator=batch_gen):
+                if augment:
+                    x = random_crop_flip(x, generator=augment_gen)
+                yield x, y
+
+        closure = BatchClosure(net, iter(()), epoch_batches)
+        base_lrs = [group["lr"] for group in opt.param_groups]
+        started = time.perf_counter()
+        with progress_helper.task(
+            f"train {opt_config['name']}", epochs, enabled=progress
+        ) as reporter:
+            reporter.advance(start_epoch)
+            for epoch in range(start_epoch, epochs):
+                if finished:
+                    break
+                epoch_started = time.perf_counter()
+                net.train()
+                closure.reset_statistics()
+                closure._batches = epoch_batches()
+                lr = base_lrs[0]
+                while closure.has_next():
+                    factor = lr_factor(schedule, step, total_steps)
+                    for group, base in zip(opt.param_groups, base_lrs, strict=True):
+                        group["lr"] = base * factor
+                    lr = base_lrs[0] * factor
+                    closure.next_batch()
+                    loss = opt.step(closure)
+                    if loss is None or not bool(torch.isfinite(loss)):
+                        where = f" (last good state in {state_dir})" if state_dir is not None else ""
+                        raise TrainingDivergedError(
+                            f"training loss became {float(loss) if loss is not None else None} "
+                            f"at epoch {epoch + 1}, step {step + 1}, lr {lr:g}{where}; "
+                            "lower the learning rate"
+                        )
+                    step += 1
+                running_error = int(closure.wrong) / closure.seen
+                eval_error = None
+                if stop_at_zero_train_error and running_error <= _ZERO_CHECK_BELOW:
+                    eval_error = evaluate(net, train_data, batch_size=eval_batch_size).error
+                    finished = eval_error == 0.0
+                record = EpochRecord(
+                    epoch=epoch + 1,
+                    lr=lr,
+                    train_loss=float(closure.loss_sum) / closure.seen,
+                    train_error=running_error,
+                    eval_train_error=eval_error,
+                    seconds=time.perf_counter() - epoch_started,
+                    grad_evals=grad_evals_before + closure.grad_evals,
+                )
+                history.append(record)
+                finished = finished or epoch + 1 == epochs
+                if state_dir is not None:
+                    _save_state(
+                        state_dir, fingerprint, settings, net, opt, batch_gen, augment_gen,
+                        epoch + 1, step, record.grad_evals,
+                        elapsed_before + time.perf_counter() - started, finished, history,
+                    )
+                reporter.advance(
+                    1, loss=f"{record.train_loss:.4f}", error=f"{record.train_error:.4f}"
+                )
+                if on_epoch_end is not None:
+                    on_epoch_end(record)
+        wall_time = elapsed_before + time.perf_counter() - started
+
+    train_metrics = evaluate(net, train_data, batch_size=eval_batch_size)
+    test_metrics = (
+        evaluate(net, test_data.to(dev), batch_size=eval_batch_size)
+        if test_data is not None and len(test_data)
+        else None
+    )
+    net.eval()
+    return TrainResult(
+        model=net,
+        history=tuple(history),
+        train=train_metrics,
+        test=test_metrics,
+        epochs=len(history),
+        reached_zero_train_error=train_metrics.error == 0.0,
+        wall_time=wall_time,
+        grad_evals=history[-1].grad_evals if history else 0,
+        optimizer=opt_config,
+        seed=seed,
+    )
+
+
+def _save_state(
+    state_dir: Path,
+    fingerprint: str,
+    settings: Mapping[str, Any],
+    net: nn.Module,
+    opt: torch.optim.Optimizer,
+    batch_gen: torch.Generator,
+    augment_gen: torch.Generator,
+    epoch: int,
+    step: int,
+    grad_evals: int,
+    elapsed: float,
+    finished: bool,
+    history: list[EpochRecord],
+) -> None:
+    tensors: dict[str, torch.Tensor] = {f"model/{k}": v for k, v in net.state_dict().items()}
+    optimizer_skeleton = flatten_state(opt.state_dict(), "optimizer", tensors)
+    tensors["rng/batches"] = batch_gen.get_state()
+    tensors["rng/augment"] = augment_gen.get_state()
+    tensors["rng/cpu"] = torch.get_rng_state()
+    if torch.cuda.is_available() and any(t.is_cuda for t in net.parameters()):
+        tensors["rng/cuda"] = torch.cuda.get_rng_state()
+    meta = {
+        "fingerprint": fingerprint,
+        "settings": settings,
+        "epoch": epoch,
+        "step": step,
+        "grad_evals": grad_evals,
+        "elapsed": elapsed,
+        "finished": finished,
+        "history": [asdict(r) for r in history],
+        "optimizer": optimizer_skeleton,
+    }
+    write_bundle(state_dir, _STATE_STEM, tensors, meta)
+
+
+def _restore(
+    state_dir: Path,
+    fingerprint: str,
+    net: nn.Module,
+    opt: torch.optim.Optimizer,
+    batch_gen: torch.Generator,
+    augment_gen: torch.Generator,
+    device: torch.device,
+) -> tuple[int, int, int, float, bool, list[EpochRecord]]:
+    tensors, meta = read_bundle(state_dir, _STATE_STEM)
+    if meta.get("fingerprint") != fingerprint:
+        raise ResumeMismatchError(
+            f"{state_dir} holds training state for other settings ({meta.get('settings')}); "
+            "resume with the same model, data size, optimizer, epochs, batch size, schedule "
+            "and seed, or use another checkpoint_dir"
+        )
+    net.load_state_dict({k[len("model/"):]: v for k, v in tensors.items() if k.startswith("model/")})
+    opt.load_state_dict(unflatten_state(meta["optimizer"], tensors))
+    batch_gen.set_state(tensors["rng/batches"])
+    augment_gen.set_state(tensors["rng/augment"])
+    torch.set_rng_state(tensors["rng/cpu"])
+    if "rng/cuda" in tensors and device.type == "cuda":
+        torch.cuda.set_rng_state(tensors["rng/cuda"], device)
+    history = [EpochRecord(**r) for r in meta["history"]]
+    return (
+        int(meta["epoch"]),
+        int(meta["step"]),
+        int(meta["grad_evals"]),
+        float(meta["elapsed"]),
+        bool(meta["finished"]),
+        history,
+    )
