@@ -1,4 +1,4 @@
-"""Model checkpoints: a directory with `meta.json` and its safetensors weights.
+"""Model checkpoints: a directory with `model.json` (metadata) and its safetensors weights.
 
 The model is rebuilt from the config in the metadata; nothing is ever unpickled.
 """
@@ -19,7 +19,7 @@ from toroid.storage import read_bundle, write_bundle
 
 FORMAT = "toroid-checkpoint"
 FORMAT_VERSION = 1
-_STEM = "meta"
+_STEM = "model"
 
 
 def git_commit() -> str | None:
@@ -72,10 +72,10 @@ def load(path: str | Path, *, device: str = "cpu") -> tuple[nn.Module, dict[str,
     """The model rebuilt from the checkpoint at `path` (in eval mode), and its metadata."""
     directory = Path(path)
     if not directory.is_dir():
-        raise CheckpointError(f"checkpoint {directory} not found (expected a directory with meta.json)")
+        raise CheckpointError(f"checkpoint {directory} not found (expected a directory with model.json)")
     tensors, meta = read_bundle(directory, _STEM)
     if meta.get("format") != FORMAT:
-        raise CheckpointError(f"{directory / 'meta.json'} is not a {FORMAT} (format {meta.get('format')!r})")
+        raise CheckpointError(f"{directory / 'model.json'} is not a {FORMAT} (format {meta.get('format')!r})")
     if int(meta.get("format_version", 0)) > FORMAT_VERSION:
         raise CheckpointError(
             f"{directory} has format version {meta['format_version']}; this toroid reads up to "
@@ -100,7 +100,7 @@ def load(path: str | Path, *, device: str = "cpu") -> tuple[nn.Module, dict[str,
                 "wrong shape "
                 + ", ".join(f"{k} {tuple(tensors[k].shape)} != {tuple(expected[k].shape)}" for k in wrong[:5])
             )
-        raise CheckpointError(f"{directory}: weights do not match the model in meta.json: {'; '.join(details)}")
+        raise CheckpointError(f"{directory}: weights do not match the model in model.json: {'; '.join(details)}")
     float_dtypes = {t.dtype for t in tensors.values() if t.is_floating_point()}
     if len(float_dtypes) == 1:
         model = model.to(float_dtypes.pop())

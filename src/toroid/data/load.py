@@ -15,6 +15,17 @@ from toroid.data.tensordata import Split, TensorData
 from toroid.errors import InvalidArgumentError
 
 DATASETS: tuple[str, ...] = tuple(READERS)
+# Full (train, test) sizes, before subsetting; synthetic's are its defaults.
+DATASET_SIZES: dict[str, tuple[int, int]] = {
+    "fashion-mnist": (60000, 10000),
+    "mnist": (60000, 10000),
+    "mnist-5k": (4000, 1000),
+    "mnist1d": (4000, 1000),
+    "digits": (1442, 355),
+    "cifar10": (50000, 10000),
+    "cifar100": (50000, 10000),
+    "synthetic": (512, 512),
+}
 
 
 def _check_name(name: str) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import Any
 
+import torch
 from torch import nn
 
 from toroid.errors import InvalidArgumentError
@@ -21,8 +22,9 @@ BUILDERS: dict[str, Callable[..., nn.Module]] = {
 }
 
 
-def build(config: Mapping[str, Any]) -> nn.Module:
-    """A freshly initialized model from `{"name": ..., **arguments}`."""
+def build(config: Mapping[str, Any], *, seed: int | None = None) -> nn.Module:
+    """A freshly initialized model from `{"name": ..., **arguments}`; with `seed`, the
+    initialization is drawn from that seed without touching the global generator."""
     name = config.get("name")
     if name not in BUILDERS:
         raise InvalidArgumentError(
@@ -30,6 +32,10 @@ def build(config: Mapping[str, Any]) -> nn.Module:
         )
     arguments = {k: v for k, v in config.items() if k != "name"}
     try:
-        return BUILDERS[name](**arguments)
+        if seed is None:
+            return BUILDERS[name](**arguments)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            return BUILDERS[name](**arguments)
     except TypeError as exc:
         raise InvalidArgumentError(f"bad arguments for model {name!r}: {exc}") from exc

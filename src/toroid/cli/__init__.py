@@ -1,0 +1,11 @@
+"""Command-line interface: thin typer commands over the library."""
+
+from toroid.cli import commands as _commands  # noqa: F401  (registers the commands)
+from toroid.cli.app import app
+
+
+def main() -> None:
+    app()
+
+
+__all__ = ["app", "main"]

@@ -1,0 +1,214 @@
+"""`toroid train`, `toroid info`, `toroid datasets`: thin commands over the library."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from toroid import __version__, checkpoint, progress
+from toroid.cli.app import app
+from toroid.data import DATASET_SIZES, DATASETS, dataset_status, load
+from toroid.errors import InvalidArgumentError
+from toroid.evaluate import evaluate
+from toroid.models import BUILDERS, build
+from toroid.optim import optimizer_names, resolve_optimizer
+from toroid.train import SCHEDULES, derive_seed, fit
+
+console = Console()
+
+
+def _choice(label: str, value: str, valid: tuple[str, ...]) -> str:
+    if value not in valid:
+        raise InvalidArgumentError(f"{label} must be one of {', '.join(valid)}, got {value!r}")
+    return value
+
+
+def _parse_widths(text: str) -> list[int]:
+    try:
+        widths = [int(w) for w in text.split(",") if w.strip()]
+    except ValueError as exc:
+        raise InvalidArgumentError(
+            f"--widths must be comma-separated integers such as 500,500, got {text!r}"
+        ) from exc
+    if not widths or any(w <= 0 for w in widths):
+        raise InvalidArgumentError(f"--widths must be positive integers, got {text!r}")
+    return widths
+
+
+def model_config_for(
+    name: str, input_shape: tuple[int, ...], num_classes: int, *, widths: list[int],
+    depth: int | None, width: float, batchnorm: bool, activation: str,
+) -> dict[str, Any]:
+    """The config of model `name` sized for a dataset's inputs and classes."""
+    if name == "mlp":
+        return {
+            "name": "mlp", "in_features": math.prod(input_shape), "widths": widths,
+            "num_classes": num_classes, "batchnorm": batchnorm, "activation": activation,
+        }
+    if len(input_shape) != 3:
+        raise InvalidArgumentError(
+            f"model {name!r} needs image inputs (C, H, W); this dataset has shape {input_shape}"
+        )
+    channels = input_shape[0]
+    if name == "lenet5":
+        return {
+            "name": "lenet5", "in_channels": channels, "num_classes": num_classes,
+            "input_size": input_shape[-1], "batchnorm": batchnorm, "activation": activation,
+        }
+    if name == "vgg":
+        return {
+            "name": "vgg", "depth": depth or 11, "width": width, "in_channels": channels,
+            "num_classes": num_classes, "batchnorm": batchnorm,
+        }
+    if width != int(width):
+        raise InvalidArgumentError(f"resnet --width must be a whole number, got {width}")
+    return {
+        "name": "resnet", "depth": depth or 20, "width": int(width), "in_channels": channels,
+        "num_classes": num_classes,
+    }
+
+
+@app.command()
+def train(
+    out: Annotated[Path, typer.Option(help="Checkpoint directory to write (and resume from).")],
+    model: Annotated[str, typer.Option(help=f"One of {', '.join(BUILDERS)}.")] = "mlp",
+    dataset: Annotated[str, typer.Option(help=f"One of {', '.join(DATASETS)}.")] = "fashion-mnist",
+    data_root: Annotated[Path | None, typer.Option(help="Directory holding the dataset files.")] = None,
+    train_size: Annotated[int | None, typer.Option(help="Class-balanced training subset.")] = None,
+    test_size: Annotated[int | None, typer.Option(help="Class-balanced test subset.")] = None,
+    widths: Annotated[str, typer.Option(help="MLP hidden widths, comma-separated.")] = "500,500",
+    depth: Annotated[int | None, typer.Option(help="VGG (11/13/16) or ResNet (20/32/18) depth.")] = None,
+    width: Annotated[float, typer.Option(help="Channel multiplier of VGG / ResNet.")] = 1.0,
+    batchnorm: Annotated[bool, typer.Option(help="BatchNorm after hidden layers.")] = True,
+    activation: Annotated[str, typer.Option(help="relu or tanh (MLP, LeNet-5).")] = "relu",
+    optimizer: Annotated[str, typer.Option(help=f"One of {', '.join(optimizer_names())}.")] = "sgd",
+    lr: Annotated[float | None, typer.Option(help="Learning rate (default: the optimizer's).")] = None,
+    momentum: Annotated[float | None, typer.Option(help="SGD momentum.")] = None,
+    weight_decay: Annotated[float | None, typer.Option(help="Weight decay.")] = None,
+    batch_size: Annotated[int, typer.Option(help="Minibatch size.")] = 128,
+    epochs: Annotated[int, typer.Option(help="Maximum number of epochs.")] = 30,
+    schedule: Annotated[str, typer.Option(help=f"One of {', '.join(SCHEDULES)}.")] = "cosine",
+    stop_at_zero: Annotated[bool, typer.Option(help="Stop at zero training error.")] = True,
+    augment: Annotated[bool, typer.Option(help="Random crops and flips (images).")] = False,
+    seed: Annotated[int, typer.Option(help="Seed of data subset, initialization and order.")] = 0,
+    device: Annotated[str, typer.Option(help="cpu, cuda, cuda:1, ...")] = "cpu",
+    resume: Annotated[bool, typer.Option(help="Continue the training state in OUT.")] = False,
+    quiet: Annotated[bool, typer.Option(help="No progress bar.")] = False,
+) -> None:
+    """Train a minimizer and save it as a checkpoint directory."""
+    _choice("--model", model, tuple(BUILDERS))
+    _choice("--dataset", dataset, DATASETS)
+    _choice("--activation", activation, ("relu", "tanh"))
+    _choice("--schedule", schedule, SCHEDULES)
+    opt_config = resolve_optimizer(optimizer, lr=lr, momentum=momentum, weight_decay=weight_decay)
+    split = load(dataset, root=data_root, train_size=train_size, test_size=test_size, seed=seed)
+    config = model_config_for(
+        model, split.input_shape, split.num_classes, widths=_parse_widths(widths), depth=depth,
+        width=width, batchnorm=batchnorm, activation=activation,
+    )
+    net = build(config, seed=derive_seed(seed, "init"))
+    progress.enable(not quiet)
+    result = fit(
+        net, split, optimizer=opt_config, epochs=epochs, batch_size=batch_size,
+        schedule=schedule,  # type: ignore[arg-type]
+        seed=seed, device=device, stop_at_zero_train_error=stop_at_zero, augment=augment,
+        checkpoint_dir=out, resume=resume,
+    )
+    data_meta = {
+        "name": dataset, "train_size": train_size, "test_size": test_size, "seed": seed,
+        "root": str(data_root) if data_root is not None else None,
+        "input_shape": list(split.input_shape), "num_classes": split.num_classes,
+        "normalization": split.meta["normalization"],
+    }
+    metrics = {
+        "train_error": result.train.error, "train_loss": result.train.loss,
+        "test_error": result.test_error,
+        "test_loss": None if result.test is None else result.test.loss,
+    }
+    checkpoint.save(result.model, out, meta={
+        "data": data_meta, "optimizer": dict(result.optimizer), "seed": seed,
+        "training": {
+            "epochs": result.epochs, "max_epochs": epochs, "batch_size": batch_size,
+            "schedule": schedule, "augment": augment, "wall_time": result.wall_time,
+            "grad_evals": result.grad_evals,
+            "reached_zero_train_error": result.reached_zero_train_error,
+        },
+        "metrics": metrics,
+        "history": [asdict(r) for r in result.history],
+    })
+    test = "n/a" if result.test_error is None else f"{result.test_error:.4f}"
+    console.print(
+        f"train error {result.train_error:.4f}  test error {test}  "
+        f"epochs {result.epochs}  time {result.wall_time:.1f} s  -> {out}"
+    )
+    if not result.reached_zero_train_error:
+        console.print("[yellow]note: training error did not reach zero; raise --epochs or tune --lr[/]")
+
+
+@app.command()
+def info(
+    ckpt: Annotated[Path, typer.Argument(help="Checkpoint directory.")],
+    recompute: Annotated[bool, typer.Option(help="Reload the data and recompute errors.")] = True,
+) -> None:
+    """Show a checkpoint's metadata and its recomputed train/test error."""
+    net, meta = checkpoint.load(ckpt)
+    table = Table(show_header=False, box=None)
+    table.add_row("model", str(meta.get("model")))
+    table.add_row("parameters", f"{sum(p.numel() for p in net.parameters()):,}")
+    for key in ("data", "optimizer", "seed", "training", "metrics"):
+        if key in meta:
+            table.add_row(key, str(meta[key]))
+    table.add_row("toroid", f"{meta.get('toroid_version')} (commit {meta.get('git_commit')})")
+    table.add_row("saved", str(meta.get("saved_at")))
+    console.print(table)
+    data = meta.get("data")
+    if not recompute or not isinstance(data, dict):
+        return
+    split = load(
+        data["name"], root=data.get("root"), train_size=data.get("train_size"),
+        test_size=data.get("test_size"), seed=int(data.get("seed", 0)),
+    )
+    train_m, test_m = evaluate(net, split.train), evaluate(net, split.test)
+    console.print(
+        f"recomputed: train error {train_m.error:.4f} (loss {train_m.loss:.4f})  "
+        f"test error {test_m.error:.4f} (loss {test_m.loss:.4f})"
+    )
+
+
+@app.command()
+def datasets(
+    root: Annotated[Path | None, typer.Option(help="Also look in this directory.")] = None,
+) -> None:
+    """List the datasets, whether each is available here, and their sizes.
+
+    File-based sets are looked up in --root, then $TOROID_DATA/<name>, then the system
+    location (/usr/share/datasets/<name>)."""
+    table = Table("name", "available", "train", "test", "where")
+    for name in DATASETS:
+        status = dataset_status(name, root=root)
+        n_train, n_test = DATASET_SIZES[name]
+        table.add_row(
+            name, "yes" if status.available else "no", f"{n_train:,}", f"{n_test:,}", status.where
+        )
+    console.print(table)
+
+
+def _version(value: bool) -> None:
+    if value:
+        console.print(f"toroid {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def root_options(
+    version: Annotated[
+        bool, typer.Option("--version", callback=_version, is_eager=True, help="Show the version.")
+    ] = False,
+) -> None:
+    """toroid: the loss landscape of deep classifiers with all parameter symmetries removed."""
