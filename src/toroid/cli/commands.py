@@ -145,7 +145,8 @@ def train(
     test = "n/a" if result.test_error is None else f"{result.test_error:.4f}"
     console.print(
         f"train error {result.train_error:.4f}  test error {test}  "
-        f"epochs {result.epochs}  time {result.wall_time:.1f} s  -> {out}"
+        f"epochs {result.epochs}  time {result.wall_time:.1f} s  -> {out}",
+        soft_wrap=True,
     )
     if not result.reached_zero_train_error:
         console.print("[yellow]note: training error did not reach zero; raise --epochs or tune --lr[/]")

@@ -164,6 +164,8 @@ def fit(
     steps_per_epoch = math.ceil(len(train_data) / batch_size)
     total_steps = steps_per_epoch * epochs
 
+    # Captured before any restore: a restored optimizer carries the last scheduled rate.
+    base_lrs = [group["lr"] for group in opt.param_groups]
     history: list[EpochRecord] = []
     start_epoch, step, grad_evals_before, elapsed_before = 0, 0, 0, 0.0
     finished = False
@@ -185,7 +187,6 @@ def fit(
                 yield x, y
 
         closure = BatchClosure(net, iter(()), epoch_batches)
-        base_lrs = [group["lr"] for group in opt.param_groups]
         started = time.perf_counter()
         with progress_helper.task(
             f"train {opt_config['name']}", epochs, enabled=progress

@@ -1,0 +1,190 @@
+"""The trainer: zero training error, determinism, resume equivalence, divergence, protocol."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from toroid.data import Split, load
+from toroid.errors import InvalidArgumentError, ResumeMismatchError, TrainingDivergedError
+from toroid.models import build, mlp
+from toroid.optim import make_optimizer, optimizer_names, resolve_optimizer
+from toroid.storage import read_bundle
+from toroid.train import EpochRecord, fit, lr_factor
+from toroid.train.closure import BatchClosure
+
+
+@pytest.fixture(scope="module")
+def small() -> Split:
+    return load("synthetic", input_shape=(12,), num_classes=3, train_samples=240,
+                test_samples=120, seed=0)
+
+
+def small_mlp(split: Split, seed: int = 0) -> torch.nn.Module:
+    return build({"name": "mlp", "in_features": 12, "widths": [32], "num_classes": 3}, seed=seed)
+
+
+def same_weights(a: torch.nn.Module, b: torch.nn.Module) -> bool:
+    sa, sb = a.state_dict(), b.state_dict()
+    return sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
+
+
+def test_reaches_zero_training_error_and_stops(small: Split) -> None:
+    result = fit(small_mlp(small), small, optimizer={"name": "sgd", "lr": 0.1}, epochs=60,
+                 batch_size=32, progress=False)
+    assert result.reached_zero_train_error and result.train.error == 0.0
+    assert result.epochs < 60 and result.history[-1].eval_train_error == 0.0
+    assert result.test is not None and result.test.n == 120
+    assert result.grad_evals == result.epochs * 8  # 240 / 32 -> 8 steps per epoch
+
+
+@pytest.mark.parametrize("optimizer", ["sgd", "adam", "adamw"])
+def test_every_registered_optimizer_trains(small: Split, optimizer: str) -> None:
+    result = fit(small_mlp(small), small, optimizer=optimizer, epochs=40, batch_size=32,
+                 schedule="cosine", progress=False)
+    assert result.reached_zero_train_error, (optimizer, result.train)
+
+
+def test_input_model_is_untouched(small: Split) -> None:
+    model = small_mlp(small)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    result = fit(model, small, epochs=2, progress=False)
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    assert result.model is not model and not same_weights(result.model, model)
+
+
+def test_same_seed_bit_identical_other_seed_differs(small: Split) -> None:
+    runs = [fit(small_mlp(small), small, epochs=3, seed=s, progress=False,
+                stop_at_zero_train_error=False) for s in (5, 5, 6)]
+    assert same_weights(runs[0].model, runs[1].model)
+    assert not same_weights(runs[0].model, runs[2].model)
+
+
+class SimulatedInterruptError(Exception):
+    pass
+
+
+@pytest.mark.parametrize(("schedule", "augment"), [("cosine", False), ("step", True)])
+def test_resume_equals_uninterrupted(tmp_path: Path, schedule: str, augment: bool) -> None:
+    split = load("synthetic", input_shape=(1, 8, 8), num_classes=3, train_samples=96,
+                 test_samples=30, seed=1)
+    model = mlp(64, [16], 3)
+    kwargs = dict(optimizer="adam", epochs=6, batch_size=16, schedule=schedule, seed=3,
+                  augment=augment, stop_at_zero_train_error=False, progress=False)
+    full = fit(model, split, **kwargs)  # type: ignore[arg-type]
+
+    def stop_after_three(record: EpochRecord) -> None:
+        if record.epoch == 3:
+            raise SimulatedInterruptError
+
+    with pytest.raises(SimulatedInterruptError):
+        fit(model, split, checkpoint_dir=tmp_path, on_epoch_end=stop_after_three, **kwargs)  # type: ignore[arg-type]
+    resumed = fit(model, split, checkpoint_dir=tmp_path, resume=True, **kwargs)  # type: ignore[arg-type]
+    assert same_weights(full.model, resumed.model)
+    assert [r.train_loss for r in resumed.history] == [r.train_loss for r in full.history]
+    assert resumed.grad_evals == full.grad_evals
+    # finished state: resuming again trains nothing and returns the same model
+    again = fit(model, split, checkpoint_dir=tmp_path, resume=True, **kwargs)  # type: ignore[arg-type]
+    assert same_weights(full.model, again.model) and again.epochs == 6
+
+
+def test_resume_guards(tmp_path: Path, small: Split) -> None:
+    fit(small_mlp(small), small, epochs=1, checkpoint_dir=tmp_path, progress=False)
+    with pytest.raises(InvalidArgumentError, match="resume=True"):
+        fit(small_mlp(small), small, epochs=1, checkpoint_dir=tmp_path, progress=False)
+    with pytest.raises(ResumeMismatchError, match="other settings"):
+        fit(small_mlp(small), small, epochs=1, batch_size=7, checkpoint_dir=tmp_path,
+            resume=True, progress=False)
+
+
+class NanAfter(torch.nn.Module):
+    """Passes its input through, then returns NaN from the `calls`-th training forward on."""
+
+    def __init__(self, calls: int) -> None:
+        super().__init__()
+        self.calls = calls
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.training:
+            self.calls -= 1
+        return x * float("nan") if self.calls < 0 else x
+
+
+def test_divergence_raises_and_keeps_last_good_state(tmp_path: Path, small: Split) -> None:
+    model = torch.nn.Sequential(small_mlp(small), NanAfter(10))  # 8 steps per epoch
+    with pytest.raises(TrainingDivergedError, match="epoch 2, step 11") as info:
+        fit(model, small, epochs=3, batch_size=32, checkpoint_dir=tmp_path,
+            stop_at_zero_train_error=False, progress=False)
+    assert str(tmp_path) in str(info.value)
+    tensors, meta = read_bundle(tmp_path, "train-state")
+    assert meta["epoch"] == 1
+    assert all(torch.isfinite(v).all() for k, v in tensors.items() if k.startswith("model/"))
+
+
+def test_huge_learning_rate_diverges(small: Split) -> None:
+    model = build({"name": "mlp", "in_features": 12, "widths": [32], "num_classes": 3,
+                   "batchnorm": False}, seed=0)
+    with pytest.raises(TrainingDivergedError, match="lower the learning rate"):
+        fit(model, small, optimizer={"name": "sgd", "lr": 1e12}, epochs=5, progress=False)
+
+
+def test_schedules() -> None:
+    assert lr_factor("constant", 50, 100) == 1.0
+    assert lr_factor("cosine", 0, 100) == 1.0
+    assert lr_factor("cosine", 50, 100) == pytest.approx(0.5)
+    assert lr_factor("cosine", 100, 100) == pytest.approx(0.0)
+    assert [lr_factor("step", s, 100) for s in (49, 50, 74, 75)] == pytest.approx(
+        [1.0, 0.1, 0.1, 0.01]
+    )
+    with pytest.raises(InvalidArgumentError, match="schedule"):
+        lr_factor("linear", 0, 10)  # type: ignore[arg-type]
+
+
+def test_optimizer_registry() -> None:
+    assert {"sgd", "adam", "adamw"} <= set(optimizer_names())
+    config = resolve_optimizer("sgd", lr=0.3, momentum=None)
+    assert config["lr"] == 0.3 and config["momentum"] == 0.9
+    assert resolve_optimizer({"name": "sgd", "nesterov": True})["nesterov"] is True
+    with pytest.raises(InvalidArgumentError, match="no hyperparameter betas"):
+        resolve_optimizer("sgd", betas=(0.9, 0.99))
+    with pytest.raises(InvalidArgumentError, match="unknown optimizer 'lion'"):
+        resolve_optimizer("lion")
+    with pytest.raises(InvalidArgumentError, match="lr must be a positive"):
+        resolve_optimizer("adam", lr=-1.0)
+    opt = make_optimizer(resolve_optimizer("adam"), torch.nn.Linear(2, 2).parameters())
+    assert isinstance(opt, torch.optim.Adam)
+
+
+def test_closure_protocol_counts_and_bn_freeze() -> None:
+    model = mlp(4, [6], 2)
+    x, y = torch.randn(8, 4), torch.tensor([0, 1] * 4)
+    closure = BatchClosure(model, iter([(x, y)]), lambda: iter([(x, y)]))
+    closure.next_batch()
+    bn = model[2]
+    before = bn.running_mean.clone()
+    closure(update_bn_stats=False)
+    assert torch.equal(bn.running_mean, before)
+    grad_once = model[1].weight.grad.clone()
+    closure()
+    assert not torch.equal(bn.running_mean, before)
+    assert torch.equal(model[1].weight.grad, grad_once)  # gradients are zeroed, not summed
+    assert closure.grad_evals == 2 and closure.seen == 8  # statistics once per minibatch
+    closure.next_batch()  # past the end: a new pass begins
+    assert closure.grad_evals == 2
+
+
+def test_bad_arguments(small: Split) -> None:
+    model = small_mlp(small)
+    with pytest.raises(InvalidArgumentError, match="epochs"):
+        fit(model, small, epochs=0)
+    with pytest.raises(InvalidArgumentError, match="batch_size"):
+        fit(model, small, epochs=1, batch_size=0)
+    with pytest.raises(InvalidArgumentError, match="augment=True needs image"):
+        fit(model, small, epochs=1, augment=True)
+
+
+def test_accepts_plain_tuple_of_training_data(small: Split) -> None:
+    result = fit(small_mlp(small), (small.train.x, small.train.y), epochs=1, progress=False)
+    assert result.test is None and result.train.n == 240
