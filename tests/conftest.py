@@ -62,6 +62,8 @@ def cifar10_dir(tmp_path: Path) -> Path:
     directory = tmp_path / "cifar10" / "cifar-10-batches-bin"
     directory.mkdir(parents=True)
     for i in range(1, 6):
-        write_cifar_file(directory / f"data_batch_{i}.bin", 20, label_bytes=1, num_classes=10, seed=i)
+        write_cifar_file(
+            directory / f"data_batch_{i}.bin", 20, label_bytes=1, num_classes=10, seed=i
+        )
     write_cifar_file(directory / "test_batch.bin", 20, label_bytes=1, num_classes=10, seed=9)
     return tmp_path / "cifar10"

@@ -41,7 +41,9 @@ def _mlp(seed: int = 0) -> torch.nn.Module:
     return build({"name": "mlp", "in_features": 8, "widths": [5, 4], "num_classes": 3}, seed=seed)
 
 
-def _inputs(shape: tuple[int, ...], seed: int = 0, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+def _inputs(
+    shape: tuple[int, ...], seed: int = 0, dtype: torch.dtype = torch.float32
+) -> torch.Tensor:
     return torch.randn(shape, generator=torch.Generator().manual_seed(seed)).to(dtype)
 
 
@@ -72,7 +74,9 @@ def _write_meta(directory: Path, meta: dict) -> None:
 CASES = {
     "mlp": (lambda: mlp(8, [5, 4], 3), (6, 8)),
     "lenet5": (
-        lambda: build({"name": "lenet5", "in_channels": 1, "num_classes": 4, "input_size": 28}, seed=0),
+        lambda: build(
+            {"name": "lenet5", "in_channels": 1, "num_classes": 4, "input_size": 28}, seed=0
+        ),
         (4, 1, 28, 28),
     ),
     "resnet20": (
@@ -89,15 +93,16 @@ def test_round_trip_restores_every_tensor_meta_and_outputs(tmp_path: Path, name:
     x = _inputs(shape)
     model = _trained_bn_model(factory(), x)
     state = model.state_dict()
-    bn_stats = [k for k in state if k.endswith(("running_mean", "running_var", "num_batches_tracked"))]
+    bn_stats = [
+        k for k in state if k.endswith(("running_mean", "running_var", "num_batches_tracked"))
+    ]
     assert bn_stats, "the model should have BatchNorm buffers to check"
     # The BN statistics really moved, so a loader that dropped buffers would be caught.
-    assert any(
-        int(state[k]) == 3 for k in bn_stats if k.endswith("num_batches_tracked")
-    )
+    assert any(int(state[k]) == 3 for k in bn_stats if k.endswith("num_batches_tracked"))
     assert any(
         not torch.equal(state[k], torch.zeros_like(state[k]))
-        for k in bn_stats if k.endswith("running_mean")
+        for k in bn_stats
+        if k.endswith("running_mean")
     )
     model.train()  # saved in train mode; must come back in eval mode
     meta = {
@@ -302,7 +307,9 @@ def test_tensor_file_not_safetensors(saved: Path) -> None:
     ("widths", "expect"),
     [([6, 4], "wrong shape"), ([5, 4, 4], "missing"), ([5], "unexpected")],
 )
-def test_config_that_does_not_match_the_weights(saved: Path, widths: list[int], expect: str) -> None:
+def test_config_that_does_not_match_the_weights(
+    saved: Path, widths: list[int], expect: str
+) -> None:
     meta = _meta(saved)
     assert meta["model"]["widths"] == [5, 4]
     meta["model"]["widths"] = widths
@@ -436,7 +443,16 @@ def test_flatten_refuses_what_needs_pickle() -> None:
 
 # ---------------------------------------------------------------- no pickle anywhere
 
-_PICKLE_MODULES = {"pickle", "cPickle", "_pickle", "dill", "cloudpickle", "joblib", "marshal", "shelve"}
+_PICKLE_MODULES = {
+    "pickle",
+    "cPickle",
+    "_pickle",
+    "dill",
+    "cloudpickle",
+    "joblib",
+    "marshal",
+    "shelve",
+}
 
 
 def _pickle_uses(source: str, filename: str) -> list[str]:
@@ -452,7 +468,9 @@ def _pickle_uses(source: str, filename: str) -> list[str]:
                 problems.append(f"{filename}:{node.lineno}: from torch import load")
         else:
             names = []
-        problems += [f"{filename}:{node.lineno}: imports {n}" for n in names if n in _PICKLE_MODULES]
+        problems += [
+            f"{filename}:{node.lineno}: imports {n}" for n in names if n in _PICKLE_MODULES
+        ]
         if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute):
             owner = node.func.value
             owner_name = owner.id if isinstance(owner, ast.Name) else None
@@ -460,10 +478,14 @@ def _pickle_uses(source: str, filename: str) -> list[str]:
             if node.func.attr == "load" and owner_name == "torch":
                 flag = keywords.get("weights_only")
                 if not (isinstance(flag, ast.Constant) and flag.value is True):
-                    problems.append(f"{filename}:{node.lineno}: torch.load without weights_only=True")
+                    problems.append(
+                        f"{filename}:{node.lineno}: torch.load without weights_only=True"
+                    )
             if node.func.attr == "load" and owner_name in {"np", "numpy"}:
                 flag = keywords.get("allow_pickle")
-                if flag is not None and not (isinstance(flag, ast.Constant) and flag.value is False):
+                if flag is not None and not (
+                    isinstance(flag, ast.Constant) and flag.value is False
+                ):
                     problems.append(f"{filename}:{node.lineno}: numpy.load with allow_pickle")
     return problems
 
@@ -491,5 +513,7 @@ def test_no_module_uses_pickle_or_unsafe_torch_load() -> None:
     problems = [p for f in files for p in _pickle_uses(f.read_text(), str(f.relative_to(SRC)))]
     assert problems == []
     # belt and braces: a plain text search that does not rely on the AST walk
-    pattern = re.compile(r"^\s*(import\s+pickle|from\s+pickle\s+import)|\bpickle\.(loads?|dumps?)\(", re.M)
+    pattern = re.compile(
+        r"^\s*(import\s+pickle|from\s+pickle\s+import)|\bpickle\.(loads?|dumps?)\(", re.M
+    )
     assert [f.name for f in files if pattern.search(f.read_text())] == []

@@ -42,7 +42,7 @@ def test_idx_malformed(tmp_path: Path, mutate: object, message: str) -> None:
 
 
 def test_load_mnist_from_root_matches_files(tmp_path: Path) -> None:
-    xtr, ytr, xte, yte = write_mnist_dir(tmp_path / "m", gz=True)
+    xtr, ytr, _, yte = write_mnist_dir(tmp_path / "m", gz=True)
     split = load("mnist", root=tmp_path / "m", normalize_inputs=False)
     assert split.train.x.shape == (60, 1, 28, 28) and split.test.x.shape == (20, 1, 28, 28)
     torch.testing.assert_close(split.train.x[:, 0], torch.from_numpy(xtr).float() / 255)

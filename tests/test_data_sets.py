@@ -63,8 +63,14 @@ def test_channel_statistics_match_float64_baseline() -> None:
 
 def test_iterate_batches_is_a_seeded_permutation() -> None:
     data = TensorData(torch.arange(103).float()[:, None], torch.arange(103))
-    seen = [y for _, y in iterate_batches(data, batch_size=10, generator=torch.Generator().manual_seed(0))]
-    again = [y for _, y in iterate_batches(data, batch_size=10, generator=torch.Generator().manual_seed(0))]
+    seen = [
+        y
+        for _, y in iterate_batches(data, batch_size=10, generator=torch.Generator().manual_seed(0))
+    ]
+    again = [
+        y
+        for _, y in iterate_batches(data, batch_size=10, generator=torch.Generator().manual_seed(0))
+    ]
     assert [len(y) for y in seen] == [10] * 10 + [3]
     assert sorted(torch.cat(seen).tolist()) == list(range(103))
     assert all(torch.equal(a, b) for a, b in zip(seen, again, strict=True))
@@ -108,8 +114,15 @@ def test_tuple_and_tensordata_are_interchangeable() -> None:
 @pytest.mark.parametrize("shape", [(5,), (2, 7), (1, 6, 6)])
 @pytest.mark.parametrize("kind", ["mixture", "teacher"])
 def test_synthetic_any_shape(shape: tuple[int, ...], kind: str) -> None:
-    split = load("synthetic", kind=kind, input_shape=shape, num_classes=3, train_samples=60,
-                 test_samples=30, seed=2)
+    split = load(
+        "synthetic",
+        kind=kind,
+        input_shape=shape,
+        num_classes=3,
+        train_samples=60,
+        test_samples=30,
+        seed=2,
+    )
     assert split.train.x.shape == (60, *shape) and split.test.x.shape == (30, *shape)
     assert split.train.y.max() < 3 and split.input_shape == shape
 

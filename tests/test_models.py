@@ -34,7 +34,9 @@ def _feeds_batchnorm(model: nn.Module) -> list[nn.Module]:
     modules = dict(model.named_modules())
     producers = []
     for node in graph.nodes:
-        if node.op == "call_module" and isinstance(modules[node.target], nn.modules.batchnorm._BatchNorm):
+        if node.op == "call_module" and isinstance(
+            modules[node.target], nn.modules.batchnorm._BatchNorm
+        ):
             source = node.args[0]
             if isinstance(source, torch.fx.Node) and source.op == "call_module":
                 producers.append(modules[source.target])
@@ -60,7 +62,9 @@ def test_resnet_depths_have_the_right_number_of_convs() -> None:
 
 
 @pytest.mark.parametrize(("make", "shape", "classes"), CASES)
-def test_config_rebuilds_the_architecture(make: object, shape: tuple[int, ...], classes: int) -> None:
+def test_config_rebuilds_the_architecture(
+    make: object, shape: tuple[int, ...], classes: int
+) -> None:
     model = make()  # type: ignore[operator]
     rebuilt = build(model_config(model))
     assert {k: v.shape for k, v in model.state_dict().items()} == {
@@ -83,7 +87,16 @@ def test_seeded_build_is_deterministic_and_leaves_global_rng() -> None:
     ("config", "message"),
     [
         ({"name": "transformer"}, "unknown model 'transformer'"),
-        ({"name": "mlp", "in_features": 4, "widths": [3], "num_classes": 2, "activation": "gelu"}, "activation"),
+        (
+            {
+                "name": "mlp",
+                "in_features": 4,
+                "widths": [3],
+                "num_classes": 2,
+                "activation": "gelu",
+            },
+            "activation",
+        ),
         ({"name": "vgg", "depth": 12}, "depth"),
         ({"name": "resnet", "depth": 56}, "depth"),
         ({"name": "mlp", "in_features": 4, "widths": [0], "num_classes": 2}, "width"),

@@ -18,8 +18,9 @@ from toroid.train.closure import BatchClosure
 
 @pytest.fixture(scope="module")
 def small() -> Split:
-    return load("synthetic", input_shape=(12,), num_classes=3, train_samples=240,
-                test_samples=120, seed=0)
+    return load(
+        "synthetic", input_shape=(12,), num_classes=3, train_samples=240, test_samples=120, seed=0
+    )
 
 
 def small_mlp(split: Split, seed: int = 0) -> torch.nn.Module:
@@ -32,8 +33,14 @@ def same_weights(a: torch.nn.Module, b: torch.nn.Module) -> bool:
 
 
 def test_reaches_zero_training_error_and_stops(small: Split) -> None:
-    result = fit(small_mlp(small), small, optimizer={"name": "sgd", "lr": 0.1}, epochs=60,
-                 batch_size=32, progress=False)
+    result = fit(
+        small_mlp(small),
+        small,
+        optimizer={"name": "sgd", "lr": 0.1},
+        epochs=60,
+        batch_size=32,
+        progress=False,
+    )
     assert result.reached_zero_train_error and result.train.error == 0.0
     assert result.epochs < 60 and result.history[-1].eval_train_error == 0.0
     assert result.test is not None and result.test.n == 120
@@ -42,8 +49,15 @@ def test_reaches_zero_training_error_and_stops(small: Split) -> None:
 
 @pytest.mark.parametrize("optimizer", ["sgd", "adam", "adamw"])
 def test_every_registered_optimizer_trains(small: Split, optimizer: str) -> None:
-    result = fit(small_mlp(small), small, optimizer=optimizer, epochs=40, batch_size=32,
-                 schedule="cosine", progress=False)
+    result = fit(
+        small_mlp(small),
+        small,
+        optimizer=optimizer,
+        epochs=40,
+        batch_size=32,
+        schedule="cosine",
+        progress=False,
+    )
     assert result.reached_zero_train_error, (optimizer, result.train)
 
 
@@ -56,8 +70,17 @@ def test_input_model_is_untouched(small: Split) -> None:
 
 
 def test_same_seed_bit_identical_other_seed_differs(small: Split) -> None:
-    runs = [fit(small_mlp(small), small, epochs=3, seed=s, progress=False,
-                stop_at_zero_train_error=False) for s in (5, 5, 6)]
+    runs = [
+        fit(
+            small_mlp(small),
+            small,
+            epochs=3,
+            seed=s,
+            progress=False,
+            stop_at_zero_train_error=False,
+        )
+        for s in (5, 5, 6)
+    ]
     assert same_weights(runs[0].model, runs[1].model)
     assert not same_weights(runs[0].model, runs[2].model)
 
@@ -68,11 +91,20 @@ class SimulatedInterruptError(Exception):
 
 @pytest.mark.parametrize(("schedule", "augment"), [("cosine", False), ("step", True)])
 def test_resume_equals_uninterrupted(tmp_path: Path, schedule: str, augment: bool) -> None:
-    split = load("synthetic", input_shape=(1, 8, 8), num_classes=3, train_samples=96,
-                 test_samples=30, seed=1)
+    split = load(
+        "synthetic", input_shape=(1, 8, 8), num_classes=3, train_samples=96, test_samples=30, seed=1
+    )
     model = mlp(64, [16], 3)
-    kwargs = dict(optimizer="adam", epochs=6, batch_size=16, schedule=schedule, seed=3,
-                  augment=augment, stop_at_zero_train_error=False, progress=False)
+    kwargs = dict(
+        optimizer="adam",
+        epochs=6,
+        batch_size=16,
+        schedule=schedule,
+        seed=3,
+        augment=augment,
+        stop_at_zero_train_error=False,
+        progress=False,
+    )
     full = fit(model, split, **kwargs)  # type: ignore[arg-type]
 
     def stop_after_three(record: EpochRecord) -> None:
@@ -95,8 +127,15 @@ def test_resume_guards(tmp_path: Path, small: Split) -> None:
     with pytest.raises(InvalidArgumentError, match="resume=True"):
         fit(small_mlp(small), small, epochs=1, checkpoint_dir=tmp_path, progress=False)
     with pytest.raises(ResumeMismatchError, match="other settings"):
-        fit(small_mlp(small), small, epochs=1, batch_size=7, checkpoint_dir=tmp_path,
-            resume=True, progress=False)
+        fit(
+            small_mlp(small),
+            small,
+            epochs=1,
+            batch_size=7,
+            checkpoint_dir=tmp_path,
+            resume=True,
+            progress=False,
+        )
 
 
 class NanAfter(torch.nn.Module):
@@ -115,8 +154,15 @@ class NanAfter(torch.nn.Module):
 def test_divergence_raises_and_keeps_last_good_state(tmp_path: Path, small: Split) -> None:
     model = torch.nn.Sequential(small_mlp(small), NanAfter(10))  # 8 steps per epoch
     with pytest.raises(TrainingDivergedError, match="epoch 2, step 11") as info:
-        fit(model, small, epochs=3, batch_size=32, checkpoint_dir=tmp_path,
-            stop_at_zero_train_error=False, progress=False)
+        fit(
+            model,
+            small,
+            epochs=3,
+            batch_size=32,
+            checkpoint_dir=tmp_path,
+            stop_at_zero_train_error=False,
+            progress=False,
+        )
     assert str(tmp_path) in str(info.value)
     tensors, meta = read_bundle(tmp_path, "train-state")
     assert meta["epoch"] == 1
@@ -124,8 +170,10 @@ def test_divergence_raises_and_keeps_last_good_state(tmp_path: Path, small: Spli
 
 
 def test_huge_learning_rate_diverges(small: Split) -> None:
-    model = build({"name": "mlp", "in_features": 12, "widths": [32], "num_classes": 3,
-                   "batchnorm": False}, seed=0)
+    model = build(
+        {"name": "mlp", "in_features": 12, "widths": [32], "num_classes": 3, "batchnorm": False},
+        seed=0,
+    )
     with pytest.raises(TrainingDivergedError, match="lower the learning rate"):
         fit(model, small, optimizer={"name": "sgd", "lr": 1e12}, epochs=5, progress=False)
 

@@ -72,10 +72,14 @@ def load(path: str | Path, *, device: str = "cpu") -> tuple[nn.Module, dict[str,
     """The model rebuilt from the checkpoint at `path` (in eval mode), and its metadata."""
     directory = Path(path)
     if not directory.is_dir():
-        raise CheckpointError(f"checkpoint {directory} not found (expected a directory with model.json)")
+        raise CheckpointError(
+            f"checkpoint {directory} not found (expected a directory with model.json)"
+        )
     tensors, meta = read_bundle(directory, _STEM)
     if meta.get("format") != FORMAT:
-        raise CheckpointError(f"{directory / 'model.json'} is not a {FORMAT} (format {meta.get('format')!r})")
+        raise CheckpointError(
+            f"{directory / 'model.json'} is not a {FORMAT} (format {meta.get('format')!r})"
+        )
     if int(meta.get("format_version", 0)) > FORMAT_VERSION:
         raise CheckpointError(
             f"{directory} has format version {meta['format_version']}; this toroid reads up to "
@@ -84,7 +88,9 @@ def load(path: str | Path, *, device: str = "cpu") -> tuple[nn.Module, dict[str,
     try:
         model = build(meta["model"])
     except (KeyError, ToroidError) as exc:
-        raise CheckpointError(f"{directory}: cannot rebuild the model from metadata: {exc}") from exc
+        raise CheckpointError(
+            f"{directory}: cannot rebuild the model from metadata: {exc}"
+        ) from exc
     expected = model.state_dict()
     missing = sorted(set(expected) - set(tensors))
     unexpected = sorted(set(tensors) - set(expected))
@@ -98,9 +104,14 @@ def load(path: str | Path, *, device: str = "cpu") -> tuple[nn.Module, dict[str,
         if wrong:
             details.append(
                 "wrong shape "
-                + ", ".join(f"{k} {tuple(tensors[k].shape)} != {tuple(expected[k].shape)}" for k in wrong[:5])
+                + ", ".join(
+                    f"{k} {tuple(tensors[k].shape)} != {tuple(expected[k].shape)}"
+                    for k in wrong[:5]
+                )
             )
-        raise CheckpointError(f"{directory}: weights do not match the model in model.json: {'; '.join(details)}")
+        raise CheckpointError(
+            f"{directory}: weights do not match the model in model.json: {'; '.join(details)}"
+        )
     float_dtypes = {t.dtype for t in tensors.values() if t.is_floating_point()}
     if len(float_dtypes) == 1:
         model = model.to(float_dtypes.pop())

@@ -100,9 +100,13 @@ def flatten_state(obj: Any, prefix: str, tensors: dict[str, torch.Tensor]) -> An
         tensors[prefix] = obj
         return {"__tensor__": prefix}
     if isinstance(obj, Mapping):
-        return {"__items__": [[k, flatten_state(v, f"{prefix}/{k}", tensors)] for k, v in obj.items()]}
+        return {
+            "__items__": [[k, flatten_state(v, f"{prefix}/{k}", tensors)] for k, v in obj.items()]
+        }
     if isinstance(obj, tuple):
-        return {"__tuple__": [flatten_state(v, f"{prefix}/{i}", tensors) for i, v in enumerate(obj)]}
+        return {
+            "__tuple__": [flatten_state(v, f"{prefix}/{i}", tensors) for i, v in enumerate(obj)]
+        }
     if isinstance(obj, list):
         return [flatten_state(v, f"{prefix}/{i}", tensors) for i, v in enumerate(obj)]
     if obj is None or isinstance(obj, bool | int | float | str):

@@ -42,14 +42,25 @@ def _parse_widths(text: str) -> list[int]:
 
 
 def model_config_for(
-    name: str, input_shape: tuple[int, ...], num_classes: int, *, widths: list[int],
-    depth: int | None, width: float, batchnorm: bool, activation: str,
+    name: str,
+    input_shape: tuple[int, ...],
+    num_classes: int,
+    *,
+    widths: list[int],
+    depth: int | None,
+    width: float,
+    batchnorm: bool,
+    activation: str,
 ) -> dict[str, Any]:
     """The config of model `name` sized for a dataset's inputs and classes."""
     if name == "mlp":
         return {
-            "name": "mlp", "in_features": math.prod(input_shape), "widths": widths,
-            "num_classes": num_classes, "batchnorm": batchnorm, "activation": activation,
+            "name": "mlp",
+            "in_features": math.prod(input_shape),
+            "widths": widths,
+            "num_classes": num_classes,
+            "batchnorm": batchnorm,
+            "activation": activation,
         }
     if len(input_shape) != 3:
         raise InvalidArgumentError(
@@ -58,18 +69,29 @@ def model_config_for(
     channels = input_shape[0]
     if name == "lenet5":
         return {
-            "name": "lenet5", "in_channels": channels, "num_classes": num_classes,
-            "input_size": input_shape[-1], "batchnorm": batchnorm, "activation": activation,
+            "name": "lenet5",
+            "in_channels": channels,
+            "num_classes": num_classes,
+            "input_size": input_shape[-1],
+            "batchnorm": batchnorm,
+            "activation": activation,
         }
     if name == "vgg":
         return {
-            "name": "vgg", "depth": depth or 11, "width": width, "in_channels": channels,
-            "num_classes": num_classes, "batchnorm": batchnorm,
+            "name": "vgg",
+            "depth": depth or 11,
+            "width": width,
+            "in_channels": channels,
+            "num_classes": num_classes,
+            "batchnorm": batchnorm,
         }
     if width != int(width):
         raise InvalidArgumentError(f"resnet --width must be a whole number, got {width}")
     return {
-        "name": "resnet", "depth": depth or 20, "width": int(width), "in_channels": channels,
+        "name": "resnet",
+        "depth": depth or 20,
+        "width": int(width),
+        "in_channels": channels,
         "num_classes": num_classes,
     }
 
@@ -79,16 +101,22 @@ def train(
     out: Annotated[Path, typer.Option(help="Checkpoint directory to write (and resume from).")],
     model: Annotated[str, typer.Option(help=f"One of {', '.join(BUILDERS)}.")] = "mlp",
     dataset: Annotated[str, typer.Option(help=f"One of {', '.join(DATASETS)}.")] = "fashion-mnist",
-    data_root: Annotated[Path | None, typer.Option(help="Directory holding the dataset files.")] = None,
+    data_root: Annotated[
+        Path | None, typer.Option(help="Directory holding the dataset files.")
+    ] = None,
     train_size: Annotated[int | None, typer.Option(help="Class-balanced training subset.")] = None,
     test_size: Annotated[int | None, typer.Option(help="Class-balanced test subset.")] = None,
     widths: Annotated[str, typer.Option(help="MLP hidden widths, comma-separated.")] = "500,500",
-    depth: Annotated[int | None, typer.Option(help="VGG (11/13/16) or ResNet (20/32/18) depth.")] = None,
+    depth: Annotated[
+        int | None, typer.Option(help="VGG (11/13/16) or ResNet (20/32/18) depth.")
+    ] = None,
     width: Annotated[float, typer.Option(help="Channel multiplier of VGG / ResNet.")] = 1.0,
     batchnorm: Annotated[bool, typer.Option(help="BatchNorm after hidden layers.")] = True,
     activation: Annotated[str, typer.Option(help="relu or tanh (MLP, LeNet-5).")] = "relu",
     optimizer: Annotated[str, typer.Option(help=f"One of {', '.join(optimizer_names())}.")] = "sgd",
-    lr: Annotated[float | None, typer.Option(help="Learning rate (default: the optimizer's).")] = None,
+    lr: Annotated[
+        float | None, typer.Option(help="Learning rate (default: the optimizer's).")
+    ] = None,
     momentum: Annotated[float | None, typer.Option(help="SGD momentum.")] = None,
     weight_decay: Annotated[float | None, typer.Option(help="Weight decay.")] = None,
     batch_size: Annotated[int, typer.Option(help="Minibatch size.")] = 128,
@@ -109,39 +137,68 @@ def train(
     opt_config = resolve_optimizer(optimizer, lr=lr, momentum=momentum, weight_decay=weight_decay)
     split = load(dataset, root=data_root, train_size=train_size, test_size=test_size, seed=seed)
     config = model_config_for(
-        model, split.input_shape, split.num_classes, widths=_parse_widths(widths), depth=depth,
-        width=width, batchnorm=batchnorm, activation=activation,
+        model,
+        split.input_shape,
+        split.num_classes,
+        widths=_parse_widths(widths),
+        depth=depth,
+        width=width,
+        batchnorm=batchnorm,
+        activation=activation,
     )
     net = build(config, seed=derive_seed(seed, "init"))
     progress.enable(not quiet)
     result = fit(
-        net, split, optimizer=opt_config, epochs=epochs, batch_size=batch_size,
+        net,
+        split,
+        optimizer=opt_config,
+        epochs=epochs,
+        batch_size=batch_size,
         schedule=schedule,  # type: ignore[arg-type]
-        seed=seed, device=device, stop_at_zero_train_error=stop_at_zero, augment=augment,
-        checkpoint_dir=out, resume=resume,
+        seed=seed,
+        device=device,
+        stop_at_zero_train_error=stop_at_zero,
+        augment=augment,
+        checkpoint_dir=out,
+        resume=resume,
     )
     data_meta = {
-        "name": dataset, "train_size": train_size, "test_size": test_size, "seed": seed,
+        "name": dataset,
+        "train_size": train_size,
+        "test_size": test_size,
+        "seed": seed,
         "root": str(data_root) if data_root is not None else None,
-        "input_shape": list(split.input_shape), "num_classes": split.num_classes,
+        "input_shape": list(split.input_shape),
+        "num_classes": split.num_classes,
         "normalization": split.meta["normalization"],
     }
     metrics = {
-        "train_error": result.train.error, "train_loss": result.train.loss,
+        "train_error": result.train.error,
+        "train_loss": result.train.loss,
         "test_error": result.test_error,
         "test_loss": None if result.test is None else result.test.loss,
     }
-    checkpoint.save(result.model, out, meta={
-        "data": data_meta, "optimizer": dict(result.optimizer), "seed": seed,
-        "training": {
-            "epochs": result.epochs, "max_epochs": epochs, "batch_size": batch_size,
-            "schedule": schedule, "augment": augment, "wall_time": result.wall_time,
-            "grad_evals": result.grad_evals,
-            "reached_zero_train_error": result.reached_zero_train_error,
+    checkpoint.save(
+        result.model,
+        out,
+        meta={
+            "data": data_meta,
+            "optimizer": dict(result.optimizer),
+            "seed": seed,
+            "training": {
+                "epochs": result.epochs,
+                "max_epochs": epochs,
+                "batch_size": batch_size,
+                "schedule": schedule,
+                "augment": augment,
+                "wall_time": result.wall_time,
+                "grad_evals": result.grad_evals,
+                "reached_zero_train_error": result.reached_zero_train_error,
+            },
+            "metrics": metrics,
+            "history": [asdict(r) for r in result.history],
         },
-        "metrics": metrics,
-        "history": [asdict(r) for r in result.history],
-    })
+    )
     test = "n/a" if result.test_error is None else f"{result.test_error:.4f}"
     console.print(
         f"train error {result.train_error:.4f}  test error {test}  "
@@ -149,7 +206,9 @@ def train(
         soft_wrap=True,
     )
     if not result.reached_zero_train_error:
-        console.print("[yellow]note: training error did not reach zero; raise --epochs or tune --lr[/]")
+        console.print(
+            "[yellow]note: training error did not reach zero; raise --epochs or tune --lr[/]"
+        )
 
 
 @app.command()
@@ -172,8 +231,11 @@ def info(
     if not recompute or not isinstance(data, dict):
         return
     split = load(
-        data["name"], root=data.get("root"), train_size=data.get("train_size"),
-        test_size=data.get("test_size"), seed=int(data.get("seed", 0)),
+        data["name"],
+        root=data.get("root"),
+        train_size=data.get("train_size"),
+        test_size=data.get("test_size"),
+        seed=int(data.get("seed", 0)),
     )
     train_m, test_m = evaluate(net, split.train), evaluate(net, split.test)
     console.print(

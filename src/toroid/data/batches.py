@@ -27,7 +27,9 @@ def iterate_batches(
     n = len(data)
     if shuffle:
         if generator is None:
-            raise InvalidArgumentError("shuffle=True needs a torch.Generator for a reproducible order")
+            raise InvalidArgumentError(
+                "shuffle=True needs a torch.Generator for a reproducible order"
+            )
         order = torch.randperm(n, generator=generator).to(data.x.device)
     else:
         order = None
@@ -46,7 +48,9 @@ def random_crop_flip(
     """Random crops of zero-padded images (N, C, H, W) and random horizontal flips, drawn
     per example from `generator` (which lives on the CPU; indices move to x's device)."""
     if x.dim() != 4:
-        raise InvalidArgumentError(f"random_crop_flip needs images (N, C, H, W), got {tuple(x.shape)}")
+        raise InvalidArgumentError(
+            f"random_crop_flip needs images (N, C, H, W), got {tuple(x.shape)}"
+        )
     n, _, h, w = x.shape
     padded = F.pad(x, (padding, padding, padding, padding))
     dy = torch.randint(0, 2 * padding + 1, (n,), generator=generator).to(x.device)

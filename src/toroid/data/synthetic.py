@@ -45,10 +45,12 @@ def synthetic_tensors(
     total = train_samples + test_samples
     if kind == "mixture":
         means = torch.randn(num_classes, dim, generator=gen) * (separation / math.sqrt(dim))
-        y = torch.cat([
-            (torch.arange(n) % num_classes)[torch.randperm(n, generator=gen)]
-            for n in (train_samples, test_samples)
-        ])
+        y = torch.cat(
+            [
+                (torch.arange(n) % num_classes)[torch.randperm(n, generator=gen)]
+                for n in (train_samples, test_samples)
+            ]
+        )
         x = means[y] + torch.randn(total, dim, generator=gen) / math.sqrt(dim) * 1.0
     else:
         w1 = torch.randn(dim, teacher_width, generator=gen) / math.sqrt(dim)
@@ -61,6 +63,10 @@ def synthetic_tensors(
         f"data_seed={data_seed})"
     )
     return (
-        x[:train_samples], y[:train_samples], x[train_samples:], y[train_samples:],
-        num_classes, description,
+        x[:train_samples],
+        y[:train_samples],
+        x[train_samples:],
+        y[train_samples:],
+        num_classes,
+        description,
     )

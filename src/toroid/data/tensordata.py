@@ -24,7 +24,9 @@ class TensorData:
                 f"x has {self.x.shape[0]} examples but y has {self.y.shape[0]}; they must match"
             )
         if self.y.dim() != 1:
-            raise InvalidArgumentError(f"y must be 1-D class labels, got shape {tuple(self.y.shape)}")
+            raise InvalidArgumentError(
+                f"y must be 1-D class labels, got shape {tuple(self.y.shape)}"
+            )
 
     def __len__(self) -> int:
         return int(self.y.shape[0])
@@ -43,7 +45,11 @@ def as_tensor_data(data: DataLike) -> TensorData:
     """Accept a `TensorData` or a plain `(x, y)` tuple, as every toroid function does."""
     if isinstance(data, TensorData):
         return data
-    if isinstance(data, tuple) and len(data) == 2 and all(isinstance(t, torch.Tensor) for t in data):
+    if (
+        isinstance(data, tuple)
+        and len(data) == 2
+        and all(isinstance(t, torch.Tensor) for t in data)
+    ):
         return TensorData(data[0], data[1])
     raise InvalidArgumentError(
         f"data must be a TensorData or an (x, y) tuple of tensors, got {type(data).__name__}"

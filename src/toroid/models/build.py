@@ -27,9 +27,7 @@ def build(config: Mapping[str, Any], *, seed: int | None = None) -> nn.Module:
     initialization is drawn from that seed without touching the global generator."""
     name = config.get("name")
     if name not in BUILDERS:
-        raise InvalidArgumentError(
-            f"unknown model {name!r}; valid: {', '.join(BUILDERS)}"
-        )
+        raise InvalidArgumentError(f"unknown model {name!r}; valid: {', '.join(BUILDERS)}")
     arguments = {k: v for k, v in config.items() if k != "name"}
     try:
         if seed is None:

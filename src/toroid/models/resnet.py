@@ -35,7 +35,10 @@ class BasicBlock(nn.Module):
 
 class ResNet(nn.Module):
     def __init__(
-        self, stage_widths: list[int], blocks_per_stage: list[int], in_channels: int,
+        self,
+        stage_widths: list[int],
+        blocks_per_stage: list[int],
+        in_channels: int,
         num_classes: int,
     ) -> None:
         super().__init__()
@@ -57,7 +60,8 @@ class ResNet(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = torch.relu(self.bn1(self.conv1(x)))
         out = self.stages(out)
-        return self.fc(torch.flatten(self.pool(out), 1))
+        logits: torch.Tensor = self.fc(torch.flatten(self.pool(out), 1))
+        return logits
 
 
 def resnet(

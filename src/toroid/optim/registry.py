@@ -38,9 +38,7 @@ def optimizer_names() -> tuple[str, ...]:
 
 def optimizer_entry(name: str) -> OptimizerEntry:
     if name not in _REGISTRY:
-        raise InvalidArgumentError(
-            f"unknown optimizer {name!r}; valid: {', '.join(_REGISTRY)}"
-        )
+        raise InvalidArgumentError(f"unknown optimizer {name!r}; valid: {', '.join(_REGISTRY)}")
     return _REGISTRY[name]
 
 

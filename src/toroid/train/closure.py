@@ -58,7 +58,7 @@ class BatchClosure:
         with torch.enable_grad():
             logits = self.model(x)
             loss = F.cross_entropy(logits, y)
-            loss.backward()
+            loss.backward()  # type: ignore[no-untyped-call]
         if saved is not None:
             for buffer, value in saved:
                 buffer.copy_(value)

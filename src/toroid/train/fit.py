@@ -10,7 +10,7 @@ import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import nn
@@ -206,9 +206,12 @@ def fit(
                         group["lr"] = base * factor
                     lr = base_lrs[0] * factor
                     closure.next_batch()
-                    loss = opt.step(closure)
+                    # Torch types step's closure as returning float; ours returns the loss tensor.
+                    loss = cast(torch.Tensor | None, opt.step(cast(Any, closure)))
                     if loss is None or not bool(torch.isfinite(loss)):
-                        where = f" (last good state in {state_dir})" if state_dir is not None else ""
+                        where = (
+                            f" (last good state in {state_dir})" if state_dir is not None else ""
+                        )
                         raise TrainingDivergedError(
                             f"training loss became {float(loss) if loss is not None else None} "
                             f"at epoch {epoch + 1}, step {step + 1}, lr {lr:g}{where}; "
@@ -233,9 +236,19 @@ def fit(
                 finished = finished or epoch + 1 == epochs
                 if state_dir is not None:
                     _save_state(
-                        state_dir, fingerprint, settings, net, opt, batch_gen, augment_gen,
-                        epoch + 1, step, record.grad_evals,
-                        elapsed_before + time.perf_counter() - started, finished, history,
+                        state_dir,
+                        fingerprint,
+                        settings,
+                        net,
+                        opt,
+                        batch_gen,
+                        augment_gen,
+                        epoch + 1,
+                        step,
+                        record.grad_evals,
+                        elapsed_before + time.perf_counter() - started,
+                        finished,
+                        history,
                     )
                 reporter.advance(
                     1, loss=f"{record.train_loss:.4f}", error=f"{record.train_error:.4f}"
@@ -317,7 +330,9 @@ def _restore(
             "resume with the same model, data size, optimizer, epochs, batch size, schedule "
             "and seed, or use another checkpoint_dir"
         )
-    net.load_state_dict({k[len("model/"):]: v for k, v in tensors.items() if k.startswith("model/")})
+    net.load_state_dict(
+        {k[len("model/") :]: v for k, v in tensors.items() if k.startswith("model/")}
+    )
     opt.load_state_dict(unflatten_state(meta["optimizer"], tensors))
     batch_gen.set_state(tensors["rng/batches"])
     augment_gen.set_state(tensors["rng/augment"])

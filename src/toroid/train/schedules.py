@@ -14,7 +14,9 @@ STEP_MILESTONES = (0.5, 0.75)  # fractions of training at which `step` divides t
 
 def check_schedule(schedule: str) -> None:
     if schedule not in SCHEDULES:
-        raise InvalidArgumentError(f"schedule must be one of {', '.join(SCHEDULES)}, got {schedule!r}")
+        raise InvalidArgumentError(
+            f"schedule must be one of {', '.join(SCHEDULES)}, got {schedule!r}"
+        )
 
 
 def lr_factor(schedule: Schedule, step: int, total_steps: int) -> float:
