@@ -517,3 +517,43 @@ def test_no_module_uses_pickle_or_unsafe_torch_load() -> None:
         r"^\s*(import\s+pickle|from\s+pickle\s+import)|\bpickle\.(loads?|dumps?)\(", re.M
     )
     assert [f.name for f in files if pattern.search(f.read_text())] == []
+
+
+@pytest.mark.parametrize("name", ["../outside-0123456789abcdef.safetensors", "", 7, "model.bin"])
+def test_tensor_file_must_be_a_plain_name_in_the_directory(saved: Path, name: object) -> None:
+    meta = _meta(saved)
+    meta["tensor_file"] = name
+    _write_meta(saved, meta)
+    with pytest.raises(CheckpointError, match="expected model-<16 hex digits>.safetensors"):
+        checkpoint.load(saved)
+
+
+@pytest.mark.parametrize("value", ["mlp", ["mlp"], None])
+def test_model_entry_must_be_a_config_object(saved: Path, value: object) -> None:
+    meta = _meta(saved)
+    meta["model"] = value
+    _write_meta(saved, meta)
+    with pytest.raises(CheckpointError, match="'model' must be a model config object"):
+        checkpoint.load(saved)
+
+
+@pytest.mark.parametrize("value", ["abc", None, 1.5])
+def test_format_version_must_be_an_integer(saved: Path, value: object) -> None:
+    meta = _meta(saved)
+    meta["format_version"] = value
+    _write_meta(saved, meta)
+    with pytest.raises(CheckpointError, match="format_version must be an integer"):
+        checkpoint.load(saved)
+
+
+def test_files_follow_the_umask(saved: Path) -> None:
+    mask = os.umask(0)
+    os.umask(mask)
+    for path in saved.iterdir():
+        assert path.stat().st_mode & 0o777 == 0o666 & ~mask, path.name
+
+
+def test_loading_a_file_path_says_it_is_a_file(tmp_path: Path) -> None:
+    (tmp_path / "weights").write_text("x")
+    with pytest.raises(CheckpointError, match="is a file"):
+        checkpoint.load(tmp_path / "weights")

@@ -23,8 +23,22 @@ from toroid.errors import ToroidError
 
 ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
 TRAIN_ARGS = [
-    "train", "--dataset", "synthetic", "--model", "mlp", "--widths", "16", "--epochs", "30",
-    "--batch-size", "64", "--lr", "0.1", "--seed", "0", "--quiet",
+    "train",
+    "--dataset",
+    "synthetic",
+    "--model",
+    "mlp",
+    "--widths",
+    "16",
+    "--epochs",
+    "30",
+    "--batch-size",
+    "64",
+    "--lr",
+    "0.1",
+    "--seed",
+    "0",
+    "--quiet",
 ]
 
 
@@ -179,7 +193,9 @@ def test_rerun_without_resume_refuses(trained_copy: Path) -> None:
     assert (trained_copy / "model.json").read_bytes() == before
 
 
-def test_rerun_with_resume_gives_the_same_weights(trained: tuple[Path, Any], trained_copy: Path) -> None:
+def test_rerun_with_resume_gives_the_same_weights(
+    trained: tuple[Path, Any], trained_copy: Path
+) -> None:
     original, _ = trained
     result = _train(trained_copy, "--resume")
     assert result.exit_code == 0, result.output
@@ -207,7 +223,7 @@ def test_interrupted_training_resumes_to_the_uninterrupted_weights(
     result = _train(reference, *extra)
     assert result.exit_code == 0, result.output
 
-    class Interrupted(ToroidError):
+    class SimulatedStopError(ToroidError):
         pass
 
     real_fit = cli_commands.fit
@@ -215,7 +231,7 @@ def test_interrupted_training_resumes_to_the_uninterrupted_weights(
     def fit_interrupted_after_two_epochs(*args: Any, **kwargs: Any) -> Any:
         def stop(record: Any) -> None:
             if record.epoch == 2:
-                raise Interrupted("interrupted by the test after epoch 2")
+                raise SimulatedStopError("interrupted by the test after epoch 2")
 
         return real_fit(*args, on_epoch_end=stop, **kwargs)
 
@@ -251,7 +267,14 @@ def test_interrupted_training_resumes_to_the_uninterrupted_weights(
         (["train", "--dataset", "synthetic"], ["--out"]),
         (["info", "{out}"], ["{out}", "not found"]),
     ],
-    ids=["unknown-model", "unknown-dataset", "epochs-abc", "widths-ab", "missing-out", "info-missing"],
+    ids=[
+        "unknown-model",
+        "unknown-dataset",
+        "epochs-abc",
+        "widths-ab",
+        "missing-out",
+        "info-missing",
+    ],
 )
 def test_bad_arguments_exit_2_with_one_line(
     tmp_path: Path, args: list[str], needles: list[str]
@@ -264,3 +287,10 @@ def test_bad_arguments_exit_2_with_one_line(
 
 def test_unknown_command_exits_2_with_one_line() -> None:
     assert_one_line_error(invoke(["bogus"]), "bogus")
+
+
+def test_no_arguments_shows_help_without_an_error_line() -> None:
+    result = invoke([])
+    everything, _ = _streams(result)
+    assert "Usage" in everything and "train" in everything
+    assert "toroid: error" not in everything

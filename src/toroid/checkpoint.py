@@ -71,19 +71,33 @@ def save(model: nn.Module, path: str | Path, *, meta: Mapping[str, Any] | None =
 def load(path: str | Path, *, device: str = "cpu") -> tuple[nn.Module, dict[str, Any]]:
     """The model rebuilt from the checkpoint at `path` (in eval mode), and its metadata."""
     directory = Path(path)
-    if not directory.is_dir():
+    if not directory.exists():
         raise CheckpointError(
             f"checkpoint {directory} not found (expected a directory with model.json)"
+        )
+    if not directory.is_dir():
+        raise CheckpointError(
+            f"checkpoint {directory} is a file; a checkpoint is a directory with model.json"
         )
     tensors, meta = read_bundle(directory, _STEM)
     if meta.get("format") != FORMAT:
         raise CheckpointError(
             f"{directory / 'model.json'} is not a {FORMAT} (format {meta.get('format')!r})"
         )
-    if int(meta.get("format_version", 0)) > FORMAT_VERSION:
+    version = meta.get("format_version")
+    if not isinstance(version, int):
+        raise CheckpointError(
+            f"{directory / 'model.json'}: format_version must be an integer, got {version!r}"
+        )
+    if version > FORMAT_VERSION:
         raise CheckpointError(
             f"{directory} has format version {meta['format_version']}; this toroid reads up to "
             f"{FORMAT_VERSION}: upgrade toroid"
+        )
+    if not isinstance(meta.get("model"), dict):
+        raise CheckpointError(
+            f"{directory / 'model.json'}: 'model' must be a model config object, "
+            f"got {meta.get('model')!r}"
         )
     try:
         model = build(meta["model"])

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import tempfile
 from collections.abc import Mapping
 from pathlib import Path
@@ -23,6 +24,14 @@ from safetensors.torch import save as save_safetensors
 
 from toroid.errors import CheckpointError
 
+_TENSOR_FILE = re.compile(r"[A-Za-z0-9_.-]+-[0-9a-f]{16}\.safetensors")
+
+
+def _default_file_mode() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return 0o666 & ~mask
+
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     """Write `data` to `path` so that readers see the old file or the new one, whole."""
@@ -33,6 +42,7 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
             handle.write(data)
             handle.flush()
             os.fsync(handle.fileno())
+        os.chmod(tmp, _default_file_mode())  # mkstemp creates 0600; keep the usual umask
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -75,7 +85,13 @@ def read_bundle(directory: Path, stem: str) -> tuple[dict[str, torch.Tensor], di
         raise CheckpointError(f"{meta_path} is not valid JSON: {exc}") from exc
     if not isinstance(meta, dict) or "tensor_file" not in meta:
         raise CheckpointError(f"{meta_path} does not name its tensor file (key 'tensor_file')")
-    tensor_path = directory / str(meta["tensor_file"])
+    name = meta["tensor_file"]
+    if not (isinstance(name, str) and _TENSOR_FILE.fullmatch(name) and name.startswith(f"{stem}-")):
+        raise CheckpointError(
+            f"{meta_path} names tensor file {name!r}; expected {stem}-<16 hex digits>.safetensors "
+            "in the same directory"
+        )
+    tensor_path = directory / name
     try:
         blob = tensor_path.read_bytes()
     except OSError as exc:

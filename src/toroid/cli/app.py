@@ -25,6 +25,8 @@ class OneLineErrors(TyperGroup):
             print("toroid: interrupted", file=sys.stderr)
             sys.exit(130)
         except typer.TyperException as exc:  # usage errors (exit code 2) and the like
+            if not exc.format_message():  # `toroid` alone: the help was already shown
+                sys.exit(exc.exit_code)
             ctx = getattr(exc, "ctx", None)
             where = f" (in '{ctx.command_path}')" if ctx is not None else ""
             message = " ".join(exc.format_message().split())

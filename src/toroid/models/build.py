@@ -25,6 +25,10 @@ BUILDERS: dict[str, Callable[..., nn.Module]] = {
 def build(config: Mapping[str, Any], *, seed: int | None = None) -> nn.Module:
     """A freshly initialized model from `{"name": ..., **arguments}`; with `seed`, the
     initialization is drawn from that seed without touching the global generator."""
+    if not isinstance(config, Mapping):
+        raise InvalidArgumentError(
+            f"a model config must be a mapping with a 'name', got {type(config).__name__}"
+        )
     name = config.get("name")
     if name not in BUILDERS:
         raise InvalidArgumentError(f"unknown model {name!r}; valid: {', '.join(BUILDERS)}")

@@ -67,12 +67,17 @@ class BatchClosure:
         if not self._recorded:
             self._recorded = True
             n = y.shape[0]
-            self.loss_sum = self.loss_sum.to(detached.device) + detached * n
-            self.wrong = self.wrong.to(y.device) + (logits.detach().argmax(dim=1) != y).sum()
+            wrong = (logits.detach().argmax(dim=1) != y).sum()
+            first = self.seen == 0  # start on the batch's device
+            self.loss_sum = detached * n if first else self.loss_sum + detached * n
+            self.wrong = wrong if first else self.wrong + wrong
             self.seen += n
         return detached
 
-    def reset_statistics(self) -> None:
+    def start_epoch(self, batches: Iterator[Batch]) -> None:
+        """Take the next epoch's minibatch stream and reset the running statistics."""
+        self._batches = batches
+        self._pending = None
         self.loss_sum = torch.zeros(())
         self.wrong = torch.zeros((), dtype=torch.long)
         self.seen = 0

@@ -174,8 +174,8 @@ def fit(
         if state_dir is not None and has_bundle(state_dir, _STATE_STEM):
             if not resume:
                 raise InvalidArgumentError(
-                    f"{state_dir} already holds training state; pass resume=True to continue "
-                    "it, or choose another checkpoint_dir"
+                    f"{state_dir} already holds training state; pass resume=True (CLI: "
+                    "--resume) to continue it, or choose another checkpoint_dir (CLI: --out)"
                 )
             restored = _restore(state_dir, fingerprint, net, opt, batch_gen, augment_gen, dev)
             start_epoch, step, grad_evals_before, elapsed_before, finished, history = restored
@@ -197,8 +197,7 @@ def fit(
                     break
                 epoch_started = time.perf_counter()
                 net.train()
-                closure.reset_statistics()
-                closure._batches = epoch_batches()
+                closure.start_epoch(epoch_batches())
                 lr = base_lrs[0]
                 while closure.has_next():
                     factor = lr_factor(schedule, step, total_steps)
