@@ -524,7 +524,7 @@ def test_tensor_file_must_be_a_plain_name_in_the_directory(saved: Path, name: ob
     meta = _meta(saved)
     meta["tensor_file"] = name
     _write_meta(saved, meta)
-    with pytest.raises(CheckpointError, match="expected model-<16 hex digits>.safetensors"):
+    with pytest.raises(CheckpointError, match=r"expected model-<16 hex digits>\.safetensors"):
         checkpoint.load(saved)
 
 
