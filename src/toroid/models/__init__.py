@@ -2,6 +2,7 @@
 
 from toroid.models.build import BUILDERS, build
 from toroid.models.config import attach_config, model_config
+from toroid.models.layers import Sign
 from toroid.models.lenet import lenet5
 from toroid.models.mlp import mlp
 from toroid.models.resnet import BasicBlock, ResNet, resnet
@@ -11,6 +12,7 @@ __all__ = [
     "BUILDERS",
     "BasicBlock",
     "ResNet",
+    "Sign",
     "attach_config",
     "build",
     "lenet5",
