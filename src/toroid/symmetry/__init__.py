@@ -1,0 +1,31 @@
+"""Symmetry removal: the symmetry spec of a model, canonical form, alignment."""
+
+from toroid.symmetry.canonical import canonicalize, is_canonical
+from toroid.symmetry.derive import (
+    default_example_input,
+    register_module_kind,
+    spec_for,
+    symmetry_spec,
+)
+from toroid.symmetry.transform import (
+    SymmetryTransform,
+    apply_symmetry,
+    random_symmetry,
+)
+from toroid.symmetry.types import CellFamily, Slot, SymmetrySpec, UnitGroup
+
+__all__ = [
+    "CellFamily",
+    "Slot",
+    "SymmetrySpec",
+    "SymmetryTransform",
+    "UnitGroup",
+    "apply_symmetry",
+    "canonicalize",
+    "default_example_input",
+    "is_canonical",
+    "random_symmetry",
+    "register_module_kind",
+    "spec_for",
+    "symmetry_spec",
+]

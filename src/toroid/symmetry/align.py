@@ -1,0 +1,300 @@
+"""Alignment: the permutations (and sign flips) of one network's unit groups that best
+match a reference network, after both are put in canonical form."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+import torch
+from scipy.optimize import linear_sum_assignment
+from torch import fx, nn
+
+from toroid.data.tensordata import DataLike, as_tensor_data
+from toroid.errors import InvalidArgumentError
+from toroid.symmetry.canonical import canonical_state
+from toroid.symmetry.slots import State, permute_units, scale_units, unit_rows
+from toroid.symmetry.transform import SymmetryTransform, transform_state, with_state
+from toroid.symmetry.types import Slot, SymmetrySpec, UnitGroup
+
+AlignMethod = Literal["weight", "activation"]
+
+
+@dataclass(frozen=True)
+class Alignment:
+    """`model`: the canonical form of the aligned network with its units permuted (and,
+    for odd activations, sign-flipped) to match `reference` (the canonical reference).
+    `permutations[g][i]` is the unit of the canonical model that became unit i;
+    `signs[g][i]` the sign it was multiplied by. `similarity_before/after`: per group, the
+    cosine between the two networks over every tensor the group touches, before and after;
+    `total_before/after` the same over all grouped tensors."""
+
+    model: nn.Module
+    reference: nn.Module
+    permutations: Mapping[str, torch.Tensor]
+    signs: Mapping[str, torch.Tensor]
+    similarity_before: Mapping[str, float]
+    similarity_after: Mapping[str, float]
+    total_before: float
+    total_after: float
+    iterations: int
+    method: AlignMethod
+
+    def transform(self) -> SymmetryTransform:
+        """The group element that maps the canonical model onto `model`."""
+        old_signs = {}
+        for name, signs in self.signs.items():
+            original = torch.empty_like(signs)
+            original[self.permutations[name]] = signs
+            old_signs[name] = original
+        return SymmetryTransform(signs=old_signs, permutations=dict(self.permutations))
+
+
+class _Matcher:
+    """Applies candidate permutations/signs to B's tensors and scores them against A."""
+
+    def __init__(self, spec: SymmetrySpec, a: State, b: State) -> None:
+        self.spec, self.a, self.b = spec, a, b
+        self.touching: dict[str, list[tuple[UnitGroup, Slot]]] = {}
+        for group in spec.groups:
+            for slot in group.slots:
+                self.touching.setdefault(slot.tensor, []).append((group, slot))
+        self.perms = {g.name: torch.arange(g.size) for g in spec.groups}
+        self.signs = {
+            g.name: torch.ones(g.size, dtype=a[g.slots[0].tensor].dtype) for g in spec.groups
+        }
+
+    def transformed(self, tensor: str, *, skip: str | None = None) -> torch.Tensor:
+        """B's tensor with every group's current permutation and signs applied, except `skip`."""
+        value = self.b[tensor]
+        for group, slot in self.touching[tensor]:
+            if group.name == skip:
+                continue
+            value = permute_units(value, slot, self.perms[group.name])
+            if slot in group.flip:
+                value = scale_units(value, slot, self.signs[group.name])
+        return value
+
+    def scores(
+        self, group: UnitGroup, usable: set[str] | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(keep, flip): summed inner products of A's unit i and B's unit j over the group's
+        slots that a sign flip leaves alone, and over those it negates."""
+        keep = torch.zeros(group.size, group.size, dtype=torch.float64)
+        flip = torch.zeros_like(keep)
+        for slot in group.slots:
+            if usable is not None and slot.tensor not in usable:
+                continue
+            a_rows = unit_rows(self.a[slot.tensor], slot, group.size).double()
+            b_rows = unit_rows(self.transformed(slot.tensor, skip=group.name), slot, group.size)
+            product = a_rows @ b_rows.double().T
+            if slot in group.flip:
+                flip += product
+            else:
+                keep += product
+        return keep, flip
+
+    def solve(self, group: UnitGroup, usable: set[str] | None = None) -> bool:
+        keep, flip = self.scores(group, usable)
+        score = keep + flip.abs() if group.odd else keep + flip
+        rows, cols = linear_sum_assignment(score.numpy(), maximize=True)
+        perm = torch.as_tensor(cols[np.argsort(rows)], dtype=torch.long)
+        signs = self.signs[group.name]
+        if group.odd:
+            chosen = flip[torch.arange(group.size), perm]
+            signs = torch.where(chosen < 0, -1.0, 1.0).to(signs.dtype)
+        changed = not torch.equal(perm, self.perms[group.name]) or not torch.equal(
+            signs, self.signs[group.name]
+        )
+        self.perms[group.name], self.signs[group.name] = perm, signs
+        return changed
+
+    def layer_by_layer(self) -> None:
+        """From input to output, each group matched on the tensors whose other grouped axes
+        are already matched (its input weights first, as in Pittorino et al. 2022)."""
+        done: set[str] = set()
+        for group in self.spec.groups:
+            usable = {
+                slot.tensor
+                for slot in group.slots
+                if all(
+                    g.name in done or g.name == group.name for g, _ in self.touching[slot.tensor]
+                )
+            }
+            self.solve(group, usable)
+            done.add(group.name)
+
+    def descend(self, *, max_iter: int, generator: torch.Generator) -> int:
+        """Coordinate descent: each step an exact linear assignment for one group with all
+        others fixed; stops when a sweep over all groups (random order) changes nothing."""
+        groups = list(self.spec.groups)
+        for iteration in range(1, max_iter + 1):
+            order = torch.randperm(len(groups), generator=generator).tolist()
+            changed = [self.solve(groups[i]) for i in order]
+            if not any(changed):
+                return iteration
+        return max_iter
+
+    def state(self) -> State:
+        out = dict(self.b)
+        for tensor in self.touching:
+            out[tensor] = self.transformed(tensor)
+        return out
+
+    def objective(self) -> float:
+        return sum(
+            float((self.a[t].double() * self.transformed(t).double()).sum()) for t in self.touching
+        )
+
+
+def _cosines(spec: SymmetrySpec, a: State, b: State) -> tuple[dict[str, float], float]:
+    def cosine(tensors: set[str]) -> float:
+        dot = sum(float((a[t].double() * b[t].double()).sum()) for t in tensors)
+        na = sum(float(a[t].double().pow(2).sum()) for t in tensors)
+        nb = sum(float(b[t].double().pow(2).sum()) for t in tensors)
+        return dot / max(np.sqrt(na * nb), 1e-300)
+
+    per_group = {g.name: cosine({s.tensor for s in g.slots}) for g in spec.groups}
+    everything = {s.tensor for g in spec.groups for s in g.slots}
+    return per_group, cosine(everything)
+
+
+def _activation_correlations(
+    model_a: nn.Module, model_b: nn.Module, spec: SymmetrySpec, data: DataLike, batch_size: int
+) -> dict[str, torch.Tensor]:
+    """Per group, the correlation of A's unit i with B's unit j over data (and positions)."""
+    wanted = {node: g.name for g in spec.groups for node in g.activation_nodes}
+    sums: dict[str, dict[str, torch.Tensor]] = {}
+
+    class Recorder(fx.Interpreter):
+        def __init__(self, module: fx.GraphModule) -> None:
+            super().__init__(module)
+            self.seen: dict[str, torch.Tensor] = {}
+
+        def run_node(self, n: fx.Node) -> object:
+            result = super().run_node(n)
+            if n.name in wanted:
+                self.seen[n.name] = result  # type: ignore[assignment]
+            return result
+
+    graphs = [fx.symbolic_trace(m).eval() for m in (model_a, model_b)]
+    x = as_tensor_data(data).x
+    with torch.no_grad():
+        for start in range(0, len(x), batch_size):
+            batch = x[start : start + batch_size]
+            recorded = []
+            for graph in graphs:
+                recorder = Recorder(graph)
+                recorder.run(batch)
+                recorded.append(recorder.seen)
+            for node, group_name in wanted.items():
+                size = spec.group(group_name).size
+                ua, ub = (r[node].double().movedim(1, 0).reshape(size, -1) for r in recorded)
+                acc = sums.setdefault(
+                    group_name,
+                    {k: torch.zeros(()) for k in ("n",)}
+                    | {
+                        "a": torch.zeros(size, dtype=torch.float64),
+                        "b": torch.zeros(size, dtype=torch.float64),
+                        "aa": torch.zeros(size, dtype=torch.float64),
+                        "bb": torch.zeros(size, dtype=torch.float64),
+                        "ab": torch.zeros(size, size, dtype=torch.float64),
+                    },
+                )
+                acc["n"] = acc["n"] + ua.shape[1]
+                acc["a"] += ua.sum(1)
+                acc["b"] += ub.sum(1)
+                acc["aa"] += ua.pow(2).sum(1)
+                acc["bb"] += ub.pow(2).sum(1)
+                acc["ab"] += ua @ ub.T
+    correlations = {}
+    for name, acc in sums.items():
+        n = acc["n"].double()
+        mean_a, mean_b = acc["a"] / n, acc["b"] / n
+        cov = acc["ab"] / n - mean_a[:, None] * mean_b[None, :]
+        std_a = (acc["aa"] / n - mean_a**2).clamp_min(0).sqrt()
+        std_b = (acc["bb"] / n - mean_b**2).clamp_min(0).sqrt()
+        correlations[name] = cov / (std_a[:, None] * std_b[None, :]).clamp_min(1e-12)
+    return correlations
+
+
+def align(
+    model: nn.Module,
+    reference: nn.Module,
+    *,
+    method: AlignMethod = "weight",
+    data: DataLike | None = None,
+    spec: SymmetrySpec | None = None,
+    max_iter: int = 100,
+    seed: int = 0,
+    batch_size: int = 500,
+) -> Alignment:
+    """Align `model` to `reference` (same architecture). Both are canonicalized first (the
+    output layer normalized). `weight`: layer-by-layer assignment from input to output, then
+    coordinate descent over all groups with exact linear assignments maximizing the summed
+    inner products of every tensor each group touches; the better of that and a descent
+    from the identity is kept, so the similarity never decreases. `activation`: per group,
+    the assignment maximizing the correlation of unit outputs on `data`. Odd activations
+    match on |similarity| and flip signs."""
+    from toroid.symmetry.derive import spec_for
+
+    if method not in ("weight", "activation"):
+        raise InvalidArgumentError(f"method must be 'weight' or 'activation', got {method!r}")
+    if max_iter < 1:
+        raise InvalidArgumentError(f"max_iter must be at least 1, got {max_iter}")
+    spec = spec or spec_for(reference)
+    state_a = canonical_state(reference.state_dict(), spec, output="normalize")
+    state_b = canonical_state(model.state_dict(), spec, output="normalize")
+    if state_a.keys() != state_b.keys() or any(
+        state_a[k].shape != state_b[k].shape for k in state_a
+    ):
+        raise InvalidArgumentError("model and reference have different architectures")
+    before, total_before = _cosines(spec, state_a, state_b)
+    canonical_a = with_state(reference, state_a)
+    canonical_b = with_state(model, state_b)
+
+    if method == "weight":
+        generator = torch.Generator().manual_seed(seed)
+        layered = _Matcher(spec, state_a, state_b)
+        layered.layer_by_layer()
+        iterations = layered.descend(max_iter=max_iter, generator=generator)
+        plain = _Matcher(spec, state_a, state_b)
+        plain_iterations = plain.descend(max_iter=max_iter, generator=generator)
+        best = layered if layered.objective() >= plain.objective() else plain
+        iterations = iterations if best is layered else plain_iterations
+    else:
+        if data is None:
+            raise InvalidArgumentError("method='activation' needs data (inputs to correlate on)")
+        correlations = _activation_correlations(canonical_a, canonical_b, spec, data, batch_size)
+        best = _Matcher(spec, state_a, state_b)
+        for group in spec.groups:
+            corr = correlations[group.name]
+            score = corr.abs() if group.odd else corr
+            rows, cols = linear_sum_assignment(score.numpy(), maximize=True)
+            perm = torch.as_tensor(cols[np.argsort(rows)], dtype=torch.long)
+            best.perms[group.name] = perm
+            if group.odd:
+                chosen = corr[torch.arange(group.size), perm]
+                best.signs[group.name] = torch.where(chosen < 0, -1.0, 1.0).to(
+                    best.signs[group.name].dtype
+                )
+        iterations = 1
+    aligned = best.state()
+    after, total_after = _cosines(spec, state_a, aligned)
+    return Alignment(
+        model=with_state(canonical_b, aligned),
+        reference=canonical_a,
+        permutations=dict(best.perms),
+        signs={g.name: best.signs[g.name] for g in spec.groups if g.odd},
+        similarity_before=before,
+        similarity_after=after,
+        total_before=total_before,
+        total_after=total_after,
+        iterations=iterations,
+        method=method,
+    )
+
+
+__all__ = ["Alignment", "align", "transform_state"]

@@ -1,0 +1,87 @@
+"""Canonical form: every cell unit-norm, signs fixed by a deterministic rule, biases in
+front of BatchNorm folded into its running mean; the eval-mode function unchanged."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+from torch import nn
+
+from toroid.errors import InvalidArgumentError
+from toroid.symmetry.slots import State, unit_matrix
+from toroid.symmetry.transform import flip_units_, scale_cell_, with_state
+from toroid.symmetry.types import SymmetrySpec, UnitGroup
+
+OutputMode = Literal["normalize", "keep"]
+
+
+def fold_biases_(state: State, spec: SymmetrySpec) -> None:
+    """A bias right in front of a BatchNorm only shifts its running mean: move it there."""
+    for bias, bn in spec.bias_folds:
+        state[f"{bn}.running_mean"] = state[f"{bn}.running_mean"] - state[bias]
+        state[bias] = torch.zeros_like(state[bias])
+
+
+def canonical_signs(state: State, group: UnitGroup) -> torch.Tensor:
+    """+1 or -1 per unit: the sign of the sum of its sign-rule slices (input weights), ties
+    broken by the sum of cubes, then +1. Permutation-invariant in the unit's inputs, so
+    canonical forms commute with permutations."""
+    rule = unit_matrix(state, group.sign_rule, group.size)
+    first, second = rule.sum(dim=1), rule.pow(3).sum(dim=1)
+    decided = torch.where(first != 0, first, second)
+    return torch.where(decided < 0, -1.0, 1.0).to(rule.dtype)
+
+
+def canonical_state(state: State, spec: SymmetrySpec, *, output: OutputMode) -> State:
+    if output not in ("normalize", "keep"):
+        raise InvalidArgumentError(f"output must be 'normalize' or 'keep', got {output!r}")
+    out = dict(state)
+    fold_biases_(out, spec)
+    sizes = {g.name: g.size for g in spec.groups}
+    for cell in spec.cells:
+        assert cell.group is not None
+        norms = unit_matrix(out, cell.members, sizes[cell.group]).norm(dim=1)
+        # A zero cell has no direction; leave it (and its compensation) as it is.
+        factors = torch.where(norms > 0, 1.0 / norms, torch.ones_like(norms))
+        scale_cell_(out, spec, cell, factors)
+    for group in spec.groups:
+        if group.odd:
+            flip_units_(out, group.flip, canonical_signs(out, group))
+    if output == "normalize" and spec.output is not None:
+        norm = unit_matrix(out, spec.output.members, 1).norm(dim=1)
+        if float(norm) > 0:
+            scale_cell_(out, spec, spec.output, 1.0 / norm)
+    return out
+
+
+def canonicalize(
+    model: nn.Module, *, spec: SymmetrySpec | None = None, output: OutputMode = "normalize"
+) -> nn.Module:
+    """A copy of `model` in canonical form. With `output="normalize"` the output layer is
+    scaled to unit norm too (predictions unchanged, logits up to one positive factor);
+    with `"keep"` the logits are unchanged."""
+    from toroid.symmetry.derive import spec_for
+
+    spec = spec or spec_for(model)
+    return with_state(model, canonical_state(model.state_dict(), spec, output=output))
+
+
+def is_canonical(model: nn.Module, spec: SymmetrySpec | None = None, *, atol: float = 1e-6) -> bool:
+    """Whether every hidden cell has unit norm (zero cells excepted), every sign follows the
+    rule and every bias in front of a BatchNorm is folded. The output layer is not checked
+    (both output modes are canonical)."""
+    from toroid.symmetry.derive import spec_for
+
+    spec = spec or spec_for(model)
+    state = model.state_dict()
+    sizes = {g.name: g.size for g in spec.groups}
+    for bias, _ in spec.bias_folds:
+        if state[bias].abs().max() > atol:
+            return False
+    for cell in spec.cells:
+        assert cell.group is not None
+        norms = unit_matrix(state, cell.members, sizes[cell.group]).norm(dim=1)
+        if ((norms - 1).abs() > atol)[norms > 0].any():
+            return False
+    return all(bool((canonical_signs(state, g) > 0).all()) for g in spec.groups if g.odd)

@@ -1,0 +1,644 @@
+"""`symmetry_spec`: derive unit groups and cells from a model's torch.fx graph.
+
+Every tensor in the graph carries a *channel space*: a Linear/Conv output creates one, a
+per-channel operation passes it on, and a residual add merges the spaces of its inputs
+(union-find), so that every writer and reader of a residual stream shares one group.
+For each value we also keep its chain: the operations since the space's producer (or
+since the last add). Chains decide the continuous symmetries: a positive per-unit scale
+passes through positively homogeneous operations (ReLU, LeakyReLU, pooling, flatten,
+dropout) and is absorbed by a BatchNorm's running statistics or compensated in the
+consumers' input columns; a sign flip passes through odd activations and linear
+operations (average pooling, flatten, dropout), but not max-pooling or ReLU.
+"""
+
+from __future__ import annotations
+
+import math
+import operator
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import torch
+import torch.nn.functional as F
+from torch import fx, nn
+from torch.fx.passes.shape_prop import ShapeProp
+
+from toroid.errors import UnsupportedModelError
+from toroid.models.layers import Sign
+from toroid.symmetry.types import CellFamily, Slot, SymmetrySpec, UnitGroup
+
+OpKind = Literal["producer", "bn", "relu", "odd", "maxpool", "avgpool", "flatten", "pass", "add"]
+HOMOGENEOUS: frozenset[str] = frozenset({"relu", "maxpool", "avgpool", "flatten", "pass"})
+SIGN_EQUIVARIANT: frozenset[str] = frozenset({"odd", "avgpool", "flatten", "pass"})
+
+_MODULE_KINDS: dict[type[nn.Module], OpKind] = {
+    nn.Linear: "producer",
+    nn.Conv1d: "producer",
+    nn.Conv2d: "producer",
+    nn.BatchNorm1d: "bn",
+    nn.BatchNorm2d: "bn",
+    nn.ReLU: "relu",
+    nn.LeakyReLU: "relu",
+    nn.Tanh: "odd",
+    nn.Hardtanh: "odd",
+    Sign: "odd",
+    nn.MaxPool1d: "maxpool",
+    nn.MaxPool2d: "maxpool",
+    nn.AvgPool1d: "avgpool",
+    nn.AvgPool2d: "avgpool",
+    nn.AdaptiveAvgPool1d: "avgpool",
+    nn.AdaptiveAvgPool2d: "avgpool",
+    nn.Flatten: "flatten",
+    nn.Dropout: "pass",
+    nn.Dropout1d: "pass",
+    nn.Dropout2d: "pass",
+    nn.Identity: "pass",
+}
+
+_FUNCTION_KINDS: dict[Callable[..., Any], OpKind] = {
+    torch.relu: "relu",
+    F.relu: "relu",
+    torch.relu_: "relu",
+    F.leaky_relu: "relu",
+    torch.tanh: "odd",
+    F.tanh: "odd",
+    F.hardtanh: "odd",
+    torch.sign: "odd",
+    F.max_pool1d: "maxpool",
+    F.max_pool2d: "maxpool",
+    F.avg_pool1d: "avgpool",
+    F.avg_pool2d: "avgpool",
+    F.adaptive_avg_pool1d: "avgpool",
+    F.adaptive_avg_pool2d: "avgpool",
+    torch.flatten: "flatten",
+    F.dropout: "pass",
+    operator.add: "add",
+    torch.add: "add",
+}
+
+_METHOD_KINDS: dict[str, OpKind] = {
+    "relu": "relu",
+    "relu_": "relu",
+    "tanh": "odd",
+    "sign": "odd",
+    "flatten": "flatten",
+    "view": "flatten",
+    "reshape": "flatten",
+    "add": "add",
+    "__add__": "add",
+    "contiguous": "pass",
+}
+
+
+def register_module_kind(module_type: type[nn.Module], kind: OpKind) -> None:
+    """Teach the derivation a module type of your own (e.g. a binary Linear: 'producer')."""
+    _MODULE_KINDS[module_type] = kind
+
+
+@dataclass(frozen=True)
+class Op:
+    kind: OpKind
+    node: str
+    module: str | None = None
+
+
+@dataclass(frozen=True)
+class Value:
+    """What the analysis knows about one tensor in the graph."""
+
+    space: int  # channel space (union-find id); 0 is the input
+    block: int  # features per channel after flattening
+    origin: tuple[str, str]  # ("producer" | "add" | "input", node name)
+    chain: tuple[Op, ...]  # operations since the origin
+
+
+@dataclass
+class _Space:
+    producers: list[tuple[str, str]] = field(default_factory=list)  # (node, module)
+    reads: list[tuple[str, Value]] = field(default_factory=list)  # (consumer module, value)
+    writes: list[Value] = field(default_factory=list)  # inputs of residual adds
+    outputs: list[Value] = field(default_factory=list)
+    values: list[tuple[str, Value]] = field(default_factory=list)  # (node, value)
+    first_index: int = 0
+
+
+class _UnionFind:
+    def __init__(self) -> None:
+        self.parent: dict[int, int] = {}
+
+    def add(self, x: int) -> None:
+        self.parent.setdefault(x, x)
+
+    def find(self, x: int) -> int:
+        while self.parent[x] != x:
+            self.parent[x] = self.parent[self.parent[x]]
+            x = self.parent[x]
+        return x
+
+    def union(self, a: int, b: int) -> int:
+        ra, rb = self.find(a), self.find(b)
+        if ra == rb:
+            return ra
+        low, high = sorted((ra, rb))  # the input space (0) stays the root
+        self.parent[high] = low
+        return low
+
+
+def _describe(node: fx.Node, modules: dict[str, nn.Module]) -> str:
+    if node.op == "call_module":
+        return f"module {node.target!r} ({type(modules[str(node.target)]).__name__})"
+    target = getattr(node.target, "__name__", str(node.target))
+    return f"operation {target!r} (node {node.name!r})"
+
+
+def _kind(node: fx.Node, modules: dict[str, nn.Module]) -> OpKind:
+    if node.op == "call_module":
+        module = modules[str(node.target)]
+        kind = _MODULE_KINDS.get(type(module))
+        if kind is None:
+            raise UnsupportedModelError(
+                f"unsupported {_describe(node, modules)}; toroid's symmetry derivation handles "
+                "Linear, Conv1d/2d, BatchNorm1d/2d, ReLU, LeakyReLU, Tanh, Hardtanh, Sign, "
+                "pooling, flatten/view, dropout, identity and residual add (write a "
+                "SymmetrySpec by hand, or register_module_kind, for others)"
+            )
+        _check_module(node, module, modules)
+        return kind
+    if node.op == "call_function":
+        kind = _FUNCTION_KINDS.get(node.target)  # type: ignore[arg-type]
+    elif node.op == "call_method":
+        kind = _METHOD_KINDS.get(str(node.target))
+    else:
+        kind = None
+    if kind is None:
+        raise UnsupportedModelError(f"unsupported {_describe(node, modules)} in the model graph")
+    if kind == "add" and node.kwargs.get("alpha", 1) != 1:
+        raise UnsupportedModelError(f"unsupported {_describe(node, modules)}: add with alpha")
+    if kind == "relu" and node.target is F.leaky_relu:
+        slope = node.kwargs.get("negative_slope", node.args[1] if len(node.args) > 1 else 0.01)
+        if not isinstance(slope, int | float):
+            raise UnsupportedModelError(f"{_describe(node, modules)}: non-constant slope")
+    if kind == "odd" and node.target is F.hardtanh:
+        low = node.kwargs.get("min_val", node.args[1] if len(node.args) > 1 else -1.0)
+        high = node.kwargs.get("max_val", node.args[2] if len(node.args) > 2 else 1.0)
+        if low != -high:
+            raise UnsupportedModelError(f"{_describe(node, modules)} is not odd: [{low}, {high}]")
+    return kind
+
+
+def _check_module(node: fx.Node, module: nn.Module, modules: dict[str, nn.Module]) -> None:
+    if isinstance(module, nn.Conv1d | nn.Conv2d) and module.groups != 1:
+        raise UnsupportedModelError(
+            f"unsupported {_describe(node, modules)}: groups={module.groups}, only groups=1"
+        )
+    if isinstance(module, nn.modules.batchnorm._BatchNorm) and not module.track_running_stats:
+        raise UnsupportedModelError(
+            f"unsupported {_describe(node, modules)}: BatchNorm without running statistics"
+        )
+    if isinstance(module, nn.Hardtanh) and module.min_val != -module.max_val:
+        raise UnsupportedModelError(
+            f"{_describe(node, modules)} is not odd: [{module.min_val}, {module.max_val}]"
+        )
+    if isinstance(module, nn.Flatten) and (module.start_dim, module.end_dim) != (1, -1):
+        raise UnsupportedModelError(
+            f"unsupported {_describe(node, modules)}: only flattening all but the batch axis"
+        )
+
+
+def _tensor_args(node: fx.Node) -> list[fx.Node]:
+    return [
+        a
+        for a in (*node.args, *node.kwargs.values())
+        if isinstance(a, fx.Node) and "tensor_meta" in a.meta
+    ]
+
+
+def _shape(node: fx.Node) -> tuple[int, ...]:
+    return tuple(node.meta["tensor_meta"].shape)
+
+
+def trace(model: nn.Module, example_input: torch.Tensor) -> fx.GraphModule:
+    """The model's fx graph, annotated with shapes from an eval-mode pass."""
+    try:
+        graph_module = fx.symbolic_trace(model)
+    except Exception as exc:  # fx raises many kinds on dynamic control flow
+        raise UnsupportedModelError(
+            f"cannot trace {type(model).__name__} with torch.fx ({type(exc).__name__}: {exc}); "
+            "write a SymmetrySpec by hand"
+        ) from exc
+    was_training = model.training
+    graph_module.eval()
+    try:
+        with torch.no_grad():
+            ShapeProp(graph_module).propagate(example_input)
+    finally:
+        graph_module.train(was_training)
+    return graph_module
+
+
+def symmetry_spec(model: nn.Module, example_input: torch.Tensor) -> SymmetrySpec:
+    """Unit groups and cells of `model`, derived from its torch.fx graph; `example_input`
+    is one batch (of at least two examples) of valid input."""
+    graph_module = trace(model, example_input)
+    modules = dict(graph_module.named_modules())
+    params = dict(model.named_parameters())
+    buffers = dict(model.named_buffers())
+    tensors = {**params, **buffers}
+    uf = _UnionFind()
+    uf.add(0)
+    values: dict[str, Value] = {}
+    spaces: dict[int, _Space] = {0: _Space()}
+    eps: dict[str, float] = {}
+
+    def space_of(v: Value) -> _Space:
+        return spaces[uf.find(v.space)]
+
+    for index, node in enumerate(graph_module.graph.nodes):
+        if node.op == "placeholder":
+            values[node.name] = Value(0, 1, ("input", node.name), ())
+            continue
+        if node.op == "get_attr":
+            raise UnsupportedModelError(f"unsupported direct use of parameter {node.target!r}")
+        if node.op == "output":
+            for arg in _tensor_args(node):
+                space_of(values[arg.name]).outputs.append(values[arg.name])
+            continue
+        if "tensor_meta" not in node.meta:  # shape arithmetic such as x.size(0)
+            continue
+        inputs = [values[a.name] for a in _tensor_args(node)]
+        kind = _kind(node, modules)
+        if kind == "add":
+            if len(inputs) != 2 or _shape(node.args[0]) != _shape(node.args[1]):  # type: ignore[arg-type]
+                raise UnsupportedModelError(
+                    f"unsupported {_describe(node, modules)}: only the sum of two tensors of one shape"
+                )
+            for v in inputs:
+                space_of(v).writes.append(v)
+            a, b = (uf.find(v.space) for v in inputs)
+            root = uf.union(a, b)
+            if a != b:
+                other = spaces.pop(b if root == a else a)
+                merged = spaces[root]
+                merged.producers += other.producers
+                merged.reads += other.reads
+                merged.writes += other.writes
+                merged.outputs += other.outputs
+                merged.values += other.values
+                merged.first_index = min(merged.first_index, other.first_index)
+            value = Value(root, inputs[0].block, ("add", node.name), ())
+        else:
+            if len(inputs) != 1:
+                raise UnsupportedModelError(
+                    f"unsupported {_describe(node, modules)}: it combines {len(inputs)} tensors"
+                )
+            (source,) = inputs
+            module_name = str(node.target) if node.op == "call_module" else None
+            if kind == "producer":
+                assert module_name is not None
+                if source.block != 1 and not isinstance(modules[module_name], nn.Linear):
+                    raise UnsupportedModelError(f"{_describe(node, modules)} reads flattened input")
+                space_of(source).reads.append((module_name, source))
+                new = len(uf.parent)
+                uf.add(new)
+                spaces[new] = _Space(producers=[(node.name, module_name)], first_index=index)
+                value = Value(new, 1, ("producer", node.name), ())
+            elif kind == "flatten":
+                in_shape, out_shape = _shape(_tensor_args(node)[0]), _shape(node)
+                if len(out_shape) != 2 or out_shape[0] != in_shape[0] or len(in_shape) < 2:
+                    raise UnsupportedModelError(
+                        f"unsupported {_describe(node, modules)}: reshapes {in_shape} to "
+                        f"{out_shape}; only flattening to (batch, features) is supported"
+                    )
+                block = source.block * math.prod(in_shape[2:])
+                value = Value(
+                    source.space, block, source.origin, (*source.chain, Op(kind, node.name))
+                )
+            else:
+                if kind == "bn":
+                    assert module_name is not None
+                    bn = modules[module_name]
+                    assert isinstance(bn, nn.modules.batchnorm._BatchNorm)
+                    eps[module_name] = float(bn.eps)
+                op = Op(kind, node.name, module_name)
+                value = Value(source.space, source.block, source.origin, (*source.chain, op))
+        values[node.name] = value
+        space_of(value).values.append((node.name, value))
+
+    return _build_spec(spaces, uf, tensors, modules, eps)
+
+
+def _module_slots(module_name: str, tensors: dict[str, torch.Tensor], block: int) -> list[Slot]:
+    """Axis-0 slots of a producer's weight and bias, or a BatchNorm's vectors."""
+    return [
+        Slot(f"{module_name}.{t}", 0, block)
+        for t in ("weight", "bias", "running_mean", "running_var")
+        if f"{module_name}.{t}" in tensors
+    ]
+
+
+def _affine_slots(module_name: str, tensors: dict[str, torch.Tensor], block: int) -> list[Slot]:
+    """The scalable vectors at a chain's source: weight and bias (rows, or BN's gamma/beta)."""
+    return [
+        Slot(f"{module_name}.{t}", 0, block)
+        for t in ("weight", "bias")
+        if f"{module_name}.{t}" in tensors
+    ]
+
+
+def _segments(chain: tuple[Op, ...]) -> list[tuple[Op | None, list[Op]]]:
+    """Split a chain at its BatchNorms: [(source BN or None for the origin, ops after it)]."""
+    segments: list[tuple[Op | None, list[Op]]] = [(None, [])]
+    for op in chain:
+        if op.kind == "bn":
+            segments.append((op, []))
+        else:
+            segments[-1][1].append(op)
+    return segments
+
+
+def _build_spec(
+    spaces: dict[int, _Space],
+    uf: _UnionFind,
+    tensors: dict[str, torch.Tensor],
+    modules: dict[str, nn.Module],
+    eps: dict[str, float],
+) -> SymmetrySpec:
+    groups: list[tuple[int, UnitGroup]] = []
+    cells: list[CellFamily] = []
+    folds: list[tuple[str, str]] = []
+    output: CellFamily | None = None
+    for root, space in sorted(spaces.items(), key=lambda item: item[1].first_index):
+        if root == 0 or not space.producers:
+            continue
+        if space.outputs:
+            output = output or _output_cell(space, tensors)
+            continue
+        if not space.reads and not space.writes:
+            continue
+        name = f"g{len(groups)}:{space.producers[0][1]}"
+        size = int(tensors[f"{space.producers[0][1]}.weight"].shape[0])
+        builder = _GroupBuilder(name, size, space, tensors, modules)
+        group, group_cells, group_folds = builder.build()
+        groups.append((space.first_index, group))
+        cells += group_cells
+        folds += group_folds
+    ordered = _order_cells(cells)
+    used_eps = {m: e for m, e in eps.items() if any(m in c.batchnorm for c in ordered)}
+    return SymmetrySpec(
+        groups=tuple(g for _, g in sorted(groups, key=lambda item: item[0])),
+        cells=tuple(ordered),
+        output=output,
+        bias_folds=tuple(folds),
+        bn_eps=used_eps,
+    )
+
+
+def _output_cell(space: _Space, tensors: dict[str, torch.Tensor]) -> CellFamily | None:
+    """The output layer's global cell: its weight and bias, when the logits come straight
+    (through dropout or identity at most) from a single Linear."""
+    if len(space.producers) != 1 or space.writes:
+        return None
+    if any(op.kind != "pass" for v in space.outputs for op in v.chain):
+        return None
+    module = space.producers[0][1]
+    weight = tensors[f"{module}.weight"]
+    members = [Slot(f"{module}.weight", 0, int(weight.shape[0]))]
+    if f"{module}.bias" in tensors:
+        members.append(Slot(f"{module}.bias", 0, int(weight.shape[0])))
+    return CellFamily(f"output:{module}", None, "output", tuple(members))
+
+
+class _GroupBuilder:
+    def __init__(
+        self,
+        name: str,
+        size: int,
+        space: _Space,
+        tensors: dict[str, torch.Tensor],
+        modules: dict[str, nn.Module],
+    ) -> None:
+        self.name, self.size, self.space = name, size, space
+        self.tensors, self.modules = tensors, modules
+
+    def _unsupported(self, why: str) -> UnsupportedModelError:
+        producers = ", ".join(m for _, m in self.space.producers)
+        return UnsupportedModelError(f"unit group of {producers}: {why}")
+
+    def _reader_slots(self, reads: list[tuple[str, Value]]) -> list[Slot]:
+        return [Slot(f"{module}.weight", 1, value.block) for module, value in reads]
+
+    def build(self) -> tuple[UnitGroup, list[CellFamily], list[tuple[str, str]]]:
+        space = self.space
+        slots: list[Slot] = []
+        for _, module in space.producers:
+            slots += _module_slots(module, self.tensors, 1)
+        seen_bn: set[str] = set()
+        for _, value in space.values:
+            for op in value.chain:
+                if op.kind == "bn" and op.module not in seen_bn:
+                    assert op.module is not None
+                    seen_bn.add(op.module)
+                    slots += _module_slots(op.module, self.tensors, self._block_at_op(op))
+        slots += self._reader_slots(space.reads)
+        cells, folds = self._cells()
+        flip, rule = ([], []) if space.writes else self._sign()
+        nodes = sorted({v.chain[-1].node if v.chain else v.origin[1] for _, v in space.reads})
+        group = UnitGroup(
+            name=self.name,
+            size=self.size,
+            slots=tuple(dict.fromkeys(slots)),
+            flip=tuple(flip),
+            sign_rule=tuple(rule),
+            stream=bool(space.writes),
+            activation_nodes=tuple(nodes),
+        )
+        return group, cells, folds
+
+    def _chain_cells(
+        self, producer: str, chain: tuple[Op, ...]
+    ) -> tuple[list[CellFamily], list[tuple[str, str]], list[Slot] | None]:
+        """Cells of the segments of one chain that end in a BatchNorm, the bias folds, and the
+        slots of the last segment's source when that segment is homogeneous (else None)."""
+        cells: list[CellFamily] = []
+        folds: list[tuple[str, str]] = []
+        segments = _segments(chain)
+        for k, (source, ops) in enumerate(segments[:-1]):
+            absorbing = segments[k + 1][0]
+            assert absorbing is not None and absorbing.module is not None
+            src = producer if source is None else source.module
+            assert src is not None
+            members = _affine_slots(
+                src, self.tensors, 1 if source is None else self._block_at_op(source)
+            )
+            if (
+                source is None
+                and all(op.kind == "pass" for op in ops)
+                and f"{producer}.bias" in self.tensors
+            ):
+                folds.append((f"{producer}.bias", absorbing.module))
+            if members and all(op.kind in HOMOGENEOUS for op in ops):
+                cells.append(
+                    CellFamily(
+                        f"{self.name}:{src}>{absorbing.module}",
+                        self.name,
+                        "absorbed",
+                        tuple(members),
+                        batchnorm=(absorbing.module,),
+                    )
+                )
+        last_source, last_ops = segments[-1]
+        src = producer if last_source is None else last_source.module
+        assert src is not None
+        homogeneous = all(op.kind in HOMOGENEOUS for op in last_ops)
+        block = 1 if last_source is None else self._block_at_op(last_source)
+        return cells, folds, (_affine_slots(src, self.tensors, block) if homogeneous else None)
+
+    def _block_at_op(self, op: Op) -> int:
+        for node_name, v in self.space.values:
+            if node_name == op.node:
+                return v.block
+        return 1
+
+    def _cells(self) -> tuple[list[CellFamily], list[tuple[str, str]]]:
+        space = self.space
+        by_producer: dict[str, list[tuple[str, Value]]] = {}
+        node_to_module = dict(space.producers)
+        for module, value in space.reads:
+            if value.origin[0] == "producer":
+                by_producer.setdefault(node_to_module[value.origin[1]], []).append((module, value))
+        for value in space.writes:
+            if value.origin[0] == "producer":
+                by_producer.setdefault(node_to_module[value.origin[1]], []).append(("", value))
+        cells: list[CellFamily] = []
+        folds: list[tuple[str, str]] = []
+        last_members: list[Slot] = []
+        scalable = True
+        for producer, uses in by_producer.items():
+            bn_sequences = {tuple(op.module for op in v.chain if op.kind == "bn") for _, v in uses}
+            if len(bn_sequences) != 1:
+                raise self._unsupported("its units are read through different BatchNorms")
+            longest = max((v for _, v in uses), key=lambda v: len(v.chain))
+            chain_cells, chain_folds, tail = self._chain_cells(producer, longest.chain)
+            cells += chain_cells
+            folds += chain_folds
+            tails_ok = all(
+                all(op.kind in HOMOGENEOUS for op in _segments(v.chain)[-1][1]) for _, v in uses
+            )
+            if tail is None or not tails_ok:
+                scalable = False
+            else:
+                last_members += tail
+        for value in (*space.writes, *(v for _, v in space.reads)):
+            if value.origin[0] == "add":
+                if any(op.kind == "bn" for op in value.chain):
+                    raise self._unsupported(
+                        "a BatchNorm reads the residual stream (pre-activation blocks are not "
+                        "supported yet)"
+                    )
+                if any(op.kind not in HOMOGENEOUS for op in value.chain):
+                    scalable = False
+            elif value.origin[0] == "input":
+                raise self._unsupported("the network input is added into it")
+        readers = self._reader_slots(space.reads)
+        if scalable and last_members:
+            kind: Literal["homogeneous", "stream"] = "stream" if space.writes else "homogeneous"
+            cells.append(
+                CellFamily(
+                    f"{self.name}:{kind}",
+                    self.name,
+                    kind,
+                    tuple(dict.fromkeys(last_members)),
+                    compensate=tuple(readers),
+                )
+            )
+        return cells, folds
+
+    def _sign(self) -> tuple[list[Slot], list[Slot]]:
+        """Flip and sign-rule slots when every use of the units goes through an odd
+        activation followed only by linear operations; otherwise no sign symmetry."""
+        space = self.space
+        if not space.reads or len(space.producers) != 1:
+            return [], []
+        producer = space.producers[0][1]
+        chains = [v.chain for _, v in space.reads]
+        for chain in chains:
+            last_source, last_ops = _segments(chain)[-1]
+            if not any(op.kind == "odd" for op in last_ops):
+                return [], []
+            if any(op.kind not in SIGN_EQUIVARIANT for op in last_ops):
+                return [], []
+        segments = _segments(chains[0])
+        readers = self._reader_slots(space.reads)
+        producer_slots = _affine_slots(producer, self.tensors, 1)
+        if len(segments) == 1:
+            return producer_slots + readers, producer_slots
+        bn = segments[-1][0]
+        assert bn is not None and bn.module is not None
+        block = self._block_at_op(bn)
+        if len(segments) == 2 and all(op.kind == "pass" for op in segments[0][1]):
+            # Negate the unit's input, the BatchNorm's running mean and beta: the BN output
+            # changes sign and gamma stays (as binary networks need).
+            bn_slots = [Slot(f"{bn.module}.running_mean", 0, block)]
+            if f"{bn.module}.bias" in self.tensors:
+                bn_slots.append(Slot(f"{bn.module}.bias", 0, block))
+            return producer_slots + bn_slots + readers, producer_slots
+        gamma_beta = _affine_slots(bn.module, self.tensors, block)
+        if not gamma_beta:
+            return [], []
+        return gamma_beta + readers, gamma_beta
+
+
+def _order_cells(cells: list[CellFamily]) -> list[CellFamily]:
+    """Every cell after the cells whose compensation writes into its members."""
+    members = [{s.tensor for s in c.members} for c in cells]
+    writes = [{s.tensor for s in c.compensate} for c in cells]
+    remaining = list(range(len(cells)))
+    ordered: list[CellFamily] = []
+    while remaining:
+        ready = [
+            i for i in remaining if not any(writes[j] & members[i] for j in remaining if j != i)
+        ]
+        if not ready:
+            raise UnsupportedModelError(
+                "the cells' compensations form a cycle: "
+                + ", ".join(cells[i].name for i in remaining)
+            )
+        ordered.append(cells[ready[0]])
+        remaining.remove(ready[0])
+    return ordered
+
+
+def default_example_input(model: nn.Module) -> torch.Tensor:
+    """A batch of two random inputs of the shape a built-in model's config implies."""
+    from toroid.models.config import model_config
+
+    config = model_config(model)
+    first = next(model.parameters())
+    name = config["name"]
+    if name == "mlp":
+        shape: tuple[int, ...] = (config["in_features"],)
+    elif name == "lenet5":
+        shape = (config["in_channels"], config["input_size"], config["input_size"])
+    elif name in ("vgg", "resnet"):
+        shape = (config["in_channels"], 32, 32)
+    else:
+        raise UnsupportedModelError(
+            f"no default input shape for model {name!r}; pass spec=symmetry_spec(model, x)"
+        )
+    gen = torch.Generator().manual_seed(0)
+    return torch.randn(2, *shape, generator=gen, dtype=first.dtype).to(first.device)
+
+
+def spec_for(model: nn.Module) -> SymmetrySpec:
+    """The spec of a model that carries a toroid config (built-in models)."""
+    try:
+        example = default_example_input(model)
+    except Exception as exc:
+        if isinstance(exc, UnsupportedModelError):
+            raise
+        raise UnsupportedModelError(
+            f"{type(model).__name__} carries no toroid config, so its input shape is unknown; "
+            "pass spec=symmetry_spec(model, example_input)"
+        ) from exc
+    return symmetry_spec(model, example)

@@ -1,0 +1,45 @@
+"""Per-unit views of state-dict tensors along a slot's axis: the tensor math every
+symmetry operation is built from (gather a unit's slices, scale or permute units)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+
+import torch
+
+from toroid.symmetry.types import Slot
+
+State = dict[str, torch.Tensor]
+
+
+def unit_rows(tensor: torch.Tensor, slot: Slot, size: int) -> torch.Tensor:
+    """A (size, d) view-like matrix: row i holds unit i's slice of `tensor`."""
+    moved = tensor.movedim(slot.axis, 0)
+    return moved.reshape(size, -1)
+
+
+def unit_matrix(
+    state: Mapping[str, torch.Tensor], slots: Iterable[Slot], size: int
+) -> torch.Tensor:
+    """Row i: the concatenation of unit i's slices over `slots` (its cell vector)."""
+    parts = [unit_rows(state[s.tensor], s, size) for s in slots]
+    return torch.cat(parts, dim=1) if parts else torch.zeros(size, 0)
+
+
+def _expand(factors: torch.Tensor, tensor: torch.Tensor, slot: Slot) -> torch.Tensor:
+    per_index = factors.to(tensor.dtype).repeat_interleave(slot.block)
+    shape = [1] * tensor.dim()
+    shape[slot.axis] = -1
+    return per_index.view(shape)
+
+
+def scale_units(tensor: torch.Tensor, slot: Slot, factors: torch.Tensor) -> torch.Tensor:
+    """`tensor` with unit i's slice multiplied by factors[i]."""
+    return tensor * _expand(factors, tensor, slot)
+
+
+def permute_units(tensor: torch.Tensor, slot: Slot, perm: torch.Tensor) -> torch.Tensor:
+    """`tensor` whose unit i slice is the old unit perm[i] slice."""
+    block = torch.arange(slot.block, device=perm.device)
+    index = (perm[:, None] * slot.block + block[None, :]).reshape(-1).to(tensor.device)
+    return tensor.index_select(slot.axis, index)

@@ -1,0 +1,144 @@
+"""Group elements acting on a network: per-cell positive scales, per-unit sign flips and
+per-group permutations, applied to a state dict exactly as the function-preserving
+symmetries of DESIGN.md describe."""
+
+from __future__ import annotations
+
+import copy
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from toroid.errors import InvalidArgumentError
+from toroid.symmetry.slots import State, permute_units, scale_units
+from toroid.symmetry.types import CellFamily, Slot, SymmetrySpec
+
+
+@dataclass(frozen=True)
+class SymmetryTransform:
+    """One group element. Applied in this order: `scales` (cell name -> positive factor
+    per unit, multiplying the cell and dividing its compensation), `output_scale`, then
+    `signs` (group -> +-1 per unit, in the original unit order), then `permutations`
+    (group -> perm; new unit i is old unit perm[i])."""
+
+    scales: Mapping[str, torch.Tensor] = field(default_factory=dict)
+    signs: Mapping[str, torch.Tensor] = field(default_factory=dict)
+    permutations: Mapping[str, torch.Tensor] = field(default_factory=dict)
+    output_scale: float = 1.0
+
+
+def _bn_stat_slot(state: State, bn: str, stat: str, size: int) -> Slot:
+    return Slot(f"{bn}.{stat}", 0, state[f"{bn}.{stat}"].numel() // size)
+
+
+def scale_cell_(state: State, spec: SymmetrySpec, cell: CellFamily, factors: torch.Tensor) -> None:
+    """Multiply each unit's cell by its factor and compensate so that the eval-mode function
+    is unchanged. An absorbing BatchNorm sees its input scaled by the factor: its running
+    mean scales with it, and running_var + eps with its square (eps folded in exactly)."""
+    size = factors.numel()
+    for slot in cell.members:
+        state[slot.tensor] = scale_units(state[slot.tensor], slot, factors)
+    for slot in cell.compensate:
+        state[slot.tensor] = scale_units(state[slot.tensor], slot, 1.0 / factors)
+    for bn in cell.batchnorm:
+        eps = spec.bn_eps[bn]
+        mean = _bn_stat_slot(state, bn, "running_mean", size)
+        var = _bn_stat_slot(state, bn, "running_var", size)
+        state[mean.tensor] = scale_units(state[mean.tensor], mean, factors)
+        shifted = scale_units(state[var.tensor] + eps, var, factors * factors)
+        state[var.tensor] = shifted - eps
+
+
+def flip_units_(state: State, slots: tuple[Slot, ...], signs: torch.Tensor) -> None:
+    for slot in slots:
+        state[slot.tensor] = scale_units(state[slot.tensor], slot, signs)
+
+
+def permute_group_(state: State, slots: tuple[Slot, ...], perm: torch.Tensor) -> None:
+    for slot in slots:
+        state[slot.tensor] = permute_units(state[slot.tensor], slot, perm)
+
+
+def transform_state(state: State, spec: SymmetrySpec, transform: SymmetryTransform) -> State:
+    """A new state dict: `transform` applied to `state`."""
+    out = dict(state)
+    cells = {c.name: c for c in spec.cells}
+    for name, factors in transform.scales.items():
+        if name not in cells:
+            raise InvalidArgumentError(f"transform scales unknown cell {name!r}")
+        scale_cell_(out, spec, cells[name], factors)
+    if transform.output_scale != 1.0:
+        if spec.output is None:
+            raise InvalidArgumentError("transform scales the output layer, which this model lacks")
+        scale_cell_(out, spec, spec.output, torch.tensor([transform.output_scale]))
+    groups = {g.name: g for g in spec.groups}
+    for name, signs in transform.signs.items():
+        group = groups.get(name)
+        if group is None or not group.odd:
+            raise InvalidArgumentError(
+                f"transform flips signs of {name!r}, not a sign-symmetric group"
+            )
+        flip_units_(out, group.flip, signs)
+    for name, perm in transform.permutations.items():
+        if name not in groups:
+            raise InvalidArgumentError(f"transform permutes unknown group {name!r}")
+        permute_group_(out, groups[name].slots, perm)
+    return out
+
+
+def with_state(model: nn.Module, state: Mapping[str, torch.Tensor]) -> nn.Module:
+    """A copy of `model` holding `state` (the input model is untouched)."""
+    new = copy.deepcopy(model)
+    new.load_state_dict(dict(state))
+    return new
+
+
+def apply_symmetry(
+    model: nn.Module, transform: SymmetryTransform, spec: SymmetrySpec | None = None
+) -> nn.Module:
+    """A copy of `model` moved along its symmetry orbit by `transform`."""
+    from toroid.symmetry.derive import spec_for
+
+    spec = spec or spec_for(model)
+    return with_state(model, transform_state(model.state_dict(), spec, transform))
+
+
+def random_symmetry(
+    model: nn.Module,
+    *,
+    seed: int,
+    scale_range: tuple[float, float] = (0.1, 10.0),
+    permutations: bool = True,
+    spec: SymmetrySpec | None = None,
+) -> tuple[nn.Module, SymmetryTransform]:
+    """A random group element applied to `model`: log-uniform positive scales in
+    `scale_range` for every cell (the output layer included), random signs for
+    sign-symmetric groups and, unless `permutations=False`, random permutations."""
+    from toroid.symmetry.derive import spec_for
+
+    low, high = scale_range
+    if not 0 < low <= high:
+        raise InvalidArgumentError(f"scale_range must satisfy 0 < low <= high, got {scale_range}")
+    spec = spec or spec_for(model)
+    gen = torch.Generator().manual_seed(seed)
+    sizes = {g.name: g.size for g in spec.groups}
+
+    def log_uniform(n: int) -> torch.Tensor:
+        u = torch.rand(n, generator=gen, dtype=torch.float64)
+        return torch.exp(math.log(low) + u * (math.log(high) - math.log(low)))
+
+    scales = {c.name: log_uniform(sizes[c.group]) for c in spec.cells if c.group is not None}
+    signs = {
+        g.name: torch.randint(0, 2, (g.size,), generator=gen).double() * 2 - 1
+        for g in spec.groups
+        if g.odd
+    }
+    perms = (
+        {g.name: torch.randperm(g.size, generator=gen) for g in spec.groups} if permutations else {}
+    )
+    output_scale = float(log_uniform(1)) if spec.output is not None else 1.0
+    transform = SymmetryTransform(scales, signs, perms, output_scale)
+    return apply_symmetry(model, transform, spec), transform

@@ -1,0 +1,98 @@
+"""The symmetry spec: which tensor axes each unit group acts on, and the cells.
+
+A spec is plain data (frozen dataclasses of names and integers): derived from the model's
+graph by `symmetry_spec`, or written by hand for models the derivation does not support.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Literal
+
+CellKind = Literal["absorbed", "homogeneous", "stream", "output"]
+
+
+@dataclass(frozen=True)
+class Slot:
+    """Unit i of a group owns the i-th block of `block` consecutive indices along `axis`
+    of the state-dict tensor `tensor` (block > 1 for a Linear reading flattened channels)."""
+
+    tensor: str
+    axis: int
+    block: int = 1
+
+
+@dataclass(frozen=True)
+class CellFamily:
+    """One cell per unit of `group`: unit i's cell is the concatenation of its slices in
+    `members`. Canonicalization divides unit i's members by the cell norm s_i and
+    compensates: `homogeneous` and `stream` cells multiply the `compensate` slices (the
+    consumers' input columns) by s_i; `absorbed` cells rescale the running statistics of
+    the BatchNorm modules in `batchnorm`, which normalize the scale away. An `output` cell
+    (group None) is the whole output layer, one global positive factor that changes the
+    loss but not the predictions."""
+
+    name: str
+    group: str | None
+    kind: CellKind
+    members: tuple[Slot, ...]
+    compensate: tuple[Slot, ...] = ()
+    batchnorm: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class UnitGroup:
+    """Hidden units that share one permutation (a layer's outputs, or every writer and
+    reader of a residual stream). `slots`: every tensor axis the permutation acts on.
+    `flip`: the slices a unit's sign flip negates (empty unless the units feed an odd
+    activation); `sign_rule`: the slices whose sum fixes the canonical sign.
+    `activation_nodes`: graph nodes whose outputs carry the group's channels."""
+
+    name: str
+    size: int
+    slots: tuple[Slot, ...]
+    flip: tuple[Slot, ...] = ()
+    sign_rule: tuple[Slot, ...] = ()
+    stream: bool = False
+    activation_nodes: tuple[str, ...] = ()
+
+    @property
+    def odd(self) -> bool:
+        return bool(self.flip)
+
+
+@dataclass(frozen=True)
+class SymmetrySpec:
+    """All symmetries of one architecture. `groups` run from input to output; `cells` are
+    in an order where every cell comes after the cells that compensate into it;
+    `bias_folds` pairs a bias in front of a BatchNorm with that BatchNorm's prefix;
+    `bn_eps` holds each BatchNorm's epsilon."""
+
+    groups: tuple[UnitGroup, ...]
+    cells: tuple[CellFamily, ...]
+    output: CellFamily | None = None
+    bias_folds: tuple[tuple[str, str], ...] = ()
+    bn_eps: Mapping[str, float] = field(default_factory=dict)
+
+    def group(self, name: str) -> UnitGroup:
+        for g in self.groups:
+            if g.name == name:
+                return g
+        raise KeyError(name)
+
+    def describe(self) -> str:
+        """A readable listing of groups and cells (what `toroid spec` prints)."""
+        lines = []
+        for g in self.groups:
+            kind = "residual stream" if g.stream else "layer"
+            sign = ", sign-symmetric" if g.odd else ""
+            lines.append(f"group {g.name}: {g.size} units ({kind}{sign}), {len(g.slots)} axes")
+            for cell in self.cells:
+                if cell.group == g.name:
+                    members = ", ".join(f"{s.tensor}[{s.axis}]" for s in cell.members)
+                    lines.append(f"  cell {cell.kind}: {members}")
+        if self.output is not None:
+            members = ", ".join(s.tensor for s in self.output.members)
+            lines.append(f"output layer: {members} (one global scale)")
+        return "\n".join(lines)
