@@ -19,7 +19,8 @@ class _SignSTE(torch.autograd.Function):
     @staticmethod
     def backward(ctx: Any, grad: torch.Tensor) -> torch.Tensor:
         (x,) = ctx.saved_tensors
-        return grad * (x.abs() <= 1).to(grad.dtype)
+        passed: torch.Tensor = grad * (x.abs() <= 1).to(grad.dtype)
+        return passed
 
 
 class Sign(nn.Module):
@@ -27,5 +28,5 @@ class Sign(nn.Module):
     with the straight-through estimator of Hubara et al. (2016) for its gradient."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out: torch.Tensor = _SignSTE.apply(x)
+        out: torch.Tensor = _SignSTE.apply(x)  # type: ignore[no-untyped-call]
         return out

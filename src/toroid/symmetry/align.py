@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -154,11 +154,20 @@ def _cosines(spec: SymmetrySpec, a: State, b: State) -> tuple[dict[str, float], 
         dot = sum(float((a[t].double() * b[t].double()).sum()) for t in tensors)
         na = sum(float(a[t].double().pow(2).sum()) for t in tensors)
         nb = sum(float(b[t].double().pow(2).sum()) for t in tensors)
-        return dot / max(np.sqrt(na * nb), 1e-300)
+        return dot / max(float(np.sqrt(na * nb)), 1e-300)
 
     per_group = {g.name: cosine({s.tensor for s in g.slots}) for g in spec.groups}
     everything = {s.tensor for g in spec.groups for s in g.slots}
     return per_group, cosine(everything)
+
+
+def _moment_sums(size: int) -> dict[str, torch.Tensor]:
+    zeros = {k: torch.zeros(size, dtype=torch.float64) for k in ("a", "b", "aa", "bb")}
+    return {
+        "n": torch.zeros((), dtype=torch.float64),
+        "ab": torch.zeros(size, size, dtype=torch.float64),
+        **zeros,
+    }
 
 
 def _activation_correlations(
@@ -173,10 +182,10 @@ def _activation_correlations(
             super().__init__(module)
             self.seen: dict[str, torch.Tensor] = {}
 
-        def run_node(self, n: fx.Node) -> object:
+        def run_node(self, n: fx.Node) -> Any:
             result = super().run_node(n)
             if n.name in wanted:
-                self.seen[n.name] = result  # type: ignore[assignment]
+                self.seen[n.name] = result
             return result
 
     graphs = [fx.symbolic_trace(m).eval() for m in (model_a, model_b)]
@@ -192,17 +201,7 @@ def _activation_correlations(
             for node, group_name in wanted.items():
                 size = spec.group(group_name).size
                 ua, ub = (r[node].double().movedim(1, 0).reshape(size, -1) for r in recorded)
-                acc = sums.setdefault(
-                    group_name,
-                    {k: torch.zeros(()) for k in ("n",)}
-                    | {
-                        "a": torch.zeros(size, dtype=torch.float64),
-                        "b": torch.zeros(size, dtype=torch.float64),
-                        "aa": torch.zeros(size, dtype=torch.float64),
-                        "bb": torch.zeros(size, dtype=torch.float64),
-                        "ab": torch.zeros(size, size, dtype=torch.float64),
-                    },
-                )
+                acc = sums.setdefault(group_name, _moment_sums(size))
                 acc["n"] = acc["n"] + ua.shape[1]
                 acc["a"] += ua.sum(1)
                 acc["b"] += ub.sum(1)
@@ -211,7 +210,7 @@ def _activation_correlations(
                 acc["ab"] += ua @ ub.T
     correlations = {}
     for name, acc in sums.items():
-        n = acc["n"].double()
+        n = acc["n"]
         mean_a, mean_b = acc["a"] / n, acc["b"] / n
         cov = acc["ab"] / n - mean_a[:, None] * mean_b[None, :]
         std_a = (acc["aa"] / n - mean_a**2).clamp_min(0).sqrt()

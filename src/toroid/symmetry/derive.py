@@ -182,7 +182,7 @@ def _kind(node: fx.Node, modules: dict[str, nn.Module]) -> OpKind:
     if kind == "odd" and node.target is F.hardtanh:
         low = node.kwargs.get("min_val", node.args[1] if len(node.args) > 1 else -1.0)
         high = node.kwargs.get("max_val", node.args[2] if len(node.args) > 2 else 1.0)
-        if low != -high:
+        if not (isinstance(low, int | float) and isinstance(high, int | float) and low == -high):
             raise UnsupportedModelError(f"{_describe(node, modules)} is not odd: [{low}, {high}]")
     return kind
 
@@ -269,9 +269,10 @@ def symmetry_spec(model: nn.Module, example_input: torch.Tensor) -> SymmetrySpec
         inputs = [values[a.name] for a in _tensor_args(node)]
         kind = _kind(node, modules)
         if kind == "add":
-            if len(inputs) != 2 or _shape(node.args[0]) != _shape(node.args[1]):  # type: ignore[arg-type]
+            if len(inputs) != 2 or len({_shape(a) for a in _tensor_args(node)}) != 1:
                 raise UnsupportedModelError(
-                    f"unsupported {_describe(node, modules)}: only the sum of two tensors of one shape"
+                    f"unsupported {_describe(node, modules)}: "
+                    "only the sum of two tensors of one shape"
                 )
             for v in inputs:
                 space_of(v).writes.append(v)
@@ -563,7 +564,7 @@ class _GroupBuilder:
         producer = space.producers[0][1]
         chains = [v.chain for _, v in space.reads]
         for chain in chains:
-            last_source, last_ops = _segments(chain)[-1]
+            _, last_ops = _segments(chain)[-1]
             if not any(op.kind == "odd" for op in last_ops):
                 return [], []
             if any(op.kind not in SIGN_EQUIVARIANT for op in last_ops):
