@@ -87,9 +87,9 @@ class _Matcher:
         for slot in group.slots:
             if usable is not None and slot.tensor not in usable:
                 continue
-            a_rows = unit_rows(self.a[slot.tensor], slot, group.size).double()
+            a_rows = unit_rows(self.a[slot.tensor], slot, group.size)
             b_rows = unit_rows(self.transformed(slot.tensor, skip=group.name), slot, group.size)
-            product = a_rows @ b_rows.double().T
+            product = a_rows @ b_rows.T
             if slot in group.flip:
                 flip += product
             else:
@@ -144,21 +144,26 @@ class _Matcher:
         return out
 
     def objective(self) -> float:
-        return sum(
-            float((self.a[t].double() * self.transformed(t).double()).sum()) for t in self.touching
-        )
+        return sum(float((self.a[t] * self.transformed(t)).sum()) for t in self.touching)
 
 
 def _cosines(spec: SymmetrySpec, a: State, b: State) -> tuple[dict[str, float], float]:
+    everything = {s.tensor for g in spec.groups for s in g.slots}
+    parts = {
+        t: (float((a[t] * b[t]).sum()), float(a[t].pow(2).sum()), float(b[t].pow(2).sum()))
+        for t in everything
+    }
+
     def cosine(tensors: set[str]) -> float:
-        dot = sum(float((a[t].double() * b[t].double()).sum()) for t in tensors)
-        na = sum(float(a[t].double().pow(2).sum()) for t in tensors)
-        nb = sum(float(b[t].double().pow(2).sum()) for t in tensors)
+        dot, na, nb = (sum(parts[t][i] for t in tensors) for i in range(3))
         return dot / max(float(np.sqrt(na * nb)), 1e-300)
 
     per_group = {g.name: cosine({s.tensor for s in g.slots}) for g in spec.groups}
-    everything = {s.tensor for g in spec.groups for s in g.slots}
     return per_group, cosine(everything)
+
+
+def _cast(state: State, dtypes: Mapping[str, torch.dtype]) -> State:
+    return {k: v.to(dtypes[k]) for k, v in state.items()}
 
 
 def _moment_sums(size: int) -> dict[str, torch.Tensor]:
@@ -246,13 +251,17 @@ def align(
     spec = spec or spec_for(reference)
     state_a = canonical_state(reference.state_dict(), spec, output="normalize")
     state_b = canonical_state(model.state_dict(), spec, output="normalize")
+    # Matching runs in float64; the aligned model gets back its own dtypes.
+    dtypes = {k: v.dtype for k, v in state_b.items()}
+    state_a = {k: v.double() if v.is_floating_point() else v for k, v in state_a.items()}
+    state_b = {k: v.double() if v.is_floating_point() else v for k, v in state_b.items()}
     if state_a.keys() != state_b.keys() or any(
         state_a[k].shape != state_b[k].shape for k in state_a
     ):
         raise InvalidArgumentError("model and reference have different architectures")
     before, total_before = _cosines(spec, state_a, state_b)
-    canonical_a = with_state(reference, state_a)
-    canonical_b = with_state(model, state_b)
+    canonical_a = with_state(reference, _cast(state_a, dtypes))
+    canonical_b = with_state(model, _cast(state_b, dtypes))
 
     if method == "weight":
         generator = torch.Generator().manual_seed(seed)
@@ -283,7 +292,7 @@ def align(
     aligned = best.state()
     after, total_after = _cosines(spec, state_a, aligned)
     return Alignment(
-        model=with_state(canonical_b, aligned),
+        model=with_state(canonical_b, _cast(aligned, dtypes)),
         reference=canonical_a,
         permutations=dict(best.perms),
         signs={g.name: best.signs[g.name] for g in spec.groups if g.odd},
