@@ -1,7 +1,9 @@
-"""Error and loss of a model on in-memory data, in eval mode, in batches."""
+"""Error and loss of a model on in-memory data, in eval mode, in batches; and the
+recomputation of BatchNorm running statistics that every moved network needs."""
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 
 import torch
@@ -55,3 +57,52 @@ def evaluate(
             module.train(mode)
     n = len(data)
     return Metrics(error=int(wrong) / n, loss=float(loss_sum) / n, n=n)
+
+
+def _batchnorms(model: nn.Module) -> list[nn.modules.batchnorm._BatchNorm]:
+    return [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+
+
+@torch.no_grad()
+def recompute_bn(
+    model: nn.Module,
+    data: DataLike,
+    *,
+    samples: int | None = 2000,
+    batch_size: int = 500,
+    seed: int = 0,
+) -> nn.Module:
+    """A copy of `model` (in eval mode) whose BatchNorm running statistics are re-estimated
+    from scratch on a fixed, seeded subset of `samples` inputs of `data` (all when None),
+    as a cumulative average over batches, BatchNorms in train mode and everything else
+    (dropout) in eval mode, without gradients. DESIGN.md's BatchNorm policy: whenever
+    parameters are moved, statistics are recomputed, never interpolated."""
+    data = as_tensor_data(data)
+    if batch_size <= 0:
+        raise InvalidArgumentError(f"batch_size must be positive, got {batch_size}")
+    if samples is not None and samples <= 0:
+        raise InvalidArgumentError(f"samples must be positive or None, got {samples}")
+    new = copy.deepcopy(model).eval()
+    norms = _batchnorms(new)
+    if not norms:
+        return new
+    n = len(data)
+    if samples is None or samples >= n:
+        index = torch.arange(n)
+    else:
+        index = torch.randperm(n, generator=torch.Generator().manual_seed(seed))[:samples]
+    device = next(new.parameters()).device
+    momenta = [bn.momentum for bn in norms]
+    for bn in norms:
+        bn.reset_running_stats()
+        bn.momentum = None  # cumulative moving average: every batch weighs the same
+        bn.train()
+    try:
+        for start in range(0, index.numel(), batch_size):
+            chosen = index[start : start + batch_size].to(data.x.device)
+            new(data.x[chosen].to(device))
+    finally:
+        for bn, momentum in zip(norms, momenta, strict=True):
+            bn.momentum = momentum
+            bn.eval()
+    return new
