@@ -238,8 +238,8 @@ def align(
     """Align `model` to `reference` (same architecture). Both are canonicalized first (the
     output layer normalized). `weight`: layer-by-layer assignment from input to output, then
     coordinate descent over all groups with exact linear assignments maximizing the summed
-    inner products of every tensor each group touches; the better of that and a descent
-    from the identity is kept, so the similarity never decreases. `activation`: per group,
+    inner products of every tensor each group touches (restarted from the identity in the
+    rare case that ends below it, so the similarity never decreases). `activation`: per group,
     the assignment maximizing the correlation of unit outputs on `data`. Odd activations
     match on |similarity| and flip signs."""
     from toroid.symmetry.derive import spec_for
@@ -248,33 +248,41 @@ def align(
         raise InvalidArgumentError(f"method must be 'weight' or 'activation', got {method!r}")
     if max_iter < 1:
         raise InvalidArgumentError(f"max_iter must be at least 1, got {max_iter}")
+    raw_a, raw_b = reference.state_dict(), model.state_dict()
+    if raw_a.keys() != raw_b.keys() or any(raw_a[k].shape != raw_b[k].shape for k in raw_a):
+        raise InvalidArgumentError(
+            f"model ({type(model).__name__}) and reference ({type(reference).__name__}) have "
+            "different architectures: their state dicts differ in names or shapes"
+        )
     spec = spec or spec_for(reference)
-    state_a = canonical_state(reference.state_dict(), spec, output="normalize")
-    state_b = canonical_state(model.state_dict(), spec, output="normalize")
-    # Matching runs in float64; the aligned model gets back its own dtypes.
-    dtypes = {k: v.dtype for k, v in state_b.items()}
-    state_a = {k: v.double() if v.is_floating_point() else v for k, v in state_a.items()}
-    state_b = {k: v.double() if v.is_floating_point() else v for k, v in state_b.items()}
-    if state_a.keys() != state_b.keys() or any(
-        state_a[k].shape != state_b[k].shape for k in state_a
-    ):
-        raise InvalidArgumentError("model and reference have different architectures")
+    dtypes_a = {k: v.dtype for k, v in raw_a.items()}
+    dtypes_b = {k: v.dtype for k, v in raw_b.items()}
+    # Matching runs in float64; the returned models get back their own dtypes.
+    state_a, state_b = (
+        {
+            k: v.double() if v.is_floating_point() else v
+            for k, v in canonical_state(raw, spec, output="normalize").items()
+        }
+        for raw in (raw_a, raw_b)
+    )
     before, total_before = _cosines(spec, state_a, state_b)
-    canonical_a = with_state(reference, _cast(state_a, dtypes))
-    canonical_b = with_state(model, _cast(state_b, dtypes))
+    canonical_a = with_state(reference, _cast(state_a, dtypes_a))
 
     if method == "weight":
         generator = torch.Generator().manual_seed(seed)
-        layered = _Matcher(spec, state_a, state_b)
-        layered.layer_by_layer()
-        iterations = layered.descend(max_iter=max_iter, generator=generator)
-        plain = _Matcher(spec, state_a, state_b)
-        plain_iterations = plain.descend(max_iter=max_iter, generator=generator)
-        best = layered if layered.objective() >= plain.objective() else plain
-        iterations = iterations if best is layered else plain_iterations
+        best = _Matcher(spec, state_a, state_b)
+        identity_objective = best.objective()
+        best.layer_by_layer()
+        iterations = best.descend(max_iter=max_iter, generator=generator)
+        if best.objective() < identity_objective:
+            # Coordinate descent never decreases the objective, so from the identity the
+            # result is at least as similar as before.
+            best = _Matcher(spec, state_a, state_b)
+            iterations = best.descend(max_iter=max_iter, generator=generator)
     else:
         if data is None:
             raise InvalidArgumentError("method='activation' needs data (inputs to correlate on)")
+        canonical_b = with_state(model, _cast(state_b, dtypes_b))
         correlations = _activation_correlations(canonical_a, canonical_b, spec, data, batch_size)
         best = _Matcher(spec, state_a, state_b)
         for group in spec.groups:
@@ -292,7 +300,7 @@ def align(
     aligned = best.state()
     after, total_after = _cosines(spec, state_a, aligned)
     return Alignment(
-        model=with_state(canonical_b, _cast(aligned, dtypes)),
+        model=with_state(model, _cast(aligned, dtypes_b)),
         reference=canonical_a,
         permutations=dict(best.perms),
         signs={g.name: best.signs[g.name] for g in spec.groups if g.odd},
