@@ -51,28 +51,44 @@ def main() -> None:
         split = load("fashion-mnist", train_size=10000, test_size=1000)
         source = "Fashion-MNIST 10k"
     else:
-        split = load("synthetic", input_shape=(1, 28, 28), num_classes=10, train_samples=10000,
-                     test_samples=1000)
+        split = load(
+            "synthetic",
+            input_shape=(1, 28, 28),
+            num_classes=10,
+            train_samples=10000,
+            test_samples=1000,
+        )
         source = "synthetic 10k x 784 (Fashion-MNIST not installed)"
     n = len(split.train) * args.epochs
     hand, loop, call = [], [], []
     for _ in range(args.repeats):
-        hand.append(hand_loop(split.train.x, split.train.y, epochs=args.epochs,
-                              batch_size=args.batch_size))
+        hand.append(
+            hand_loop(split.train.x, split.train.y, epochs=args.epochs, batch_size=args.batch_size)
+        )
         start = time.perf_counter()
-        result = fit(build(CONFIG, seed=0), split, optimizer={"name": "sgd", "lr": 0.05},
-                     epochs=args.epochs, batch_size=args.batch_size,
-                     stop_at_zero_train_error=False, progress=False)
+        result = fit(
+            build(CONFIG, seed=0),
+            split,
+            optimizer={"name": "sgd", "lr": 0.05},
+            epochs=args.epochs,
+            batch_size=args.batch_size,
+            stop_at_zero_train_error=False,
+            progress=False,
+        )
         call.append(time.perf_counter() - start)
         loop.append(result.wall_time)
-    print(f"data: {source}; {args.epochs} epochs x {args.repeats} repeats, "
-          f"batch {args.batch_size}, {torch.get_num_threads()} threads")
+    print(
+        f"data: {source}; {args.epochs} epochs x {args.repeats} repeats, "
+        f"batch {args.batch_size}, {torch.get_num_threads()} threads"
+    )
     print(f"hand-written loop   {n / min(hand):9.0f} samples/s")
     print(f"fit, training loop  {n / min(loop):9.0f} samples/s")
     print(f"fit, whole call     {n / min(call):9.0f} samples/s  (includes final train/test eval)")
     ratio = min(hand) / min(loop)
-    print(f"ratio fit / hand loop (training loop): {ratio:.3f}  "
-          f"[{'PASS' if ratio >= 0.9 else 'FAIL'}: target >= 0.9]")
+    print(
+        f"ratio fit / hand loop (training loop): {ratio:.3f}  "
+        f"[{'PASS' if ratio >= 0.9 else 'FAIL'}: target >= 0.9]"
+    )
     print(f"ratio fit / hand loop (whole call):    {min(hand) / min(call):.3f}")
 
 
