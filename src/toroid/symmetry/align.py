@@ -15,6 +15,7 @@ from torch import fx, nn
 from toroid.data.tensordata import DataLike, as_tensor_data
 from toroid.errors import InvalidArgumentError
 from toroid.symmetry.canonical import canonical_state
+from toroid.symmetry.derive import symbolic_trace
 from toroid.symmetry.slots import State, permute_units, scale_units, unit_rows
 from toroid.symmetry.transform import SymmetryTransform, transform_state, with_state
 from toroid.symmetry.types import Slot, SymmetrySpec, UnitGroup
@@ -193,7 +194,7 @@ def _activation_correlations(
                 self.seen[n.name] = result
             return result
 
-    graphs = [fx.symbolic_trace(m).eval() for m in (model_a, model_b)]
+    graphs = [symbolic_trace(m).eval() for m in (model_a, model_b)]
     x = as_tensor_data(data).x
     with torch.no_grad():
         for start in range(0, len(x), batch_size):

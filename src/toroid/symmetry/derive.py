@@ -218,10 +218,23 @@ def _shape(node: fx.Node) -> tuple[int, ...]:
     return tuple(node.meta["tensor_meta"].shape)
 
 
+class _Tracer(fx.Tracer):
+    """Keeps every module kind the derivation knows (Sign, registered layers) as one node."""
+
+    def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
+        return type(m) in _MODULE_KINDS or super().is_leaf_module(m, module_qualified_name)
+
+
+def symbolic_trace(model: nn.Module) -> fx.GraphModule:
+    """torch.fx tracing with the derivation's leaf modules."""
+    graph = _Tracer().trace(model)
+    return fx.GraphModule(model, graph, type(model).__name__)
+
+
 def trace(model: nn.Module, example_input: torch.Tensor) -> fx.GraphModule:
     """The model's fx graph, annotated with shapes from an eval-mode pass."""
     try:
-        graph_module = fx.symbolic_trace(model)
+        graph_module = symbolic_trace(model)
     except Exception as exc:  # fx raises many kinds on dynamic control flow
         raise UnsupportedModelError(
             f"cannot trace {type(model).__name__} with torch.fx ({type(exc).__name__}: {exc}); "
@@ -597,13 +610,15 @@ def _order_cells(cells: list[CellFamily]) -> list[CellFamily]:
     remaining = list(range(len(cells)))
     ordered: list[CellFamily] = []
     while remaining:
-        ready = [
-            i for i in remaining if not any(writes[j] & members[i] for j in remaining if j != i)
-        ]
+        ready = [i for i in remaining if not any(writes[j] & members[i] for j in remaining)]
         if not ready:
+            # Typically a residual branch without a BatchNorm between reading and writing
+            # the stream: each cell's norm then depends on the other's scale.
             raise UnsupportedModelError(
-                "the cells' compensations form a cycle: "
+                "cells whose scales depend on each other (a residual branch without "
+                "BatchNorm, or a layer that reads and writes one stream): "
                 + ", ".join(cells[i].name for i in remaining)
+                + "; canonical form for such networks is not supported yet"
             )
         ordered.append(cells[ready[0]])
         remaining.remove(ready[0])

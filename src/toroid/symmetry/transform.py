@@ -73,7 +73,9 @@ def transform_state(state: State, spec: SymmetrySpec, transform: SymmetryTransfo
     if transform.output_scale != 1.0:
         if spec.output is None:
             raise InvalidArgumentError("transform scales the output layer, which this model lacks")
-        scale_cell_(out, spec, spec.output, torch.tensor([transform.output_scale]))
+        scale_cell_(
+            out, spec, spec.output, torch.tensor([transform.output_scale], dtype=torch.float64)
+        )
     groups = {g.name: g for g in spec.groups}
     for name, signs in transform.signs.items():
         group = groups.get(name)
