@@ -124,7 +124,10 @@ def train(
     schedule: Annotated[str, typer.Option(help=f"One of {', '.join(SCHEDULES)}.")] = "cosine",
     stop_at_zero: Annotated[bool, typer.Option(help="Stop at zero training error.")] = True,
     augment: Annotated[bool, typer.Option(help="Random crops and flips (images).")] = False,
-    seed: Annotated[int, typer.Option(help="Seed of data subset, initialization and order.")] = 0,
+    seed: Annotated[int, typer.Option(help="Seed of initialization and minibatch order.")] = 0,
+    data_seed: Annotated[
+        int, typer.Option(help="Seed of the class-balanced subsets (keep it fixed across runs).")
+    ] = 0,
     device: Annotated[str, typer.Option(help="cpu, cuda, cuda:1, ...")] = "cpu",
     resume: Annotated[bool, typer.Option(help="Continue the training state in OUT.")] = False,
     quiet: Annotated[bool, typer.Option(help="No progress bar.")] = False,
@@ -135,7 +138,9 @@ def train(
     _choice("--activation", activation, ("relu", "tanh"))
     _choice("--schedule", schedule, SCHEDULES)
     opt_config = resolve_optimizer(optimizer, lr=lr, momentum=momentum, weight_decay=weight_decay)
-    split = load(dataset, root=data_root, train_size=train_size, test_size=test_size, seed=seed)
+    split = load(
+        dataset, root=data_root, train_size=train_size, test_size=test_size, seed=data_seed
+    )
     config = model_config_for(
         model,
         split.input_shape,
@@ -166,7 +171,7 @@ def train(
         "name": dataset,
         "train_size": train_size,
         "test_size": test_size,
-        "seed": seed,
+        "seed": data_seed,
         "root": str(data_root) if data_root is not None else None,
         "input_shape": list(split.input_shape),
         "num_classes": split.num_classes,
