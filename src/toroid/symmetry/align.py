@@ -86,7 +86,7 @@ class _Matcher:
         keep = torch.zeros(group.size, group.size, dtype=torch.float64)
         flip = torch.zeros_like(keep)
         for slot in group.slots:
-            if usable is not None and slot.tensor not in usable:
+            if not slot.match or (usable is not None and slot.tensor not in usable):
                 continue
             a_rows = unit_rows(self.a[slot.tensor], slot, group.size)
             b_rows = unit_rows(self.transformed(slot.tensor, skip=group.name), slot, group.size)
@@ -145,11 +145,14 @@ class _Matcher:
         return out
 
     def objective(self) -> float:
-        return sum(float((self.a[t] * self.transformed(t)).sum()) for t in self.touching)
+        return sum(
+            float((self.a[s.tensor] * self.transformed(s.tensor)).sum())
+            for s in {s for g in self.spec.groups for s in g.slots if s.match}
+        )
 
 
 def _cosines(spec: SymmetrySpec, a: State, b: State) -> tuple[dict[str, float], float]:
-    everything = {s.tensor for g in spec.groups for s in g.slots}
+    everything = {s.tensor for g in spec.groups for s in g.slots if s.match}
     parts = {
         t: (float((a[t] * b[t]).sum()), float(a[t].pow(2).sum()), float(b[t].pow(2).sum()))
         for t in everything
@@ -159,7 +162,7 @@ def _cosines(spec: SymmetrySpec, a: State, b: State) -> tuple[dict[str, float], 
         dot, na, nb = (sum(parts[t][i] for t in tensors) for i in range(3))
         return dot / max(float(np.sqrt(na * nb)), 1e-300)
 
-    per_group = {g.name: cosine({s.tensor for s in g.slots}) for g in spec.groups}
+    per_group = {g.name: cosine({s.tensor for s in g.slots if s.match}) for g in spec.groups}
     return per_group, cosine(everything)
 
 

@@ -42,9 +42,14 @@ def canonical_state(state: State, spec: SymmetrySpec, *, output: OutputMode) -> 
     for cell in spec.cells:
         assert cell.group is not None
         norms = unit_matrix(out, cell.members, sizes[cell.group]).norm(dim=1)
-        # A zero cell has no direction; leave it (and its compensation) as it is.
-        factors = torch.where(norms > 0, 1.0 / norms, torch.ones_like(norms))
+        # A zero cell has no direction. Where it feeds its consumers directly the unit
+        # outputs nothing, so zeroing what it feeds keeps the function and makes the form
+        # unique; an absorbed zero cell (BatchNorm after it) is left as it is.
+        dead = norms == 0
+        factors = torch.where(dead, torch.ones_like(norms), 1.0 / norms)
         scale_cell_(out, spec, cell, factors)
+        if dead.any():
+            flip_units_(out, cell.compensate, (~dead).to(norms.dtype))
     for group in spec.groups:
         if group.odd:
             flip_units_(out, group.flip, canonical_signs(out, group))

@@ -73,6 +73,9 @@ _FUNCTION_KINDS: dict[Callable[..., Any], OpKind] = {
     F.adaptive_avg_pool2d: "avgpool",
     torch.flatten: "flatten",
     F.dropout: "pass",
+    F.dropout1d: "pass",
+    F.dropout2d: "pass",
+    F.alpha_dropout: "pass",
     operator.add: "add",
     torch.add: "add",
 }
@@ -263,6 +266,7 @@ def symmetry_spec(model: nn.Module, example_input: torch.Tensor) -> SymmetrySpec
     values: dict[str, Value] = {}
     spaces: dict[int, _Space] = {0: _Space()}
     eps: dict[str, float] = {}
+    called: set[str] = set()
 
     def space_of(v: Value) -> _Space:
         return spaces[uf.find(v.space)]
@@ -308,10 +312,22 @@ def symmetry_spec(model: nn.Module, example_input: torch.Tensor) -> SymmetrySpec
                 )
             (source,) = inputs
             module_name = str(node.target) if node.op == "call_module" else None
+            if module_name is not None and kind in ("producer", "bn"):
+                if module_name in called:
+                    raise UnsupportedModelError(
+                        f"{_describe(node, modules)} is called more than once (shared weights "
+                        "are not supported)"
+                    )
+                called.add(module_name)
             if kind == "producer":
                 assert module_name is not None
                 if source.block != 1 and not isinstance(modules[module_name], nn.Linear):
                     raise UnsupportedModelError(f"{_describe(node, modules)} reads flattened input")
+                if isinstance(modules[module_name], nn.Linear) and len(_shape(node)) != 2:
+                    raise UnsupportedModelError(
+                        f"{_describe(node, modules)} acts on the last axis of a "
+                        f"{len(_shape(node))}-D tensor; only (batch, features) inputs are supported"
+                    )
                 space_of(source).reads.append((module_name, source))
                 new = len(uf.parent)
                 uf.add(new)
@@ -339,25 +355,27 @@ def symmetry_spec(model: nn.Module, example_input: torch.Tensor) -> SymmetrySpec
         values[node.name] = value
         space_of(value).values.append((node.name, value))
 
-    return _build_spec(spaces, uf, tensors, modules, eps)
+    return _build_spec(spaces, tensors, eps)
 
 
-def _module_slots(module_name: str, tensors: dict[str, torch.Tensor], block: int) -> list[Slot]:
-    """Axis-0 slots of a producer's weight and bias, or a BatchNorm's vectors."""
+def _vector_slots(
+    module_name: str,
+    tensors: dict[str, torch.Tensor],
+    block: int,
+    names: tuple[str, ...] = ("weight", "bias", "running_mean", "running_var"),
+) -> list[Slot]:
+    """Axis-0 slots of a module's named vectors that exist: a producer's weight rows and
+    bias, a BatchNorm's vectors (running statistics permuted, never matched on)."""
     return [
-        Slot(f"{module_name}.{t}", 0, block)
-        for t in ("weight", "bias", "running_mean", "running_var")
+        Slot(f"{module_name}.{t}", 0, block, match=not t.startswith("running_"))
+        for t in names
         if f"{module_name}.{t}" in tensors
     ]
 
 
 def _affine_slots(module_name: str, tensors: dict[str, torch.Tensor], block: int) -> list[Slot]:
     """The scalable vectors at a chain's source: weight and bias (rows, or BN's gamma/beta)."""
-    return [
-        Slot(f"{module_name}.{t}", 0, block)
-        for t in ("weight", "bias")
-        if f"{module_name}.{t}" in tensors
-    ]
+    return _vector_slots(module_name, tensors, block, ("weight", "bias"))
 
 
 def _segments(chain: tuple[Op, ...]) -> list[tuple[Op | None, list[Op]]]:
@@ -372,11 +390,7 @@ def _segments(chain: tuple[Op, ...]) -> list[tuple[Op | None, list[Op]]]:
 
 
 def _build_spec(
-    spaces: dict[int, _Space],
-    uf: _UnionFind,
-    tensors: dict[str, torch.Tensor],
-    modules: dict[str, nn.Module],
-    eps: dict[str, float],
+    spaces: dict[int, _Space], tensors: dict[str, torch.Tensor], eps: dict[str, float]
 ) -> SymmetrySpec:
     groups: list[tuple[int, UnitGroup]] = []
     cells: list[CellFamily] = []
@@ -392,7 +406,7 @@ def _build_spec(
             continue
         name = f"g{len(groups)}:{space.producers[0][1]}"
         size = int(tensors[f"{space.producers[0][1]}.weight"].shape[0])
-        builder = _GroupBuilder(name, size, space, tensors, modules)
+        builder = _GroupBuilder(name, size, space, tensors)
         group, group_cells, group_folds = builder.build()
         groups.append((space.first_index, group))
         cells += group_cells
@@ -400,7 +414,7 @@ def _build_spec(
     ordered = _order_cells(cells)
     used_eps = {m: e for m, e in eps.items() if any(m in c.batchnorm for c in ordered)}
     return SymmetrySpec(
-        groups=tuple(g for _, g in sorted(groups, key=lambda item: item[0])),
+        groups=tuple(g for _, g in groups),  # spaces were visited in graph order
         cells=tuple(ordered),
         output=output,
         bias_folds=tuple(folds),
@@ -430,10 +444,10 @@ class _GroupBuilder:
         size: int,
         space: _Space,
         tensors: dict[str, torch.Tensor],
-        modules: dict[str, nn.Module],
     ) -> None:
         self.name, self.size, self.space = name, size, space
-        self.tensors, self.modules = tensors, modules
+        self.tensors = tensors
+        self.blocks = {node: value.block for node, value in space.values}
 
     def _unsupported(self, why: str) -> UnsupportedModelError:
         producers = ", ".join(m for _, m in self.space.producers)
@@ -446,14 +460,14 @@ class _GroupBuilder:
         space = self.space
         slots: list[Slot] = []
         for _, module in space.producers:
-            slots += _module_slots(module, self.tensors, 1)
+            slots += _vector_slots(module, self.tensors, 1)
         seen_bn: set[str] = set()
         for _, value in space.values:
             for op in value.chain:
                 if op.kind == "bn" and op.module not in seen_bn:
                     assert op.module is not None
                     seen_bn.add(op.module)
-                    slots += _module_slots(op.module, self.tensors, self._block_at_op(op))
+                    slots += _vector_slots(op.module, self.tensors, self._block_at_op(op))
         slots += self._reader_slots(space.reads)
         cells, folds = self._cells()
         flip, rule = ([], []) if space.writes else self._sign()
@@ -509,10 +523,7 @@ class _GroupBuilder:
         return cells, folds, (_affine_slots(src, self.tensors, block) if homogeneous else None)
 
     def _block_at_op(self, op: Op) -> int:
-        for node_name, v in self.space.values:
-            if node_name == op.node:
-                return v.block
-        return 1
+        return self.blocks.get(op.node, 1)
 
     def _cells(self) -> tuple[list[CellFamily], list[tuple[str, str]]]:
         space = self.space
@@ -593,7 +604,7 @@ class _GroupBuilder:
         if len(segments) == 2 and all(op.kind == "pass" for op in segments[0][1]):
             # Negate the unit's input, the BatchNorm's running mean and beta: the BN output
             # changes sign and gamma stays (as binary networks need).
-            bn_slots = [Slot(f"{bn.module}.running_mean", 0, block)]
+            bn_slots = [Slot(f"{bn.module}.running_mean", 0, block, match=False)]
             if f"{bn.module}.bias" in self.tensors:
                 bn_slots.append(Slot(f"{bn.module}.bias", 0, block))
             return producer_slots + bn_slots + readers, producer_slots

@@ -16,11 +16,14 @@ CellKind = Literal["absorbed", "homogeneous", "stream", "output"]
 @dataclass(frozen=True)
 class Slot:
     """Unit i of a group owns the i-th block of `block` consecutive indices along `axis`
-    of the state-dict tensor `tensor` (block > 1 for a Linear reading flattened channels)."""
+    of the state-dict tensor `tensor` (block > 1 for a Linear reading flattened channels).
+    Slots with `match=False` (running statistics, which depend on the data more than on the
+    weights and would dominate the similarity) are permuted but not matched on."""
 
     tensor: str
     axis: int
     block: int = 1
+    match: bool = True  # used by alignment scores (False: BatchNorm running statistics)
 
 
 @dataclass(frozen=True)

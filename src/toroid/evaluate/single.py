@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -23,16 +24,34 @@ class Metrics:
     n: int
 
 
+BNPolicy = Literal["keep", "recompute"]
+
+
 @torch.no_grad()
 def evaluate(
     model: nn.Module,
     data: DataLike,
     *,
+    bn: BNPolicy = "keep",
+    bn_data: DataLike | None = None,
+    bn_samples: int | None = 2000,
     batch_size: int = 1000,
+    seed: int = 0,
     device: str | torch.device | None = None,
 ) -> Metrics:
     """Eval-mode error and loss over all of `data`; the model's train/eval flags are
-    restored afterwards and its parameters and buffers are not changed."""
+    restored afterwards and its parameters and buffers are not changed.
+
+    `bn="recompute"` first re-estimates BatchNorm running statistics (`recompute_bn`) on
+    `bn_samples` inputs of `bn_data` (the training inputs; defaults to `data`) drawn with
+    `seed`, as every moved network needs; `"keep"` (the default, right for a trained
+    network) uses the stored statistics."""
+    if bn not in ("keep", "recompute"):
+        raise InvalidArgumentError(f"bn must be 'keep' or 'recompute', got {bn!r}")
+    if bn == "recompute":
+        model = recompute_bn(
+            model, data if bn_data is None else bn_data, samples=bn_samples, seed=seed
+        )
     data = as_tensor_data(data)
     if batch_size <= 0:
         raise InvalidArgumentError(f"batch_size must be positive, got {batch_size}")

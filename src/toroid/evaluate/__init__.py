@@ -1,0 +1,15 @@
+"""Error and loss of one or many parameter sets, and BatchNorm statistics recomputation:
+the one hot loop every measurement uses."""
+
+from toroid.evaluate.batched import ManyMetrics, evaluate_many, stack_states
+from toroid.evaluate.single import BNPolicy, Metrics, evaluate, recompute_bn
+
+__all__ = [
+    "BNPolicy",
+    "ManyMetrics",
+    "Metrics",
+    "evaluate",
+    "evaluate_many",
+    "recompute_bn",
+    "stack_states",
+]
