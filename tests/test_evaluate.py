@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from toroid.errors import InvalidArgumentError
-from toroid.evaluate import evaluate, recompute_bn
+from toroid.evaluate import evaluate, evaluate_many, recompute_bn, stack_states
 from toroid.models import build
 
 
@@ -72,3 +72,97 @@ def test_recompute_bn_subset_is_seeded_and_dropout_stays_off() -> None:
     torch.testing.assert_close(a[2].running_mean, model[0](x[index]).mean(0))  # no dropout
     with pytest.raises(InvalidArgumentError, match="samples"):
         recompute_bn(model, (x, y), samples=0)
+
+
+def _perturbed_states(model: nn.Module, k: int, seed: int = 0) -> list[dict[str, torch.Tensor]]:
+    gen = torch.Generator().manual_seed(seed)
+    return [
+        {
+            n: p.detach() * (1 + 0.2 * torch.randn(p.shape, generator=gen, dtype=p.dtype))
+            for n, p in model.named_parameters()
+        }
+        for _ in range(k)
+    ]
+
+
+MANY_CASES = {
+    "mlp": (
+        lambda: build(
+            {"name": "mlp", "in_features": 6, "widths": [7, 5], "num_classes": 3}, seed=0
+        ),
+        (6,),
+    ),
+    "lenet5": (lambda: build({"name": "lenet5", "num_classes": 3}, seed=0), (1, 28, 28)),
+    "resnet20": (
+        lambda: build({"name": "resnet", "depth": 20, "num_classes": 3}, seed=0),
+        (3, 8, 8),
+    ),
+}
+
+
+@pytest.mark.parametrize("name", list(MANY_CASES))
+@pytest.mark.parametrize("bn", ["recompute", "keep"])
+def test_evaluate_many_equals_the_one_at_a_time_loop(name: str, bn: str) -> None:
+    make, shape = MANY_CASES[name]
+    model = make().double().eval()
+    gen = torch.Generator().manual_seed(2)
+    x = torch.randn(90, *shape, generator=gen, dtype=torch.float64)
+    y = torch.randint(0, 3, (90,), generator=gen)
+    bn_x = torch.randn(70, *shape, generator=gen, dtype=torch.float64)
+    states = _perturbed_states(model, 5)
+    many = evaluate_many(
+        model,
+        stack_states(states),
+        (x, y),
+        bn=bn,
+        bn_data=(bn_x, y[:70]),
+        bn_samples=50,
+        bn_batch_size=16,
+        batch_size=16,
+        seed=4,
+        max_sets=2,
+    )
+    assert len(many) == 5 and many.n == 90
+    for k, state in enumerate(states):
+        single_model = make().double()
+        single_model.load_state_dict({**model.state_dict(), **state})
+        single = (
+            evaluate(
+                single_model,
+                (x, y),
+                bn=bn,
+                bn_data=(bn_x, y[:70]),
+                bn_samples=50,
+                seed=4,
+                batch_size=16,
+            )
+            if bn == "keep"
+            else evaluate(
+                recompute_bn(single_model, (bn_x, y[:70]), samples=50, batch_size=16, seed=4),
+                (x, y),
+                batch_size=16,
+            )
+        )
+        assert many[k].error == single.error
+        assert many[k].loss == pytest.approx(single.loss, rel=1e-6, abs=1e-12)
+
+
+def test_evaluate_many_validates_its_input() -> None:
+    model = _model()
+    x, y = _data()
+    stacked = stack_states(_perturbed_states(model, 2))
+    with pytest.raises(InvalidArgumentError, match="shape"):
+        evaluate_many(model, {"1.weight": torch.zeros(2, 3, 3, dtype=torch.float64)}, (x, y))
+    with pytest.raises(InvalidArgumentError, match="does not"):
+        evaluate_many(model, {"nope": torch.zeros(2, 1)}, (x, y))
+    with pytest.raises(InvalidArgumentError, match="bn must be"):
+        evaluate_many(model, stacked, (x, y), bn="maybe")  # type: ignore[arg-type]
+    with pytest.raises(InvalidArgumentError, match="disagree"):
+        evaluate_many(model, {**stacked, "7.bias": torch.zeros(3, 3, dtype=torch.float64)}, (x, y))
+
+
+def test_evaluate_recompute_policy_matches_recompute_bn() -> None:
+    model, (x, y) = _model(), _data()
+    direct = evaluate(recompute_bn(model, (x, y), samples=20, seed=1), (x, y))
+    assert evaluate(model, (x, y), bn="recompute", bn_samples=20, seed=1) == direct
+    assert evaluate(model, (x, y), bn="keep") != direct

@@ -114,6 +114,7 @@ def evaluate_many(
     bn: BNPolicy = "recompute",
     bn_data: DataLike | None = None,
     bn_samples: int | None = 2000,
+    bn_batch_size: int = 500,
     batch_size: int = 500,
     seed: int = 0,
     max_sets: int = 64,
@@ -123,14 +124,16 @@ def evaluate_many(
     `params` maps state-dict names to tensors stacked along a first axis of length K
     (see `stack_states`); entries that are missing are taken from `model` and shared.
     `bn="recompute"` re-estimates every set's BatchNorm statistics on `bn_samples` inputs
-    of `bn_data` (defaults to `data`) drawn with `seed`, exactly as `recompute_bn` does,
-    and ignores running statistics given in `params`. Sets are processed `max_sets` at a
-    time to bound memory. Results equal evaluating the sets one at a time."""
+    of `bn_data` (defaults to `data`) drawn with `seed`, in minibatches of `bn_batch_size`,
+    exactly as `recompute_bn` does, and ignores running statistics given in `params`.
+    Sets are processed `max_sets` at a time to bound memory. Results equal evaluating the
+    sets one at a time."""
     if bn not in ("keep", "recompute"):
         raise InvalidArgumentError(f"bn must be 'keep' or 'recompute', got {bn!r}")
-    if batch_size <= 0 or max_sets <= 0:
+    if min(batch_size, bn_batch_size, max_sets) <= 0:
         raise InvalidArgumentError(
-            f"batch_size and max_sets must be positive, got {batch_size} and {max_sets}"
+            f"batch_size, bn_batch_size and max_sets must be positive, got {batch_size}, "
+            f"{bn_batch_size} and {max_sets}"
         )
     if not params:
         raise InvalidArgumentError("params is empty: pass at least one stacked tensor")
@@ -160,7 +163,7 @@ def evaluate_many(
             bn_source = as_tensor_data(data if bn_data is None else bn_data)
             chunk.update(
                 _recomputed_statistics(
-                    functional, bn_names, state, chunk, bn_source, bn_samples, batch_size, seed
+                    functional, bn_names, state, chunk, bn_source, bn_samples, bn_batch_size, seed
                 )
             )
         error, loss = _evaluate_chunk(functional, state, chunk, data, batch_size)

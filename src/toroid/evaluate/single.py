@@ -35,6 +35,7 @@ def evaluate(
     bn: BNPolicy = "keep",
     bn_data: DataLike | None = None,
     bn_samples: int | None = 2000,
+    bn_batch_size: int = 500,
     batch_size: int = 1000,
     seed: int = 0,
     device: str | torch.device | None = None,
@@ -44,13 +45,18 @@ def evaluate(
 
     `bn="recompute"` first re-estimates BatchNorm running statistics (`recompute_bn`) on
     `bn_samples` inputs of `bn_data` (the training inputs; defaults to `data`) drawn with
-    `seed`, as every moved network needs; `"keep"` (the default, right for a trained
-    network) uses the stored statistics."""
+    `seed`, in minibatches of `bn_batch_size` (the statistics depend on it; the evaluation
+    batch size does not change any result), as every moved network needs; `"keep"` (the
+    default, right for a trained network) uses the stored statistics."""
     if bn not in ("keep", "recompute"):
         raise InvalidArgumentError(f"bn must be 'keep' or 'recompute', got {bn!r}")
     if bn == "recompute":
         model = recompute_bn(
-            model, data if bn_data is None else bn_data, samples=bn_samples, seed=seed
+            model,
+            data if bn_data is None else bn_data,
+            samples=bn_samples,
+            batch_size=bn_batch_size,
+            seed=seed,
         )
     data = as_tensor_data(data)
     if batch_size <= 0:

@@ -100,7 +100,7 @@ class _Matcher:
     def solve(self, group: UnitGroup, usable: set[str] | None = None) -> bool:
         keep, flip = self.scores(group, usable)
         score = keep + flip.abs() if group.odd else keep + flip
-        rows, cols = linear_sum_assignment(score.numpy(), maximize=True)
+        rows, cols = linear_sum_assignment(score.cpu().numpy(), maximize=True)
         perm = torch.as_tensor(cols[np.argsort(rows)], dtype=torch.long)
         signs = self.signs[group.name]
         if group.odd:
@@ -292,7 +292,7 @@ def align(
         for group in spec.groups:
             corr = correlations[group.name]
             score = corr.abs() if group.odd else corr
-            rows, cols = linear_sum_assignment(score.numpy(), maximize=True)
+            rows, cols = linear_sum_assignment(score.cpu().numpy(), maximize=True)
             perm = torch.as_tensor(cols[np.argsort(rows)], dtype=torch.long)
             best.perms[group.name] = perm
             if group.odd:

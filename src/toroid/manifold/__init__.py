@@ -1,0 +1,22 @@
+"""The toroid: cells as coordinates, distances between networks, the geodesic path,
+random perturbations."""
+
+from toroid.manifold.cells import cell_families, cell_matrix, cell_tensors, set_cell_matrix_
+from toroid.manifold.distance import Distance, distance
+from toroid.manifold.geodesic import geodesic_midpoint, slerp, slerp_state
+from toroid.manifold.perturb import Noise, perturb, perturbed_state
+
+__all__ = [
+    "Distance",
+    "Noise",
+    "cell_families",
+    "cell_matrix",
+    "cell_tensors",
+    "distance",
+    "geodesic_midpoint",
+    "perturb",
+    "perturbed_state",
+    "set_cell_matrix_",
+    "slerp",
+    "slerp_state",
+]

@@ -1,0 +1,44 @@
+"""The cells of a network as matrices (one unit vector per row), read from and written
+back into a state dict: the coordinates of the toroid."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+
+import torch
+
+from toroid.symmetry.slots import State, unit_matrix, unit_rows
+from toroid.symmetry.types import CellFamily, SymmetrySpec
+
+
+def cell_families(spec: SymmetrySpec) -> Iterator[tuple[CellFamily, int]]:
+    """Every cell family of the spec with its number of cells (units); the output layer's
+    global cell last, as a family of one."""
+    sizes = {g.name: g.size for g in spec.groups}
+    for cell in spec.cells:
+        assert cell.group is not None
+        yield cell, sizes[cell.group]
+    if spec.output is not None:
+        yield spec.output, 1
+
+
+def cell_matrix(state: Mapping[str, torch.Tensor], cell: CellFamily, size: int) -> torch.Tensor:
+    """(size, n_c): row i is unit i's cell vector."""
+    return unit_matrix(state, cell.members, size)
+
+
+def set_cell_matrix_(state: State, cell: CellFamily, size: int, rows: torch.Tensor) -> None:
+    """Write `rows` (size, n_c) back into the member slices of `state` (new tensors)."""
+    offset = 0
+    for slot in cell.members:
+        current = state[slot.tensor]
+        width = unit_rows(current, slot, size).shape[1]
+        block = rows[:, offset : offset + width].to(current.dtype)
+        moved_shape = current.movedim(slot.axis, 0).shape
+        state[slot.tensor] = block.reshape(moved_shape).movedim(0, slot.axis).contiguous()
+        offset += width
+
+
+def cell_tensors(spec: SymmetrySpec) -> set[str]:
+    """Names of the tensors that cells are made of."""
+    return {slot.tensor for cell, _ in cell_families(spec) for slot in cell.members}
