@@ -20,7 +20,8 @@ import time
 import torch
 from torch import nn
 
-from toroid.data import Split, dataset_status, load
+from common import fashion_mnist_10k
+from toroid.data import Split
 from toroid.evaluate import evaluate, recompute_bn
 from toroid.models import build
 from toroid.symmetry import align, canonicalize, spec_for
@@ -58,17 +59,7 @@ def midpoint(a: nn.Module, b: nn.Module, split: Split) -> tuple[float, float]:
 
 
 def mlp_experiment(epochs: int) -> None:
-    if dataset_status("fashion-mnist").available:
-        split, source = load("fashion-mnist", train_size=10000, test_size=10000), "Fashion-MNIST"
-    else:
-        split = load(
-            "synthetic",
-            input_shape=(1, 28, 28),
-            num_classes=10,
-            train_samples=10000,
-            test_samples=2000,
-        )
-        source = "synthetic"
+    split, source = fashion_mnist_10k(test_size=10000)
     config = {"name": "mlp", "in_features": 784, "widths": [500, 500], "num_classes": 10}
     nets = []
     for seed in (0, 1):

@@ -20,7 +20,7 @@ import time
 
 import torch
 
-from toroid.data import dataset_status, load
+from common import fashion_mnist_10k
 from toroid.evaluate import evaluate, recompute_bn
 from toroid.flatness import local_energy
 from toroid.manifold.perturb import draw_noise, perturbed_state
@@ -49,17 +49,7 @@ def main() -> None:
     parser.add_argument("--bn-samples", type=int, default=2000)
     args = parser.parse_args()
 
-    if dataset_status("fashion-mnist").available:
-        split, source = load("fashion-mnist", train_size=10000, test_size=1000), "Fashion-MNIST"
-    else:
-        split = load(
-            "synthetic",
-            input_shape=(1, 28, 28),
-            num_classes=10,
-            train_samples=10000,
-            test_samples=1000,
-        )
-        source = "synthetic"
+    split, source = fashion_mnist_10k(test_size=1000)
     model = fit(build(CONFIG, seed=0), split, epochs=2, progress=False).model
     train = split.train
     sigmas = [0.5 * i / (args.sigmas - 1) for i in range(args.sigmas)]

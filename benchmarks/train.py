@@ -16,7 +16,7 @@ import time
 import torch
 import torch.nn.functional as F
 
-from toroid.data import dataset_status, load
+from common import fashion_mnist_10k
 from toroid.models import build
 from toroid.train import fit
 
@@ -47,18 +47,7 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=128)
     args = parser.parse_args()
 
-    if dataset_status("fashion-mnist").available:
-        split = load("fashion-mnist", train_size=10000, test_size=1000)
-        source = "Fashion-MNIST 10k"
-    else:
-        split = load(
-            "synthetic",
-            input_shape=(1, 28, 28),
-            num_classes=10,
-            train_samples=10000,
-            test_samples=1000,
-        )
-        source = "synthetic 10k x 784 (Fashion-MNIST not installed)"
+    split, source = fashion_mnist_10k(test_size=1000)
     n = len(split.train) * args.epochs
     hand, loop, call = [], [], []
     for _ in range(args.repeats):

@@ -206,6 +206,20 @@ def _missing_package(name: str, package: str) -> DatasetNotAvailableError:
     )
 
 
+def _fixed_test_mask(
+    labels: torch.Tensor, test_count: Callable[[int], int], *, seed: int
+) -> torch.Tensor:
+    """A fixed, class-stratified test split of an unsplit set (the same for every load
+    seed, so that test sets are comparable): `test_count(class size)` examples per class."""
+    generator = torch.Generator().manual_seed(seed)
+    is_test = torch.zeros(labels.numel(), dtype=torch.bool)
+    for cls in range(int(labels.max()) + 1):
+        members = torch.nonzero(labels == cls, as_tuple=True)[0]
+        take = test_count(members.numel())
+        is_test[members[torch.randperm(members.numel(), generator=generator)[:take]]] = True
+    return is_test
+
+
 def _read_mnist_5k(root: Path | None, options: Mapping[str, Any]) -> RawData:
     _no_options("mnist-5k", options)
     try:
@@ -216,13 +230,7 @@ def _read_mnist_5k(root: Path | None, options: Mapping[str, Any]) -> RawData:
     x = torch.from_numpy(np.asarray(x_np, dtype=np.uint8).reshape(-1, 1, 28, 28))
     y = torch.from_numpy(np.asarray(y_np, dtype=np.int64))
     # A fixed 4k/1k split, the same for every seed, so that test sets are comparable.
-    split_rng = torch.Generator().manual_seed(5000)
-    test_idx = []
-    for cls in range(10):
-        members = torch.nonzero(y == cls, as_tuple=True)[0]
-        test_idx.append(members[torch.randperm(members.numel(), generator=split_rng)[:100]])
-    is_test = torch.zeros(y.numel(), dtype=torch.bool)
-    is_test[torch.cat(test_idx)] = True
+    is_test = _fixed_test_mask(y, lambda members: 100, seed=5000)
     return RawData(
         x[~is_test],
         y[~is_test],
@@ -274,12 +282,7 @@ def _read_digits(root: Path | None, options: Mapping[str, Any]) -> RawData:
     x = torch.from_numpy(np.asarray(bunch.data, dtype=np.float32).reshape(-1, 1, 8, 8))
     y = torch.from_numpy(np.asarray(bunch.target, dtype=np.int64))
     # A fixed, class-stratified 80/20 split.
-    split_rng = torch.Generator().manual_seed(1797)
-    is_test = torch.zeros(y.numel(), dtype=torch.bool)
-    for cls in range(10):
-        members = torch.nonzero(y == cls, as_tuple=True)[0]
-        take = members.numel() // 5
-        is_test[members[torch.randperm(members.numel(), generator=split_rng)[:take]]] = True
+    is_test = _fixed_test_mask(y, lambda members: members // 5, seed=1797)
     return RawData(
         x[~is_test],
         y[~is_test],
