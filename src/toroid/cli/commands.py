@@ -13,6 +13,7 @@ from rich.table import Table
 
 from toroid import __version__, checkpoint, progress
 from toroid.cli.app import app
+from toroid.cli.data import checkpoint_data
 from toroid.data import DATASET_SIZES, DATASETS, dataset_status, load
 from toroid.errors import InvalidArgumentError
 from toroid.evaluate import evaluate
@@ -232,16 +233,9 @@ def info(
     table.add_row("toroid", f"{meta.get('toroid_version')} (commit {meta.get('git_commit')})")
     table.add_row("saved", str(meta.get("saved_at")))
     console.print(table)
-    data = meta.get("data")
-    if not recompute or not isinstance(data, dict):
+    if not recompute or not isinstance(meta.get("data"), dict):
         return
-    split = load(
-        data["name"],
-        root=data.get("root"),
-        train_size=data.get("train_size"),
-        test_size=data.get("test_size"),
-        seed=int(data.get("seed", 0)),
-    )
+    split = checkpoint_data(meta, net, ckpt, need="")
     train_m, test_m = evaluate(net, split.train), evaluate(net, split.test)
     console.print(
         f"recomputed: train error {train_m.error:.4f} (loss {train_m.loss:.4f})  "

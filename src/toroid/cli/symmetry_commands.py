@@ -2,25 +2,22 @@
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any
 
-import torch
 import typer
 from rich.console import Console
 from rich.table import Table
-from torch import nn
 
 from toroid import checkpoint
 from toroid.cli.app import app
 from toroid.cli.commands import _choice
-from toroid.data import load
+from toroid.cli.data import checkpoint_data
 from toroid.errors import InvalidArgumentError
 from toroid.storage import has_bundle
 from toroid.symmetry import align as align_models
-from toroid.symmetry import canonicalize, default_example_input, is_canonical, spec_for
+from toroid.symmetry import canonicalize, is_canonical, spec_for
 
 console = Console()
 
@@ -65,34 +62,6 @@ def _architecture_difference(a: Mapping[str, Any], b: Mapping[str, Any]) -> str 
         return None
     keys = [k for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]
     return "; ".join(f"{k} {a.get(k)!r} vs {b.get(k)!r}" for k in keys)
-
-
-def _training_inputs(
-    meta: Mapping[str, Any], model: nn.Module, samples: int, source: Path
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """The first `samples` training examples of the dataset named in `meta["data"]`, as
-    `info` loads them, in the model's dtype."""
-    data = meta.get("data")
-    if not isinstance(data, dict) or not isinstance(data.get("name"), str):
-        raise InvalidArgumentError(
-            f"{source} names no training data (no 'data' entry in model.json); "
-            "--method activation needs it, use --method weight"
-        )
-    split = load(
-        data["name"],
-        root=data.get("root"),
-        train_size=data.get("train_size"),
-        test_size=data.get("test_size"),
-        seed=int(data.get("seed", 0)),
-    )
-    example = default_example_input(model)
-    x, y = split.train.x[:samples], split.train.y[:samples]
-    if math.prod(x.shape[1:]) != math.prod(example.shape[1:]):
-        raise InvalidArgumentError(
-            f"the training inputs of {source} have shape {tuple(x.shape[1:])}, but the model "
-            f"takes {tuple(example.shape[1:])}"
-        )
-    return x.reshape(len(x), *example.shape[1:]).to(example.dtype), y
 
 
 @app.command()
@@ -167,7 +136,12 @@ def align(
             "align needs the same model"
         )
     symmetry = spec_for(reference)
-    data = _training_inputs(meta, net, samples, ckpt) if method == "activation" else None
+    data = None
+    if method == "activation":
+        train = checkpoint_data(
+            meta, net, ckpt, need="--method activation needs it; use --method weight"
+        ).train
+        data = (train.x[:samples], train.y[:samples])
     result = align_models(
         net,
         reference,

@@ -172,6 +172,14 @@ def evaluate_many(
     return ManyMetrics(error=torch.cat(errors), loss=torch.cat(losses), n=len(data))
 
 
+def _inputs(x: torch.Tensor, chunk: Mapping[str, torch.Tensor]) -> torch.Tensor:
+    """Inputs on the parameters' device and, when floating, in their dtype."""
+    reference = next(iter(chunk.values()))
+    if x.is_floating_point():
+        return x.to(device=reference.device, dtype=reference.dtype)
+    return x.to(reference.device)
+
+
 def _call(
     functional: nn.Module,
     shared: Mapping[str, torch.Tensor],
@@ -216,12 +224,11 @@ def _recomputed_statistics(
         return tuple(t for pair in collected for t in pair)
 
     batched = vmap(statistics, in_dims=(0, None))
-    device = next(iter(chunk.values())).device
     sums: list[torch.Tensor] | None = None
     batches = 0
     for start in range(0, index.numel(), batch_size):
         chosen = index[start : start + batch_size].to(data.x.device)
-        outputs = batched(tuple(chunk.values()), data.x[chosen].to(device))
+        outputs = batched(tuple(chunk.values()), _inputs(data.x[chosen], chunk))
         sums = (
             list(outputs) if sums is None else [s + o for s, o in zip(sums, outputs, strict=True)]
         )
@@ -250,7 +257,7 @@ def _evaluate_chunk(
     loss_sum = torch.zeros(k, dtype=torch.float64, device=device)
     wrong = torch.zeros(k, dtype=torch.long, device=device)
     for start in range(0, len(data), batch_size):
-        x = data.x[start : start + batch_size].to(device)
+        x = _inputs(data.x[start : start + batch_size], chunk)
         y = data.y[start : start + batch_size].to(device)
         logits = batched(tuple(chunk.values()), x)  # (K, B, C)
         flat = logits.reshape(-1, logits.shape[-1])

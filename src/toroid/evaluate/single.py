@@ -27,6 +27,14 @@ class Metrics:
 BNPolicy = Literal["keep", "recompute"]
 
 
+def _inputs(x: torch.Tensor, model: nn.Module, device: str | torch.device) -> torch.Tensor:
+    """Inputs on `device` and, when floating, in the dtype of the model's parameters."""
+    first = next(model.parameters(), None)
+    if x.is_floating_point() and first is not None:
+        return x.to(device=device, dtype=first.dtype)
+    return x.to(device)
+
+
 @torch.no_grad()
 def evaluate(
     model: nn.Module,
@@ -72,7 +80,7 @@ def evaluate(
         loss_sum = torch.zeros((), dtype=torch.float64, device=device)
         wrong = torch.zeros((), dtype=torch.long, device=device)
         for start in range(0, len(data), batch_size):
-            x = data.x[start : start + batch_size].to(device)
+            x = _inputs(data.x[start : start + batch_size], model, device)
             y = data.y[start : start + batch_size].to(device)
             logits = model(x)
             loss_sum += F.cross_entropy(logits, y, reduction="sum").double()
@@ -125,7 +133,7 @@ def recompute_bn(
     try:
         for start in range(0, index.numel(), batch_size):
             chosen = index[start : start + batch_size].to(data.x.device)
-            new(data.x[chosen].to(device))
+            new(_inputs(data.x[chosen], new, device))
     finally:
         for bn, momentum in zip(norms, momenta, strict=True):
             bn.momentum = momentum
