@@ -93,7 +93,7 @@ def main() -> None:
     achieved = examples * FLOPS_PER_EXAMPLE / batched / 1e9
     peak = mm_gflops()
     print(
-        f"data: {source} 10k; {args.samples} samples x {args.sigmas} sigmas = "
+        f"data: {source}; {args.samples} samples x {args.sigmas} sigmas = "
         f"{perturbed_sets} networks; {torch.get_num_threads()} threads"
     )
     print(f"local energy via evaluate_many   {batched:8.1f} s")

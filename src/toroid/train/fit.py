@@ -200,10 +200,11 @@ def fit(
                 closure.start_epoch(epoch_batches())
                 lr = base_lrs[0]
                 while closure.has_next():
-                    factor = lr_factor(schedule, step, total_steps)
-                    for group, base in zip(opt.param_groups, base_lrs, strict=True):
-                        group["lr"] = base * factor
-                    lr = base_lrs[0] * factor
+                    if schedule != "constant":
+                        factor = lr_factor(schedule, step, total_steps)
+                        for group, base in zip(opt.param_groups, base_lrs, strict=True):
+                            group["lr"] = base * factor
+                        lr = base_lrs[0] * factor
                     closure.next_batch()
                     # Torch types step's closure as returning float; ours returns the loss tensor.
                     loss = cast(torch.Tensor | None, opt.step(cast(Any, closure)))
