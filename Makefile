@@ -23,7 +23,7 @@ data:
 
 demo: setup data
 	$(BIN)/toroid train --model mlp --dataset fashion-mnist --train-size 10000 \
-		--optimizer sgd --lr 0.05 --epochs 60 --seed 0 --out runs/demo-sgd-0
+		--optimizer sgd --lr 0.05 --epochs 60 --seed 0 --out runs/demo-sgd-0 --resume
 
 test: setup data
 	$(BIN)/python -m pytest -q
