@@ -8,7 +8,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from toroid.errors import InvalidArgumentError
-from toroid.evaluate import evaluate, evaluate_many, recompute_bn, stack_states
+from toroid.evaluate import (
+    evaluate,
+    evaluate_many,
+    evaluate_many_parts,
+    recompute_bn,
+    stack_states,
+)
 from toroid.models import build
 
 
@@ -166,3 +172,44 @@ def test_evaluate_recompute_policy_matches_recompute_bn() -> None:
     direct = evaluate(recompute_bn(model, (x, y), samples=20, seed=1), (x, y))
     assert evaluate(model, (x, y), bn="recompute", bn_samples=20, seed=1) == direct
     assert evaluate(model, (x, y), bn="keep") != direct
+
+
+def test_a_last_batchnorm_minibatch_of_one_is_refused_by_both_paths() -> None:
+    model, (x, y) = _model(), _data(200)
+    with pytest.raises(InvalidArgumentError, match="last minibatch of one input"):
+        recompute_bn(model, (x, y), samples=201 - 100, batch_size=50)
+    stacked = stack_states(_perturbed_states(model, 2))
+    with pytest.raises(InvalidArgumentError, match="last minibatch of one input"):
+        evaluate_many(model, stacked, (x, y), bn_samples=101, bn_batch_size=50)
+
+
+def test_evaluate_many_parts_recomputes_once_for_every_split() -> None:
+    model, (x, y) = _model(), _data(60)
+    x2, y2 = x[:25] * 2, y[:25]
+    stacked = stack_states(_perturbed_states(model, 3))
+    parts = evaluate_many_parts(
+        model, stacked, {"a": (x, y), "b": (x2, y2)}, bn_data=(x, y), bn_samples=40
+    )
+    for name, data in (("a", (x, y)), ("b", (x2, y2))):
+        single = evaluate_many(model, stacked, data, bn_data=(x, y), bn_samples=40)
+        assert torch.equal(parts[name].error, single.error)
+        assert torch.allclose(parts[name].loss, single.loss, rtol=1e-12, atol=0)
+
+
+def test_float64_models_take_float32_inputs() -> None:
+    model, (x, y) = _model(), _data()
+    as_float = (x.float(), y)
+    assert evaluate(model, as_float) == evaluate(model, (x.float().double(), y))
+    stacked = stack_states(_perturbed_states(model, 2))
+    assert torch.equal(
+        evaluate_many(model, stacked, as_float).error,
+        evaluate_many(model, stacked, (x.float().double(), y)).error,
+    )
+
+
+def test_stack_states_refuses_mismatched_sets() -> None:
+    model = _model()
+    states = _perturbed_states(model, 2)
+    states[1] = {k: v[..., :1] if v.dim() else v for k, v in states[1].items()}
+    with pytest.raises(InvalidArgumentError, match="state 1 differs"):
+        stack_states(states)

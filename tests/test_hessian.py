@@ -299,3 +299,11 @@ def test_bad_data_raises() -> None:
     empty = (torch.zeros(0, D, dtype=torch.float64), torch.zeros(0, dtype=torch.long))
     with pytest.raises(InvalidArgumentError, match="empty"):
         hessian_trace(model, empty, canonical=False)
+
+
+def test_float64_model_takes_float32_inputs() -> None:
+    model = _logistic()
+    x, y = _data()
+    a = hessian_trace(model, (x.float(), y), probes=4, canonical=False)
+    b = hessian_trace(model, (x.float().double(), y), probes=4, canonical=False)
+    assert a.samples == b.samples

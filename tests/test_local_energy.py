@@ -148,3 +148,13 @@ def test_bad_arguments(trained: tuple[torch.nn.Module, Split]) -> None:
         measure(model, split, noise="gaussian")
     with pytest.raises(InvalidArgumentError, match="needs a Split"):
         measure(model, (split.train.x, split.train.y), split="test")
+
+
+def test_spherical_noise_needs_the_canonical_network(
+    trained: tuple[torch.nn.Module, Split],
+) -> None:
+    model, split = trained
+    with pytest.raises(InvalidArgumentError, match="canonical=True"):
+        measure(model, split, noise="spherical", canonical=False)
+    with pytest.raises(InvalidArgumentError, match="strictly increasing"):
+        measure(model, split, sigmas=(0.0, 0.1, 0.1))

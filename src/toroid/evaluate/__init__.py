@@ -1,7 +1,12 @@
 """Error and loss of one or many parameter sets, and BatchNorm statistics recomputation:
 the one hot loop every measurement uses."""
 
-from toroid.evaluate.batched import ManyMetrics, evaluate_many, stack_states
+from toroid.evaluate.batched import (
+    ManyMetrics,
+    evaluate_many,
+    evaluate_many_parts,
+    stack_states,
+)
 from toroid.evaluate.single import BNPolicy, Metrics, evaluate, recompute_bn
 
 __all__ = [
@@ -10,6 +15,7 @@ __all__ = [
     "Metrics",
     "evaluate",
     "evaluate_many",
+    "evaluate_many_parts",
     "recompute_bn",
     "stack_states",
 ]

@@ -23,7 +23,7 @@ from torch.func import functional_call, vmap
 
 from toroid.data.tensordata import DataLike, as_tensor_data
 from toroid.errors import InvalidArgumentError
-from toroid.evaluate.single import BNPolicy, Metrics
+from toroid.evaluate.single import BNPolicy, Metrics, bn_subset, inputs_like
 
 _COLLECT: contextvars.ContextVar[list[tuple[torch.Tensor, torch.Tensor]] | None] = (
     contextvars.ContextVar("toroid_bn_collect", default=None)
@@ -98,6 +98,14 @@ def stack_states(states: Sequence[Mapping[str, torch.Tensor]]) -> dict[str, torc
     first axis, the `params` layout `evaluate_many` takes."""
     if not states:
         raise InvalidArgumentError("need at least one state to stack")
+    for i, state in enumerate(states[1:], start=1):
+        if state.keys() != states[0].keys() or any(
+            state[k].shape != v.shape for k, v in states[0].items()
+        ):
+            raise InvalidArgumentError(
+                f"state {i} differs from state 0 in its names or shapes; all sets must share "
+                "one architecture"
+            )
     return {
         k: torch.stack([s[k] for s in states])
         for k, v in states[0].items()
@@ -117,7 +125,7 @@ def evaluate_many(
     bn_batch_size: int = 500,
     batch_size: int = 500,
     seed: int = 0,
-    max_sets: int = 64,
+    max_sets: int = 16,
 ) -> ManyMetrics:
     """Eval-mode error and loss of K parameter sets of `model`'s architecture on `data`.
 
@@ -126,14 +134,45 @@ def evaluate_many(
     `bn="recompute"` re-estimates every set's BatchNorm statistics on `bn_samples` inputs
     of `bn_data` (defaults to `data`) drawn with `seed`, in minibatches of `bn_batch_size`,
     exactly as `recompute_bn` does, and ignores running statistics given in `params`.
-    Sets are processed `max_sets` at a time to bound memory. Results equal evaluating the
-    sets one at a time."""
+    Sets are processed `max_sets` at a time: memory grows with max_sets x batch_size x the
+    activations of one example. Results equal evaluating the sets one at a time. Runs on
+    the device of the stacked parameters."""
+    parts = evaluate_many_parts(
+        model,
+        params,
+        {"data": data},
+        bn=bn,
+        bn_data=data if bn_data is None else bn_data,
+        bn_samples=bn_samples,
+        bn_batch_size=bn_batch_size,
+        batch_size=batch_size,
+        seed=seed,
+        max_sets=max_sets,
+    )
+    return parts["data"]
+
+
+@torch.no_grad()
+def evaluate_many_parts(
+    model: nn.Module,
+    params: Mapping[str, torch.Tensor],
+    parts: Mapping[str, DataLike],
+    *,
+    bn: BNPolicy = "recompute",
+    bn_data: DataLike | None = None,
+    bn_samples: int | None = 2000,
+    bn_batch_size: int = 500,
+    batch_size: int = 500,
+    seed: int = 0,
+    max_sets: int = 16,
+) -> dict[str, ManyMetrics]:
+    """`evaluate_many` on several datasets (e.g. train and test) with one BatchNorm
+    recomputation per set; `bn_data` is then required for `bn="recompute"`."""
     if bn not in ("keep", "recompute"):
         raise InvalidArgumentError(f"bn must be 'keep' or 'recompute', got {bn!r}")
-    if min(batch_size, bn_batch_size, max_sets) <= 0:
+    if min(batch_size, max_sets) <= 0:
         raise InvalidArgumentError(
-            f"batch_size, bn_batch_size and max_sets must be positive, got {batch_size}, "
-            f"{bn_batch_size} and {max_sets}"
+            f"batch_size and max_sets must be positive, got {batch_size} and {max_sets}"
         )
     if not params:
         raise InvalidArgumentError("params is empty: pass at least one stacked tensor")
@@ -151,33 +190,38 @@ def evaluate_many(
                 f"params[{name!r}] has shape {tuple(value.shape)}; expected (K, "
                 f"{', '.join(map(str, state[name].shape))})"
             )
-    data = as_tensor_data(data)
-    if len(data) == 0:
-        raise InvalidArgumentError("cannot evaluate on an empty dataset")
+    datasets = {name: as_tensor_data(part) for name, part in parts.items()}
+    for name, part in datasets.items():
+        if len(part) == 0:
+            raise InvalidArgumentError(f"cannot evaluate on an empty dataset ({name})")
+    bn_source = None
+    if bn == "recompute":
+        if bn_data is None:
+            raise InvalidArgumentError("bn='recompute' needs bn_data (the training inputs)")
+        bn_source = as_tensor_data(bn_data)
+        bn_subset(len(bn_source), samples=bn_samples, batch_size=bn_batch_size, seed=seed)
     (count,) = sizes
     functional, bn_names = _functional_copy(model)
-    errors, losses = [], []
+    errors: dict[str, list[torch.Tensor]] = {name: [] for name in datasets}
+    losses: dict[str, list[torch.Tensor]] = {name: [] for name in datasets}
     for start in range(0, count, max_sets):
         chunk = {k: v[start : start + max_sets] for k, v in params.items()}
-        if bn == "recompute" and bn_names:
-            bn_source = as_tensor_data(data if bn_data is None else bn_data)
+        if bn_source is not None and bn_names:
             chunk.update(
                 _recomputed_statistics(
                     functional, bn_names, state, chunk, bn_source, bn_samples, bn_batch_size, seed
                 )
             )
-        error, loss = _evaluate_chunk(functional, state, chunk, data, batch_size)
-        errors.append(error)
-        losses.append(loss)
-    return ManyMetrics(error=torch.cat(errors), loss=torch.cat(losses), n=len(data))
-
-
-def _inputs(x: torch.Tensor, chunk: Mapping[str, torch.Tensor]) -> torch.Tensor:
-    """Inputs on the parameters' device and, when floating, in their dtype."""
-    reference = next(iter(chunk.values()))
-    if x.is_floating_point():
-        return x.to(device=reference.device, dtype=reference.dtype)
-    return x.to(reference.device)
+        for name, part in datasets.items():
+            error, loss = _evaluate_chunk(functional, state, chunk, part, batch_size)
+            errors[name].append(error)
+            losses[name].append(loss)
+    return {
+        name: ManyMetrics(
+            error=torch.cat(errors[name]), loss=torch.cat(losses[name]), n=len(datasets[name])
+        )
+        for name in datasets
+    }
 
 
 def _call(
@@ -204,13 +248,7 @@ def _recomputed_statistics(
     seed: int,
 ) -> dict[str, torch.Tensor]:
     data = as_tensor_data(bn_data)
-    n = len(data)
-    if samples is not None and samples <= 0:
-        raise InvalidArgumentError(f"bn_samples must be positive or None, got {samples}")
-    if samples is None or samples >= n:
-        index = torch.arange(n)
-    else:
-        index = torch.randperm(n, generator=torch.Generator().manual_seed(seed))[:samples]
+    index = bn_subset(len(data), samples=samples, batch_size=batch_size, seed=seed)
     names = list(chunk)
     shared = {k: v for k, v in state.items() if k not in chunk}
 
@@ -228,7 +266,9 @@ def _recomputed_statistics(
     batches = 0
     for start in range(0, index.numel(), batch_size):
         chosen = index[start : start + batch_size].to(data.x.device)
-        outputs = batched(tuple(chunk.values()), _inputs(data.x[chosen], chunk))
+        outputs = batched(
+            tuple(chunk.values()), inputs_like(data.x[chosen], next(iter(chunk.values())))
+        )
         sums = (
             list(outputs) if sums is None else [s + o for s, o in zip(sums, outputs, strict=True)]
         )
@@ -257,7 +297,7 @@ def _evaluate_chunk(
     loss_sum = torch.zeros(k, dtype=torch.float64, device=device)
     wrong = torch.zeros(k, dtype=torch.long, device=device)
     for start in range(0, len(data), batch_size):
-        x = _inputs(data.x[start : start + batch_size], chunk)
+        x = inputs_like(data.x[start : start + batch_size], next(iter(chunk.values())))
         y = data.y[start : start + batch_size].to(device)
         logits = batched(tuple(chunk.values()), x)  # (K, B, C)
         flat = logits.reshape(-1, logits.shape[-1])

@@ -27,12 +27,33 @@ class Metrics:
 BNPolicy = Literal["keep", "recompute"]
 
 
-def _inputs(x: torch.Tensor, model: nn.Module, device: str | torch.device) -> torch.Tensor:
-    """Inputs on `device` and, when floating, in the dtype of the model's parameters."""
-    first = next(model.parameters(), None)
-    if x.is_floating_point() and first is not None:
-        return x.to(device=device, dtype=first.dtype)
-    return x.to(device)
+def inputs_like(x: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
+    """Inputs on `reference`'s device and, when floating, in its dtype (a float64 model
+    evaluated on the float32 tensors the loaders return)."""
+    if x.is_floating_point():
+        return x.to(device=reference.device, dtype=reference.dtype)
+    return x.to(reference.device)
+
+
+def bn_subset(n: int, *, samples: int | None, batch_size: int, seed: int) -> torch.Tensor:
+    """Indices of the fixed, seeded subset of `samples` of `n` inputs (all when None) whose
+    minibatches of `batch_size` re-estimate BatchNorm statistics. Refuses a last minibatch
+    of a single input, whose variance is undefined."""
+    if batch_size <= 0:
+        raise InvalidArgumentError(f"bn batch size must be positive, got {batch_size}")
+    if samples is not None and samples <= 0:
+        raise InvalidArgumentError(f"bn samples must be positive or None, got {samples}")
+    if samples is None or samples >= n:
+        index = torch.arange(n)
+    else:
+        index = torch.randperm(n, generator=torch.Generator().manual_seed(seed))[:samples]
+    if index.numel() % batch_size == 1:
+        raise InvalidArgumentError(
+            f"{index.numel()} BatchNorm samples in minibatches of {batch_size} leave a last "
+            "minibatch of one input, whose variance is undefined; change bn_samples or the "
+            "bn batch size"
+        )
+    return index
 
 
 @torch.no_grad()
@@ -55,7 +76,8 @@ def evaluate(
     `bn_samples` inputs of `bn_data` (the training inputs; defaults to `data`) drawn with
     `seed`, in minibatches of `bn_batch_size` (the statistics depend on it; the evaluation
     batch size does not change any result), as every moved network needs; `"keep"` (the
-    default, right for a trained network) uses the stored statistics."""
+    default, right for a trained network) uses the stored statistics. With `device`, a
+    copy of the model is moved there; by default everything runs on the model's device."""
     if bn not in ("keep", "recompute"):
         raise InvalidArgumentError(f"bn must be 'keep' or 'recompute', got {bn!r}")
     if bn == "recompute":
@@ -71,17 +93,19 @@ def evaluate(
         raise InvalidArgumentError(f"batch_size must be positive, got {batch_size}")
     if len(data) == 0:
         raise InvalidArgumentError("cannot evaluate on an empty dataset")
-    if device is None:
-        first = next(model.parameters(), None)
-        device = first.device if first is not None else torch.device("cpu")
+    first = next(model.parameters(), None)
+    if device is not None and first is not None and first.device != torch.device(device):
+        model = copy.deepcopy(model).to(device)
+        first = next(model.parameters())
+    reference = first if first is not None else torch.zeros((), device=device or "cpu")
     modes = {m: m.training for m in model.modules()}
     model.eval()
     try:
-        loss_sum = torch.zeros((), dtype=torch.float64, device=device)
-        wrong = torch.zeros((), dtype=torch.long, device=device)
+        loss_sum = torch.zeros((), dtype=torch.float64, device=reference.device)
+        wrong = torch.zeros((), dtype=torch.long, device=reference.device)
         for start in range(0, len(data), batch_size):
-            x = _inputs(data.x[start : start + batch_size], model, device)
-            y = data.y[start : start + batch_size].to(device)
+            x = inputs_like(data.x[start : start + batch_size], reference)
+            y = data.y[start : start + batch_size].to(reference.device)
             logits = model(x)
             loss_sum += F.cross_entropy(logits, y, reduction="sum").double()
             wrong += (logits.argmax(dim=1) != y).sum()
@@ -111,20 +135,12 @@ def recompute_bn(
     (dropout) in eval mode, without gradients. DESIGN.md's BatchNorm policy: whenever
     parameters are moved, statistics are recomputed, never interpolated."""
     data = as_tensor_data(data)
-    if batch_size <= 0:
-        raise InvalidArgumentError(f"batch_size must be positive, got {batch_size}")
-    if samples is not None and samples <= 0:
-        raise InvalidArgumentError(f"samples must be positive or None, got {samples}")
+    index = bn_subset(len(data), samples=samples, batch_size=batch_size, seed=seed)
     new = copy.deepcopy(model).eval()
     norms = _batchnorms(new)
     if not norms:
         return new
-    n = len(data)
-    if samples is None or samples >= n:
-        index = torch.arange(n)
-    else:
-        index = torch.randperm(n, generator=torch.Generator().manual_seed(seed))[:samples]
-    device = next(new.parameters()).device
+    reference = next(new.parameters())
     momenta = [bn.momentum for bn in norms]
     for bn in norms:
         bn.reset_running_stats()
@@ -133,7 +149,7 @@ def recompute_bn(
     try:
         for start in range(0, index.numel(), batch_size):
             chosen = index[start : start + batch_size].to(data.x.device)
-            new(_inputs(data.x[chosen], new, device))
+            new(inputs_like(data.x[chosen], reference))
     finally:
         for bn, momentum in zip(norms, momenta, strict=True):
             bn.momentum = momentum

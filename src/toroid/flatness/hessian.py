@@ -20,6 +20,7 @@ from torch import nn
 
 from toroid.data.tensordata import DataLike, TensorData, as_tensor_data
 from toroid.errors import InvalidArgumentError
+from toroid.evaluate.single import inputs_like
 from toroid.progress import task
 from toroid.symmetry.canonical import canonicalize
 
@@ -67,11 +68,13 @@ def _prepare(
 
 
 def _batches(
-    data: TensorData, batch_size: int, device: torch.device
+    data: TensorData, batch_size: int, reference: torch.Tensor
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """Consecutive minibatches, each moved to `device` only when it is used."""
+    """Consecutive minibatches, each moved to the parameters' device (and floating inputs
+    to their dtype) only when it is used."""
     for s in range(0, len(data), batch_size):
-        yield data.x[s : s + batch_size].to(device), data.y[s : s + batch_size].to(device)
+        x = inputs_like(data.x[s : s + batch_size], reference)
+        yield x, data.y[s : s + batch_size].to(reference.device)
 
 
 def _dot(a: Vector, b: Vector) -> torch.Tensor:
@@ -104,7 +107,7 @@ def _full_hvp(
 ) -> Vector:
     """H v for H the Hessian of the mean cross-entropy over all of `data`."""
     out = [torch.zeros_like(p) for p in params]
-    for batch in _batches(data, batch_size, params[0].device):
+    for batch in _batches(data, batch_size, params[0]):
         grads = _batch_grads(model, params, batch, len(data))
         for acc, h in zip(out, _hvp(grads, params, v, retain=False), strict=True):
             acc.add_(h)
@@ -146,7 +149,7 @@ def hessian_trace(
     sums = torch.zeros(probes, dtype=torch.float64, device=device)
     total = -(-len(data) // batch_size)
     with task("Hessian trace", total, enabled=progress) as reporter:
-        for batch in _batches(data, batch_size, device):
+        for batch in _batches(data, batch_size, params[0]):
             grads = _batch_grads(work, params, batch, len(data))
             # The same probes for every batch: v^T H v = sum over batches of v^T H_b v, and
             # regenerating them keeps one probe in memory at a time.

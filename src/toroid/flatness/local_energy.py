@@ -6,6 +6,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from itertools import pairwise
 from typing import Literal
 
 import torch
@@ -14,7 +15,7 @@ from torch import nn
 from toroid import progress as progress_helper
 from toroid.data.tensordata import DataLike, Split, TensorData, as_tensor_data
 from toroid.errors import InvalidArgumentError
-from toroid.evaluate import evaluate_many, stack_states
+from toroid.evaluate import evaluate_many_parts, stack_states
 from toroid.manifold.perturb import NOISES, Noise, draw_noise, perturbed_state
 from toroid.symmetry.canonical import canonical_state
 from toroid.symmetry.transform import with_state
@@ -105,7 +106,7 @@ def local_energy(
     bn_samples: int | None = 2000,
     bn_batch_size: int = 500,
     batch_size: int = 500,
-    max_sets: int = 32,
+    max_sets: int = 16,
     progress: bool = True,
 ) -> LocalEnergy:
     """Local energy of `model` on `data` (a Split; training data alone for split="train").
@@ -120,8 +121,8 @@ def local_energy(
     values = tuple(float(s) for s in sigmas)
     if not values or any(not math.isfinite(s) or s < 0 for s in values):
         raise InvalidArgumentError(f"sigmas must be finite numbers >= 0, got {list(sigmas)}")
-    if list(values) != sorted(values):
-        raise InvalidArgumentError(f"sigmas must be increasing, got {list(values)}")
+    if any(b <= a for a, b in pairwise(values)):
+        raise InvalidArgumentError(f"sigmas must be strictly increasing, got {list(values)}")
     if samples < 1:
         raise InvalidArgumentError(f"samples must be at least 1, got {samples}")
     if noise not in NOISES:
@@ -131,7 +132,11 @@ def local_energy(
     parts = _parts(data, split)
     train = as_tensor_data(data.train if isinstance(data, Split) else data)
 
-    if canonical or noise == "spherical":
+    if noise == "spherical" and not canonical:
+        raise InvalidArgumentError(
+            "spherical noise moves the cells of the canonical network; use canonical=True"
+        )
+    if canonical:
         if spec is None:
             from toroid.symmetry.derive import spec_for
 
@@ -165,19 +170,19 @@ def local_energy(
                     for job in chunk
                 ]
             )
-            for name, part in parts.items():
-                result = evaluate_many(
-                    center,
-                    stacked,
-                    part,
-                    bn="recompute",
-                    bn_data=train,
-                    bn_samples=bn_samples,
-                    bn_batch_size=bn_batch_size,
-                    batch_size=batch_size,
-                    seed=seed,
-                    max_sets=max_sets,
-                )
+            results = evaluate_many_parts(
+                center,
+                stacked,
+                parts,
+                bn="recompute",
+                bn_data=train,
+                bn_samples=bn_samples,
+                bn_batch_size=bn_batch_size,
+                batch_size=batch_size,
+                seed=seed,
+                max_sets=max_sets,
+            )
+            for name, result in results.items():
                 errors[name][start : start + len(chunk)] = result.error
             reporter.advance(len(chunk))
 

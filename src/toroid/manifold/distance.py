@@ -64,10 +64,17 @@ def check_kind(kind: str) -> None:
 def check_same_architecture(
     a: Mapping[str, torch.Tensor], b: Mapping[str, torch.Tensor], what: str = "a and b"
 ) -> None:
-    if a.keys() != b.keys() or any(a[k].shape != b[k].shape for k in a):
+    only = sorted(set(a) ^ set(b))
+    if only:
         raise InvalidArgumentError(
-            f"{what} have different architectures: their state dicts differ in names or shapes"
+            f"{what} have different architectures: {only[0]!r} is in only one of them"
         )
+    for k in a:
+        if a[k].shape != b[k].shape:
+            raise InvalidArgumentError(
+                f"{what} have different architectures: {k!r} has shape "
+                f"{tuple(a[k].shape)} in one and {tuple(b[k].shape)} in the other"
+            )
 
 
 def normalize_rows(x: torch.Tensor) -> torch.Tensor:
