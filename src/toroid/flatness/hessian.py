@@ -48,14 +48,21 @@ def _check_positive(label: str, value: int) -> None:
 
 
 def _prepare(
-    model: nn.Module, data: DataLike, batch_size: int, canonical: bool
+    model: nn.Module,
+    data: DataLike,
+    batch_size: int,
+    canonical: bool,
+    device: str | torch.device | None = None,
 ) -> tuple[nn.Module, Vector, TensorData]:
-    """An eval-mode copy of `model` (canonical when asked), its parameters, and the data."""
+    """An eval-mode copy of `model` (canonical when asked, moved to `device` when given),
+    its parameters, and the data."""
     _check_positive("batch_size", batch_size)
     data = as_tensor_data(data)
     if len(data) == 0:
         raise InvalidArgumentError("cannot compute a Hessian on an empty dataset")
     work = canonicalize(model, output="keep") if canonical else copy.deepcopy(model)
+    if device is not None:
+        work = work.to(device)
     work.eval()
     params: Vector = list(work.parameters())
     if not params:
@@ -131,6 +138,7 @@ def hessian_trace(
     seed: int = 0,
     batch_size: int = 1000,
     canonical: bool = True,
+    device: str | torch.device | None = None,
     progress: bool = False,
 ) -> HessianEstimate:
     """Hutchinson's estimate of tr(H): the mean of v^T H v over `probes` Rademacher vectors
@@ -144,7 +152,7 @@ def hessian_trace(
     sqrt(probes) (NaN for a single probe). The input model is not modified.
     """
     _check_positive("probes", probes)
-    work, params, data = _prepare(model, data, batch_size, canonical)
+    work, params, data = _prepare(model, data, batch_size, canonical, device)
     device = params[0].device
     sums = torch.zeros(probes, dtype=torch.float64, device=device)
     total = -(-len(data) // batch_size)
@@ -179,6 +187,7 @@ def hessian_top_eigenvalue(
     batch_size: int = 1000,
     canonical: bool = True,
     tol: float = 1e-6,
+    device: str | torch.device | None = None,
     progress: bool = False,
 ) -> HessianEstimate:
     """The eigenvalue of H of largest magnitude, by power iteration: H as in
@@ -197,7 +206,7 @@ def hessian_top_eigenvalue(
     _check_positive("iters", iters)
     if not (isinstance(tol, int | float) and tol >= 0 and math.isfinite(tol)):
         raise InvalidArgumentError(f"tol must be a finite number >= 0, got {tol!r}")
-    work, params, data = _prepare(model, data, batch_size, canonical)
+    work, params, data = _prepare(model, data, batch_size, canonical, device)
     device = params[0].device
     generator = torch.Generator().manual_seed(seed)
     v = [torch.randn(p.shape, generator=generator, dtype=p.dtype).to(device) for p in params]

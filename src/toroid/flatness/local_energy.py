@@ -107,6 +107,7 @@ def local_energy(
     bn_batch_size: int = 500,
     batch_size: int = 500,
     max_sets: int = 16,
+    device: str | torch.device | None = None,
     progress: bool = True,
 ) -> LocalEnergy:
     """Local energy of `model` on `data` (a Split; training data alone for split="train").
@@ -117,7 +118,7 @@ def local_energy(
     perturbed: `multiplicative` theta (1 + sigma z), or `spherical` (each cell moved on its
     sphere). Every perturbed network, and the unperturbed one, gets its BatchNorm statistics
     recomputed on `bn_samples` training inputs (DESIGN.md's policy) and is evaluated with
-    `evaluate_many`. dE at sigma = 0 is exactly 0."""
+    `evaluate_many`, on `device` (default: the model's). dE at sigma = 0 is exactly 0."""
     values = tuple(float(s) for s in sigmas)
     if not values or any(not math.isfinite(s) or s < 0 for s in values):
         raise InvalidArgumentError(f"sigmas must be finite numbers >= 0, got {list(sigmas)}")
@@ -144,7 +145,9 @@ def local_energy(
         state = canonical_state(model.state_dict(), spec, output="keep")
     else:
         state = dict(model.state_dict())
-    center = with_state(model, state)
+    if device is not None:
+        state = {k: v.to(device) for k, v in state.items()}
+    center = with_state(model, state).to(state[next(iter(state))].device)
     names = [name for name, _ in model.named_parameters()]
     generator = torch.Generator().manual_seed(seed)
     directions = [draw_noise(state, names, generator) for _ in range(samples)]
