@@ -17,7 +17,7 @@ from toroid.errors import InvalidArgumentError
 from toroid.symmetry.canonical import canonical_state
 from toroid.symmetry.derive import symbolic_trace
 from toroid.symmetry.slots import State, permute_units, scale_units, unit_rows
-from toroid.symmetry.transform import SymmetryTransform, transform_state, with_state
+from toroid.symmetry.transform import SymmetryTransform, with_state
 from toroid.symmetry.types import Slot, SymmetrySpec, UnitGroup
 
 AlignMethod = Literal["weight", "activation"]
@@ -317,4 +317,4 @@ def align(
     )
 
 
-__all__ = ["Alignment", "align", "transform_state"]
+__all__ = ["Alignment", "align"]
