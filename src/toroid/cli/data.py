@@ -1,4 +1,5 @@
-"""The dataset a checkpoint was trained on, as its metadata names it."""
+"""What several commands read from checkpoints: the dataset a checkpoint was trained on,
+and two checkpoints of one architecture."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from typing import Any
 
 from torch import nn
 
+from toroid import checkpoint
 from toroid.data import Split, TensorData, load
 from toroid.errors import InvalidArgumentError
 from toroid.symmetry import default_example_input
@@ -42,3 +44,23 @@ def checkpoint_data(meta: Mapping[str, Any], model: nn.Module, source: Path, *, 
         return TensorData(part.x.reshape(len(part), *shape).to(example.dtype), part.y)
 
     return Split(fit(split.train), fit(split.test), split.meta)
+
+
+def load_same_architecture(
+    a: Path, b: Path, *, command: str
+) -> tuple[nn.Module, dict[str, Any], nn.Module, dict[str, Any]]:
+    """Two checkpoints (model and metadata each) whose model configs must be equal; the
+    one-line error names what differs."""
+    net_a, meta_a = checkpoint.load(a)
+    net_b, meta_b = checkpoint.load(b)
+    config_a, config_b = meta_a["model"], meta_b["model"]
+    if config_a != config_b:
+        keys = [
+            k for k in sorted(set(config_a) | set(config_b)) if config_a.get(k) != config_b.get(k)
+        ]
+        difference = "; ".join(f"{k} {config_a.get(k)!r} vs {config_b.get(k)!r}" for k in keys)
+        raise InvalidArgumentError(
+            f"{a} and {b} have different architectures ({difference}); {command} needs the "
+            "same model"
+        )
+    return net_a, meta_a, net_b, meta_b

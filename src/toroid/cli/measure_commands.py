@@ -20,8 +20,7 @@ from rich.table import Table
 from toroid import __version__, checkpoint, progress
 from toroid.cli.app import app
 from toroid.cli.commands import _choice
-from toroid.cli.data import checkpoint_data
-from toroid.cli.symmetry_commands import _architecture_difference
+from toroid.cli.data import checkpoint_data, load_same_architecture
 from toroid.errors import InvalidArgumentError
 from toroid.flatness import LocalEnergy, local_energy
 from toroid.manifold.distance import KINDS, Distance, distance
@@ -216,14 +215,7 @@ def distance_command(
     """Distance between two networks on the toroid (both canonicalized; B aligned to A)."""
     _choice("--kind", kind, KINDS)
     _check_output(json_out, "--json")
-    net_a, meta_a = checkpoint.load(a)
-    net_b, meta_b = checkpoint.load(b)
-    difference = _architecture_difference(meta_a["model"], meta_b["model"])
-    if difference is not None:
-        raise InvalidArgumentError(
-            f"{a} and {b} have different architectures ({difference}); "
-            "distance needs the same model"
-        )
+    net_a, _, net_b, _ = load_same_architecture(a, b, command="distance")
     result: Distance = distance(
         net_a,
         net_b,

@@ -13,7 +13,7 @@ from rich.table import Table
 from toroid import checkpoint
 from toroid.cli.app import app
 from toroid.cli.commands import _choice
-from toroid.cli.data import checkpoint_data
+from toroid.cli.data import checkpoint_data, load_same_architecture
 from toroid.errors import InvalidArgumentError
 from toroid.storage import has_bundle
 from toroid.symmetry import align as align_models
@@ -54,14 +54,6 @@ def _carried_meta(meta: Mapping[str, Any], *, drop: tuple[str, ...] = ()) -> dic
     """The source metadata (data, optimizer, seed, metrics, ...) to carry into a derived
     checkpoint, without what `checkpoint.save` writes itself and the keys in `drop`."""
     return {k: v for k, v in meta.items() if k not in _WRITTEN_BY_SAVE and k not in drop}
-
-
-def _architecture_difference(a: Mapping[str, Any], b: Mapping[str, Any]) -> str | None:
-    """None if the two model configs describe the same architecture, else what differs."""
-    if a == b:
-        return None
-    keys = [k for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]
-    return "; ".join(f"{k} {a.get(k)!r} vs {b.get(k)!r}" for k in keys)
 
 
 @app.command()
@@ -127,14 +119,7 @@ def align(
     if samples < 1:
         raise InvalidArgumentError(f"--samples must be at least 1, got {samples}")
     _refuse_existing(out, force)
-    net, meta = checkpoint.load(ckpt)
-    reference, ref_meta = checkpoint.load(to)
-    difference = _architecture_difference(meta["model"], ref_meta["model"])
-    if difference is not None:
-        raise InvalidArgumentError(
-            f"{ckpt} and {to} have different architectures ({difference}); "
-            "align needs the same model"
-        )
+    net, meta, reference, _ = load_same_architecture(ckpt, to, command="align")
     symmetry = spec_for(reference)
     data = None
     if method == "activation":
