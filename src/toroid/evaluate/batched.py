@@ -11,6 +11,7 @@ same seeded subset that `recompute_bn` uses, so the results equal the one-at-a-t
 
 from __future__ import annotations
 
+import contextlib
 import contextvars
 import copy
 from collections.abc import Mapping, Sequence
@@ -23,6 +24,8 @@ from torch.func import functional_call, vmap
 
 from toroid.data.tensordata import DataLike, as_tensor_data
 from toroid.errors import InvalidArgumentError
+from toroid.evaluate.family import AffineFamily
+from toroid.evaluate.input_layer import InputLayerReuse, input_layer
 from toroid.evaluate.single import BNPolicy, Metrics, bn_subset, inputs_like
 
 _COLLECT: contextvars.ContextVar[list[tuple[torch.Tensor, torch.Tensor]] | None] = (
@@ -116,7 +119,7 @@ def stack_states(states: Sequence[Mapping[str, torch.Tensor]]) -> dict[str, torc
 @torch.no_grad()
 def evaluate_many(
     model: nn.Module,
-    params: Mapping[str, torch.Tensor],
+    params: Mapping[str, torch.Tensor] | AffineFamily,
     data: DataLike,
     *,
     bn: BNPolicy = "recompute",
@@ -131,6 +134,9 @@ def evaluate_many(
 
     `params` maps state-dict names to tensors stacked along a first axis of length K
     (see `stack_states`); entries that are missing are taken from `model` and shared.
+    `params` may also be an `AffineFamily` (sets base + sum_d c[k, d] v_d, e.g. local
+    energy's perturbations): then the input layer, when it is a plain Linear or Conv after
+    parameter-free operations, is computed once per direction instead of once per set.
     `bn="recompute"` re-estimates every set's BatchNorm statistics on `bn_samples` inputs
     of `bn_data` (defaults to `data`) drawn with `seed`, in minibatches of `bn_batch_size`,
     exactly as `recompute_bn` does, and ignores running statistics given in `params`.
@@ -155,7 +161,7 @@ def evaluate_many(
 @torch.no_grad()
 def evaluate_many_parts(
     model: nn.Module,
-    params: Mapping[str, torch.Tensor],
+    params: Mapping[str, torch.Tensor] | AffineFamily,
     parts: Mapping[str, DataLike],
     *,
     bn: BNPolicy = "recompute",
@@ -174,9 +180,75 @@ def evaluate_many_parts(
         raise InvalidArgumentError(
             f"batch_size and max_sets must be positive, got {batch_size} and {max_sets}"
         )
-    if not params:
+    if not isinstance(params, AffineFamily) and not params:
         raise InvalidArgumentError("params is empty: pass at least one stacked tensor")
     state = model.state_dict()
+    family = params if isinstance(params, AffineFamily) else None
+    if family is not None:
+        _check_family(family, state)
+        state = {**state, **family.base}
+        count = len(family)
+    else:
+        assert not isinstance(params, AffineFamily)
+        count = _check_stacked(params, state)
+    datasets = {name: as_tensor_data(part) for name, part in parts.items()}
+    for name, part in datasets.items():
+        if len(part) == 0:
+            raise InvalidArgumentError(f"cannot evaluate on an empty dataset ({name})")
+    bn_source = None
+    if bn == "recompute":
+        if bn_data is None:
+            raise InvalidArgumentError("bn='recompute' needs bn_data (the training inputs)")
+        bn_source = as_tensor_data(bn_data)
+        bn_subset(len(bn_source), samples=bn_samples, batch_size=bn_batch_size, seed=seed)
+    functional, bn_names = _functional_copy(model)
+    reuse = None
+    if family is not None:
+        layer = input_layer(model)
+        if layer is not None:
+            reuse = InputLayerReuse(functional, layer)
+    own = set(functional.state_dict())
+    shared_state = {k: v for k, v in state.items() if k in own}
+    errors: dict[str, list[torch.Tensor]] = {name: [] for name in datasets}
+    losses: dict[str, list[torch.Tensor]] = {name: [] for name in datasets}
+    for start in range(0, count, max_sets):
+        if family is None:
+            assert not isinstance(params, AffineFamily)
+            chunk = {k: v[start : start + max_sets] for k, v in params.items()}
+        else:
+            rows = family.rows(start, start + max_sets)
+            if reuse is None:
+                chunk = rows.stacked()
+            else:
+                chunk = rows.stacked(exclude=reuse.replaced)
+                chunk[reuse.coefficients_name] = reuse.use(rows, state)
+        if bn_source is not None and bn_names:
+            chunk.update(
+                _recomputed_statistics(
+                    functional,
+                    bn_names,
+                    shared_state,
+                    chunk,
+                    bn_source,
+                    bn_samples,
+                    bn_batch_size,
+                    seed,
+                    reuse,
+                )
+            )
+        for name, part in datasets.items():
+            error, loss = _evaluate_chunk(functional, shared_state, chunk, part, batch_size, reuse)
+            errors[name].append(error)
+            losses[name].append(loss)
+    return {
+        name: ManyMetrics(
+            error=torch.cat(errors[name]), loss=torch.cat(losses[name]), n=len(datasets[name])
+        )
+        for name in datasets
+    }
+
+
+def _check_stacked(params: Mapping[str, torch.Tensor], state: Mapping[str, torch.Tensor]) -> int:
     sizes = {v.shape[0] for v in params.values()}
     if len(sizes) != 1:
         raise InvalidArgumentError(
@@ -190,38 +262,27 @@ def evaluate_many_parts(
                 f"params[{name!r}] has shape {tuple(value.shape)}; expected (K, "
                 f"{', '.join(map(str, state[name].shape))})"
             )
-    datasets = {name: as_tensor_data(part) for name, part in parts.items()}
-    for name, part in datasets.items():
-        if len(part) == 0:
-            raise InvalidArgumentError(f"cannot evaluate on an empty dataset ({name})")
-    bn_source = None
-    if bn == "recompute":
-        if bn_data is None:
-            raise InvalidArgumentError("bn='recompute' needs bn_data (the training inputs)")
-        bn_source = as_tensor_data(bn_data)
-        bn_subset(len(bn_source), samples=bn_samples, batch_size=bn_batch_size, seed=seed)
     (count,) = sizes
-    functional, bn_names = _functional_copy(model)
-    errors: dict[str, list[torch.Tensor]] = {name: [] for name in datasets}
-    losses: dict[str, list[torch.Tensor]] = {name: [] for name in datasets}
-    for start in range(0, count, max_sets):
-        chunk = {k: v[start : start + max_sets] for k, v in params.items()}
-        if bn_source is not None and bn_names:
-            chunk.update(
-                _recomputed_statistics(
-                    functional, bn_names, state, chunk, bn_source, bn_samples, bn_batch_size, seed
-                )
+    return int(count)
+
+
+def _check_family(family: AffineFamily, state: Mapping[str, torch.Tensor]) -> None:
+    if len(family) == 0:
+        raise InvalidArgumentError("the family has no parameter sets (coefficients has 0 rows)")
+    for name, value in family.base.items():
+        if name not in state:
+            raise InvalidArgumentError(f"family has {name!r}, which the model does not")
+        if tuple(value.shape) != tuple(state[name].shape):
+            raise InvalidArgumentError(
+                f"family base {name!r} has shape {tuple(value.shape)}; expected "
+                f"{tuple(state[name].shape)}"
             )
-        for name, part in datasets.items():
-            error, loss = _evaluate_chunk(functional, state, chunk, part, batch_size)
-            errors[name].append(error)
-            losses[name].append(loss)
-    return {
-        name: ManyMetrics(
-            error=torch.cat(errors[name]), loss=torch.cat(losses[name]), n=len(datasets[name])
-        )
-        for name in datasets
-    }
+
+
+def _minibatch(
+    reuse: InputLayerReuse | None, x: torch.Tensor
+) -> contextlib.AbstractContextManager[None]:
+    return contextlib.nullcontext() if reuse is None else reuse.minibatch(x)
 
 
 def _call(
@@ -246,6 +307,7 @@ def _recomputed_statistics(
     samples: int | None,
     batch_size: int,
     seed: int,
+    reuse: InputLayerReuse | None,
 ) -> dict[str, torch.Tensor]:
     data = as_tensor_data(bn_data)
     index = bn_subset(len(data), samples=samples, batch_size=batch_size, seed=seed)
@@ -266,9 +328,9 @@ def _recomputed_statistics(
     batches = 0
     for start in range(0, index.numel(), batch_size):
         chosen = index[start : start + batch_size].to(data.x.device)
-        outputs = batched(
-            tuple(chunk.values()), inputs_like(data.x[chosen], next(iter(chunk.values())))
-        )
+        x = inputs_like(data.x[chosen], next(iter(chunk.values())))
+        with _minibatch(reuse, x):
+            outputs = batched(tuple(chunk.values()), x)
         sums = (
             list(outputs) if sums is None else [s + o for s, o in zip(sums, outputs, strict=True)]
         )
@@ -287,6 +349,7 @@ def _evaluate_chunk(
     chunk: Mapping[str, torch.Tensor],
     data: DataLike,
     batch_size: int,
+    reuse: InputLayerReuse | None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     data = as_tensor_data(data)
     names = list(chunk)
@@ -299,7 +362,8 @@ def _evaluate_chunk(
     for start in range(0, len(data), batch_size):
         x = inputs_like(data.x[start : start + batch_size], next(iter(chunk.values())))
         y = data.y[start : start + batch_size].to(device)
-        logits = batched(tuple(chunk.values()), x)  # (K, B, C)
+        with _minibatch(reuse, x):
+            logits = batched(tuple(chunk.values()), x)  # (K, B, C)
         flat = logits.reshape(-1, logits.shape[-1])
         per_example = F.cross_entropy(flat, y.repeat(k), reduction="none").view(k, -1)
         loss_sum += per_example.double().sum(dim=1)

@@ -15,7 +15,12 @@ from torch import nn
 from toroid import progress as progress_helper
 from toroid.data.tensordata import DataLike, Split, TensorData, as_tensor_data
 from toroid.errors import InvalidArgumentError
-from toroid.evaluate import evaluate_many_parts, stack_states
+from toroid.evaluate import (
+    AffineFamily,
+    evaluate_many_parts,
+    multiplicative_family,
+    stack_states,
+)
 from toroid.manifold.perturb import NOISES, Noise, draw_noise, perturbed_state
 from toroid.symmetry.canonical import canonical_state
 from toroid.symmetry.transform import with_state
@@ -152,30 +157,44 @@ def local_energy(
     generator = torch.Generator().manual_seed(seed)
     directions = [draw_noise(state, names, generator) for _ in range(samples)]
 
-    # Set 0 is the unperturbed network; then (sigma, sample) pairs for every sigma > 0.
-    pairs = [(i, s) for i, sigma in enumerate(values) if sigma > 0 for s in range(samples)]
+    # Set 0 is the unperturbed network; then (sigma, sample) pairs for every sigma > 0,
+    # sample-major so that a chunk of sets spans few noise directions (input-layer reuse).
+    pairs = [(i, s) for s in range(samples) for i, sigma in enumerate(values) if sigma > 0]
     jobs: list[tuple[int, int] | None] = [None, *pairs]
     errors = {name: torch.empty(len(jobs), dtype=torch.float64) for name in parts}
+    family = (
+        multiplicative_family(
+            {n: state[n] for n in names},
+            directions,
+            [None if job is None else (values[job[0]], job[1]) for job in jobs],
+        )
+        if noise == "multiplicative"
+        else None
+    )
     with progress_helper.task(f"local energy ({noise})", len(jobs), enabled=progress) as reporter:
         for start in range(0, len(jobs), max_sets):
             chunk = jobs[start : start + max_sets]
-            stacked = stack_states(
-                [
-                    {n: state[n] for n in names}
-                    if job is None
-                    else {
-                        n: v
-                        for n, v in perturbed_state(
-                            state, values[job[0]], directions[job[1]], kind=noise, spec=spec
-                        ).items()
-                        if n in directions[job[1]]
-                    }
-                    for job in chunk
-                ]
-            )
+            sets: AffineFamily | dict[str, torch.Tensor]
+            if family is not None:
+                sets = family.rows(start, start + len(chunk))
+            else:
+                sets = stack_states(
+                    [
+                        {n: state[n] for n in names}
+                        if job is None
+                        else {
+                            n: v
+                            for n, v in perturbed_state(
+                                state, values[job[0]], directions[job[1]], kind=noise, spec=spec
+                            ).items()
+                            if n in directions[job[1]]
+                        }
+                        for job in chunk
+                    ]
+                )
             results = evaluate_many_parts(
                 center,
-                stacked,
+                sets,
                 parts,
                 bn="recompute",
                 bn_data=train,

@@ -1,0 +1,163 @@
+"""Input-layer reuse for an `AffineFamily`: the first parametric layer sees the same input
+in every set and is linear in its weights, so its outputs for K sets are combinations of
+its outputs for the base and for the D directions. Computing 1 + D layer outputs instead
+of K is exact up to floating-point rounding.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+from collections.abc import Iterator
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from toroid.evaluate.family import AffineFamily
+
+_LAYERS: tuple[type[nn.Module], ...] = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
+_OUTPUTS: contextvars.ContextVar[tuple[torch.Tensor, torch.Tensor] | None] = contextvars.ContextVar(
+    "toroid_input_layer_outputs", default=None
+)
+
+
+class _Captured(Exception):  # noqa: N818 - control flow, not an error
+    def __init__(self, value: torch.Tensor) -> None:
+        super().__init__()
+        self.value = value
+
+
+def input_layer(model: nn.Module) -> str | None:
+    """The name of `model`'s input layer when it can be reused: a plain Linear or Conv
+    called once, and every operation before it free of parameters and buffers (so its
+    input is the same for every parameter set). None otherwise."""
+    from toroid.symmetry.derive import symbolic_trace
+
+    try:
+        graph_module = symbolic_trace(model)
+    except Exception:  # fx raises many kinds; reuse is only an optimization
+        return None
+    modules = dict(graph_module.named_modules())
+    for node in graph_module.graph.nodes:
+        if node.op == "get_attr":
+            return None
+        if node.op != "call_module":
+            continue
+        module = modules[str(node.target)]
+        if type(module) in _LAYERS:
+            calls = [n for n in graph_module.graph.nodes if n.target == node.target]
+            single_input = len(node.args) == 1 and not node.kwargs
+            return str(node.target) if len(calls) == 1 and single_input else None
+        if any(True for _ in module.parameters()) or any(True for _ in module.buffers()):
+            return None
+    return None
+
+
+class _ReusedLayer(nn.Module):
+    """Stands in for the input layer inside the vmapped model: returns the base output
+    plus this set's coefficients times the direction outputs, which `InputLayerReuse`
+    computed once per minibatch for all sets."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.register_buffer("coefficients", torch.zeros(0))
+        self.capture = False
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.capture:
+            raise _Captured(x)
+        outputs = _OUTPUTS.get()
+        assert outputs is not None, "input-layer outputs not prepared for this minibatch"
+        base, directions = outputs
+        coefficients: torch.Tensor = self.coefficients  # type: ignore[assignment]
+        combined: torch.Tensor = base + torch.tensordot(coefficients, directions, dims=1)
+        return combined
+
+
+class InputLayerReuse:
+    """Swaps the input layer of `functional` (an eval-mode copy) for `_ReusedLayer` and
+    prepares its outputs per minibatch for the sets of one chunk of a family."""
+
+    def __init__(self, functional: nn.Module, name: str) -> None:
+        self.name = name
+        self.layer = functional.get_submodule(name)
+        self.stand_in = _ReusedLayer()
+        parent_name, _, child = name.rpartition(".")
+        parent = functional.get_submodule(parent_name) if parent_name else functional
+        setattr(parent, child, self.stand_in)
+        self.functional = functional
+        self.weight_name = f"{name}.weight"
+        self.bias_name = f"{name}.bias"
+        self.coefficients_name = f"{name}.coefficients"
+        self._weights = torch.empty(0)
+        self._biases: torch.Tensor | None = None
+
+    @property
+    def replaced(self) -> frozenset[str]:
+        return frozenset({self.weight_name, self.bias_name})
+
+    def use(self, family: AffineFamily, base: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Take one chunk's family (restricted to its directions); returns the (K, D)
+        coefficients to pass as the stand-in's per-set tensor."""
+        weight = base[self.weight_name]
+        directions = family.directions
+        count = family.coefficients.shape[1]
+        stacked_weight = (
+            directions[self.weight_name]
+            if self.weight_name in directions
+            else weight.new_zeros((count, *weight.shape))
+        )
+        self._weights = torch.cat([weight.unsqueeze(0), stacked_weight])
+        bias = base.get(self.bias_name)
+        if bias is None:
+            self._biases = None
+        else:
+            stacked_bias = (
+                directions[self.bias_name]
+                if self.bias_name in directions
+                else bias.new_zeros((count, *bias.shape))
+            )
+            self._biases = torch.cat([bias.unsqueeze(0), stacked_bias])
+        return family.coefficients.to(dtype=weight.dtype, device=weight.device)
+
+    def _layer_input(self, x: torch.Tensor) -> torch.Tensor:
+        self.stand_in.capture = True
+        try:
+            self.functional(x)
+        except _Captured as captured:
+            return captured.value
+        finally:
+            self.stand_in.capture = False
+        raise RuntimeError(f"the model never called its input layer {self.name!r}")
+
+    def _outputs(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        inputs = self._layer_input(x)
+        weights, biases = self._weights, self._biases
+        sets = weights.shape[0]
+        if isinstance(self.layer, nn.Linear):
+            # One matmul for the base and every direction.
+            out = F.linear(
+                inputs,
+                weights.reshape(-1, weights.shape[-1]),
+                None if biases is None else biases.reshape(-1),
+            )
+            out = out.view(*inputs.shape[:-1], sets, weights.shape[1]).movedim(-2, 0)
+        else:
+            assert isinstance(self.layer, nn.modules.conv._ConvNd)
+            conv = self.layer
+            out = torch.stack(
+                [
+                    conv._conv_forward(inputs, weights[d], None if biases is None else biases[d])
+                    for d in range(sets)
+                ]
+            )
+        return out[0], out[1:].contiguous()
+
+    @contextlib.contextmanager
+    def minibatch(self, x: torch.Tensor) -> Iterator[None]:
+        token = _OUTPUTS.set(self._outputs(x))
+        try:
+            yield
+        finally:
+            _OUTPUTS.reset(token)
