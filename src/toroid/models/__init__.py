@@ -2,7 +2,7 @@
 
 from toroid.models.build import BUILDERS, build
 from toroid.models.config import attach_config, model_config
-from toroid.models.layers import Sign
+from toroid.models.layers import BinaryConv2d, BinaryLinear, Sign, is_binary
 from toroid.models.lenet import lenet5
 from toroid.models.mlp import mlp
 from toroid.models.resnet import BasicBlock, ResNet, resnet
@@ -11,10 +11,13 @@ from toroid.models.vgg import vgg
 __all__ = [
     "BUILDERS",
     "BasicBlock",
+    "BinaryConv2d",
+    "BinaryLinear",
     "ResNet",
     "Sign",
     "attach_config",
     "build",
+    "is_binary",
     "lenet5",
     "mlp",
     "model_config",

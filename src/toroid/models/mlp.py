@@ -1,21 +1,53 @@
-"""Fully connected classifier: Linear [-> BatchNorm] -> activation per hidden layer."""
+"""Fully connected classifier: Linear [-> BatchNorm] -> activation per hidden layer; or its
+binary variant, BinaryLinear -> BatchNorm -> Sign per hidden layer."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Literal
+from typing import Any, Literal
 
 from torch import nn
 
+from toroid.errors import InvalidArgumentError
 from toroid.models.config import attach_config, check_choice, check_positive
+from toroid.models.layers import BinaryLinear, Sign
 
-Activation = Literal["relu", "tanh"]
-ACTIVATIONS: dict[str, type[nn.Module]] = {"relu": nn.ReLU, "tanh": nn.Tanh}
+Activation = Literal["relu", "tanh", "sign"]
+ACTIVATIONS: dict[str, type[nn.Module]] = {"relu": nn.ReLU, "tanh": nn.Tanh, "sign": Sign}
 
 
 def activation_module(name: str) -> nn.Module:
     check_choice("activation", name, tuple(ACTIVATIONS))
     return ACTIVATIONS[name]()
+
+
+def resolve_activation(
+    activation: Activation | None, *, binary: bool, batchnorm: bool
+) -> Activation:
+    """The activation a model uses: relu by default, sign for binary networks, which also
+    need BatchNorm (the per-unit threshold in front of every sign)."""
+    if not isinstance(binary, bool):
+        raise InvalidArgumentError(f"binary must be true or false, got {binary!r}")
+    if not binary:
+        resolved: Activation = "relu" if activation is None else activation
+        check_choice("activation", resolved, tuple(ACTIVATIONS))
+        return resolved
+    if activation not in (None, "sign"):
+        raise InvalidArgumentError(
+            f"binary networks use sign activations; got activation={activation!r} "
+            "(leave it unset or pass 'sign')"
+        )
+    if not batchnorm:
+        raise InvalidArgumentError(
+            "binary networks need batchnorm=True: BatchNorm is the threshold of each sign unit"
+        )
+    return "sign"
+
+
+def binary_key(binary: bool) -> dict[str, Any]:
+    # Float models keep the config they always had (old checkpoints and resumable runs
+    # match it); only binary models carry the key.
+    return {"binary": True} if binary else {}
 
 
 def mlp(
@@ -24,24 +56,34 @@ def mlp(
     num_classes: int,
     *,
     batchnorm: bool = True,
-    activation: Activation = "relu",
+    activation: Activation | None = None,
+    binary: bool = False,
 ) -> nn.Sequential:
-    """Flatten, then one Linear [-> BatchNorm1d] -> activation per width, then a Linear
-    output layer with bias. A Linear that feeds a BatchNorm has no bias (BN absorbs it)."""
+    """Flatten, then one Linear [-> BatchNorm1d] -> activation (default relu) per width,
+    then a Linear output layer with bias. A Linear that feeds a BatchNorm has no bias (BN
+    absorbs it).
+
+    `binary=True`: BinaryLinear (sign of latent weights) -> BatchNorm1d -> Sign per width,
+    then a BinaryLinear output layer followed by BatchNorm1d(num_classes), the per-class
+    scale and offset of the logits (the error depends only on their argmax)."""
     check_positive("in_features", in_features)
     check_positive("num_classes", num_classes)
     for width in widths:
         check_positive("each width", width)
-    check_choice("activation", activation, tuple(ACTIVATIONS))
+    resolved = resolve_activation(activation, binary=binary, batchnorm=batchnorm)
+    linear = BinaryLinear if binary else nn.Linear
     layers: list[nn.Module] = [nn.Flatten()]
     fan_in = in_features
     for width in widths:
-        layers.append(nn.Linear(fan_in, width, bias=not batchnorm))
+        layers.append(linear(fan_in, width, bias=not batchnorm))
         if batchnorm:
             layers.append(nn.BatchNorm1d(width))
-        layers.append(activation_module(activation))
+        layers.append(activation_module(resolved))
         fan_in = width
-    layers.append(nn.Linear(fan_in, num_classes))
+    if binary:
+        layers += [BinaryLinear(fan_in, num_classes, bias=False), nn.BatchNorm1d(num_classes)]
+    else:
+        layers.append(nn.Linear(fan_in, num_classes))
     model = nn.Sequential(*layers)
     return attach_config(  # type: ignore[return-value]
         model,
@@ -51,6 +93,7 @@ def mlp(
             "widths": [int(w) for w in widths],
             "num_classes": int(num_classes),
             "batchnorm": batchnorm,
-            "activation": activation,
+            "activation": resolved,
+            **binary_key(binary),
         },
     )

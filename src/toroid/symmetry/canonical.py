@@ -1,5 +1,6 @@
 """Canonical form: every cell unit-norm, signs fixed by a deterministic rule, biases in
-front of BatchNorm folded into its running mean; the eval-mode function unchanged."""
+front of BatchNorm folded into its running mean; the eval-mode function unchanged.
+Binary cells (latent weights of binary layers) are replaced by their signs, +-1."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from torch import nn
 from toroid.errors import InvalidArgumentError
 from toroid.symmetry.slots import State, unit_matrix
 from toroid.symmetry.transform import flip_units_, scale_cell_, with_state
-from toroid.symmetry.types import SymmetrySpec, UnitGroup
+from toroid.symmetry.types import CellFamily, SymmetrySpec, UnitGroup
 
 OutputMode = Literal["normalize", "keep"]
 
@@ -21,6 +22,19 @@ def fold_biases_(state: State, spec: SymmetrySpec) -> None:
     for bias, bn in spec.bias_folds:
         state[f"{bn}.running_mean"] = state[f"{bn}.running_mean"] - state[bias]
         state[bias] = torch.zeros_like(state[bias])
+
+
+def binarize_cell_(state: State, cell: CellFamily) -> None:
+    """Latent binary weights replaced by the +-1 they compute with (+1 at 0, as the binary
+    layers do): the function is unchanged, and two networks with the same binary weights
+    get the same form whatever their latent magnitudes."""
+    for slot in cell.members:
+        latent = state[slot.tensor]
+        state[slot.tensor] = torch.where(latent >= 0, 1.0, -1.0).to(latent.dtype)
+
+
+def is_binarized(state: State, cell: CellFamily) -> bool:
+    return all(bool((state[s.tensor].abs() == 1).all()) for s in cell.members)
 
 
 def canonical_signs(state: State, group: UnitGroup) -> torch.Tensor:
@@ -41,6 +55,9 @@ def canonical_state(state: State, spec: SymmetrySpec, *, output: OutputMode) -> 
     sizes = {g.name: g.size for g in spec.groups}
     for cell in spec.cells:
         assert cell.group is not None
+        if cell.kind == "binary":
+            binarize_cell_(out, cell)
+            continue
         norms = unit_matrix(out, cell.members, sizes[cell.group]).norm(dim=1)
         # A zero cell has no direction. Where it feeds its consumers directly the unit
         # outputs nothing, so zeroing what it feeds keeps the function and makes the form
@@ -53,7 +70,9 @@ def canonical_state(state: State, spec: SymmetrySpec, *, output: OutputMode) -> 
     for group in spec.groups:
         if group.odd:
             flip_units_(out, group.flip, canonical_signs(out, group))
-    if output == "normalize" and spec.output is not None:
+    if spec.output is not None and spec.output.kind == "binary":
+        binarize_cell_(out, spec.output)  # the logits stay as they are: both modes
+    elif output == "normalize" and spec.output is not None:
         norm = unit_matrix(out, spec.output.members, 1).norm(dim=1)
         if float(norm) > 0:
             scale_cell_(out, spec, spec.output, 1.0 / norm)
@@ -73,9 +92,9 @@ def canonicalize(
 
 
 def is_canonical(model: nn.Module, spec: SymmetrySpec | None = None, *, atol: float = 1e-6) -> bool:
-    """Whether every hidden cell has unit norm (zero cells excepted), every sign follows the
-    rule and every bias in front of a BatchNorm is folded. The output layer is not checked
-    (both output modes are canonical)."""
+    """Whether every hidden cell has unit norm (zero cells excepted; binary cells +-1), every
+    sign follows the rule and every bias in front of a BatchNorm is folded. A float output
+    layer is not checked (both output modes are canonical); a binary one must be +-1."""
     from toroid.symmetry.derive import spec_for
 
     spec = spec or spec_for(model)
@@ -84,8 +103,12 @@ def is_canonical(model: nn.Module, spec: SymmetrySpec | None = None, *, atol: fl
     for bias, _ in spec.bias_folds:
         if state[bias].abs().max() > atol:
             return False
+    if not all(is_binarized(state, c) for c in spec.binary_cells()):
+        return False
     for cell in spec.cells:
         assert cell.group is not None
+        if cell.kind == "binary":
+            continue
         norms = unit_matrix(state, cell.members, sizes[cell.group]).norm(dim=1)
         if ((norms - 1).abs() > atol)[norms > 0].any():
             return False

@@ -7,8 +7,11 @@ For each value we also keep its chain: the operations since the space's producer
 since the last add). Chains decide the continuous symmetries: a positive per-unit scale
 passes through positively homogeneous operations (ReLU, LeakyReLU, pooling, flatten,
 dropout) and is absorbed by a BatchNorm's running statistics or compensated in the
-consumers' input columns; a sign flip passes through odd activations and linear
-operations (average pooling, flatten, dropout), but not max-pooling or ReLU.
+consumers' input columns; in binary units a positive scale in front of the sign
+activation needs no compensation at all (sign(c x) = sign(x)); a sign flip passes through odd activations and
+linear operations (average pooling, flatten, dropout), but not max-pooling or ReLU.
+Binary layers (sign of latent weights) have no scale symmetry: their latent rows form
+`binary` cells that canonical form replaces by their signs.
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ from __future__ import annotations
 import math
 import operator
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
 import torch
@@ -25,24 +28,41 @@ from torch import fx, nn
 from torch.fx.passes.shape_prop import ShapeProp
 
 from toroid.errors import UnsupportedModelError
-from toroid.models.layers import Sign
+from toroid.models.layers import BinaryConv2d, BinaryLinear, Sign
 from toroid.symmetry.types import CellFamily, Slot, SymmetrySpec, UnitGroup
 
-OpKind = Literal["producer", "bn", "relu", "odd", "maxpool", "avgpool", "flatten", "pass", "add"]
+OpKind = Literal[
+    "producer",
+    "binary",
+    "bn",
+    "relu",
+    "odd",
+    "sign",
+    "maxpool",
+    "avgpool",
+    "flatten",
+    "pass",
+    "add",
+]
+PRODUCERS: frozenset[str] = frozenset({"producer", "binary"})
 HOMOGENEOUS: frozenset[str] = frozenset({"relu", "maxpool", "avgpool", "flatten", "pass"})
-SIGN_EQUIVARIANT: frozenset[str] = frozenset({"odd", "avgpool", "flatten", "pass"})
+ODD: frozenset[str] = frozenset({"odd", "sign"})
+SIGN_EQUIVARIANT: frozenset[str] = frozenset({"odd", "sign", "avgpool", "flatten", "pass"})
+LINEAR: frozenset[str] = frozenset({"avgpool", "flatten", "pass"})
 
 _MODULE_KINDS: dict[type[nn.Module], OpKind] = {
     nn.Linear: "producer",
     nn.Conv1d: "producer",
     nn.Conv2d: "producer",
+    BinaryLinear: "binary",
+    BinaryConv2d: "binary",
     nn.BatchNorm1d: "bn",
     nn.BatchNorm2d: "bn",
     nn.ReLU: "relu",
     nn.LeakyReLU: "relu",
     nn.Tanh: "odd",
     nn.Hardtanh: "odd",
-    Sign: "odd",
+    Sign: "sign",
     nn.MaxPool1d: "maxpool",
     nn.MaxPool2d: "maxpool",
     nn.AvgPool1d: "avgpool",
@@ -64,7 +84,7 @@ _FUNCTION_KINDS: dict[Callable[..., Any], OpKind] = {
     torch.tanh: "odd",
     F.tanh: "odd",
     F.hardtanh: "odd",
-    torch.sign: "odd",
+    torch.sign: "sign",
     F.max_pool1d: "maxpool",
     F.max_pool2d: "maxpool",
     F.avg_pool1d: "avgpool",
@@ -84,7 +104,7 @@ _METHOD_KINDS: dict[str, OpKind] = {
     "relu": "relu",
     "relu_": "relu",
     "tanh": "odd",
-    "sign": "odd",
+    "sign": "sign",
     "flatten": "flatten",
     "view": "flatten",
     "reshape": "flatten",
@@ -95,7 +115,9 @@ _METHOD_KINDS: dict[str, OpKind] = {
 
 
 def register_module_kind(module_type: type[nn.Module], kind: OpKind) -> None:
-    """Teach the derivation a module type of your own (e.g. a binary Linear: 'producer')."""
+    """Teach the derivation a module type of your own: 'producer' (a Linear or Conv),
+    'binary' (one whose forward uses the sign of its latent `weight`), 'sign' (a
+    scale-invariant odd activation), 'odd', 'relu', 'bn', pooling, 'flatten' or 'pass'."""
     _MODULE_KINDS[module_type] = kind
 
 
@@ -162,7 +184,8 @@ def _kind(node: fx.Node, modules: dict[str, nn.Module]) -> OpKind:
         if kind is None:
             raise UnsupportedModelError(
                 f"unsupported {_describe(node, modules)}; toroid's symmetry derivation handles "
-                "Linear, Conv1d/2d, BatchNorm1d/2d, ReLU, LeakyReLU, Tanh, Hardtanh, Sign, "
+                "Linear, Conv1d/2d, their binary variants, BatchNorm1d/2d, ReLU, LeakyReLU, "
+                "Tanh, Hardtanh, Sign, "
                 "pooling, flatten/view, dropout, identity and residual add (write a "
                 "SymmetrySpec by hand, or register_module_kind, for others)"
             )
@@ -267,6 +290,7 @@ def symmetry_spec(model: nn.Module, example_input: torch.Tensor) -> SymmetrySpec
     spaces: dict[int, _Space] = {0: _Space()}
     eps: dict[str, float] = {}
     called: set[str] = set()
+    binary: set[str] = set()
 
     def space_of(v: Value) -> _Space:
         return spaces[uf.find(v.space)]
@@ -312,15 +336,17 @@ def symmetry_spec(model: nn.Module, example_input: torch.Tensor) -> SymmetrySpec
                 )
             (source,) = inputs
             module_name = str(node.target) if node.op == "call_module" else None
-            if module_name is not None and kind in ("producer", "bn"):
+            if module_name is not None and kind in (*PRODUCERS, "bn"):
                 if module_name in called:
                     raise UnsupportedModelError(
                         f"{_describe(node, modules)} is called more than once (shared weights "
                         "are not supported)"
                     )
                 called.add(module_name)
-            if kind == "producer":
+            if kind in PRODUCERS:
                 assert module_name is not None
+                if kind == "binary":
+                    binary.add(module_name)
                 if source.block != 1 and not isinstance(modules[module_name], nn.Linear):
                     raise UnsupportedModelError(f"{_describe(node, modules)} reads flattened input")
                 if isinstance(modules[module_name], nn.Linear) and len(_shape(node)) != 2:
@@ -355,7 +381,7 @@ def symmetry_spec(model: nn.Module, example_input: torch.Tensor) -> SymmetrySpec
         values[node.name] = value
         space_of(value).values.append((node.name, value))
 
-    return _build_spec(spaces, tensors, eps)
+    return _build_spec(spaces, tensors, eps, frozenset(binary))
 
 
 def _vector_slots(
@@ -390,7 +416,10 @@ def _segments(chain: tuple[Op, ...]) -> list[tuple[Op | None, list[Op]]]:
 
 
 def _build_spec(
-    spaces: dict[int, _Space], tensors: dict[str, torch.Tensor], eps: dict[str, float]
+    spaces: dict[int, _Space],
+    tensors: dict[str, torch.Tensor],
+    eps: dict[str, float],
+    binary: frozenset[str],
 ) -> SymmetrySpec:
     groups: list[tuple[int, UnitGroup]] = []
     cells: list[CellFamily] = []
@@ -400,13 +429,13 @@ def _build_spec(
         if root == 0 or not space.producers:
             continue
         if space.outputs:
-            output = output or _output_cell(space, tensors)
+            output = output or _output_cell(space, tensors, binary)
             continue
         if not space.reads and not space.writes:
             continue
         name = f"g{len(groups)}:{space.producers[0][1]}"
         size = int(tensors[f"{space.producers[0][1]}.weight"].shape[0])
-        builder = _GroupBuilder(name, size, space, tensors)
+        builder = _GroupBuilder(name, size, space, tensors, binary)
         group, group_cells, group_folds = builder.build()
         groups.append((space.first_index, group))
         cells += group_cells
@@ -422,19 +451,42 @@ def _build_spec(
     )
 
 
-def _output_cell(space: _Space, tensors: dict[str, torch.Tensor]) -> CellFamily | None:
+def _output_cell(
+    space: _Space, tensors: dict[str, torch.Tensor], binary: frozenset[str]
+) -> CellFamily | None:
     """The output layer's global cell: its weight and bias, when the logits come straight
-    (through dropout or identity at most) from a single Linear."""
+    (through dropout or identity at most) from a single Linear; or, for a binary output
+    layer (whatever follows it), its latent weights as one `binary` cell."""
     if len(space.producers) != 1 or space.writes:
-        return None
-    if any(op.kind != "pass" for v in space.outputs for op in v.chain):
         return None
     module = space.producers[0][1]
     weight = tensors[f"{module}.weight"]
+    if module in binary:
+        rows = int(weight.shape[0])
+        return CellFamily(
+            f"output:{module}", None, "binary", (Slot(f"{module}.weight", 0, rows),)
+        )
+    if any(op.kind != "pass" for v in space.outputs for op in v.chain):
+        return None
     members = [Slot(f"{module}.weight", 0, int(weight.shape[0]))]
     if f"{module}.bias" in tensors:
         members.append(Slot(f"{module}.bias", 0, int(weight.shape[0])))
     return CellFamily(f"output:{module}", None, "output", tuple(members))
+
+
+TailKind = Literal["homogeneous", "invariant"]
+
+
+def _tail_kind(ops: list[Op]) -> TailKind | None:
+    """How a per-unit positive scale at a segment's source fares along its ops: it passes
+    positively homogeneous ops (`homogeneous`: compensated in the consumers), and a sign
+    activation after them absorbs it (`invariant`: nothing to compensate)."""
+    for op in ops:
+        if op.kind == "sign":
+            return "invariant"
+        if op.kind not in HOMOGENEOUS:
+            return None
+    return "homogeneous"
 
 
 class _GroupBuilder:
@@ -444,10 +496,16 @@ class _GroupBuilder:
         size: int,
         space: _Space,
         tensors: dict[str, torch.Tensor],
+        binary: frozenset[str] = frozenset(),
     ) -> None:
         self.name, self.size, self.space = name, size, space
         self.tensors = tensors
         self.blocks = {node: value.block for node, value in space.values}
+        self.binary = binary
+        self.binary_producers = {m for _, m in space.producers if m in binary}
+        self.bn_modules = {
+            op.module for _, v in space.values for op in v.chain if op.kind == "bn"
+        }
 
     def _unsupported(self, why: str) -> UnsupportedModelError:
         producers = ", ".join(m for _, m in self.space.producers)
@@ -455,6 +513,16 @@ class _GroupBuilder:
 
     def _reader_slots(self, reads: list[tuple[str, Value]]) -> list[Slot]:
         return [Slot(f"{module}.weight", 1, value.block) for module, value in reads]
+
+    def _matched(self, slots: list[Slot]) -> list[Slot]:
+        """Units of binary layers are matched on their sign weights alone (the overlap),
+        not on their BatchNorm thresholds, which are still permuted and flipped."""
+        if not self.binary_producers:
+            return slots
+        return [
+            replace(s, match=False) if s.tensor.rpartition(".")[0] in self.bn_modules else s
+            for s in slots
+        ]
 
     def build(self) -> tuple[UnitGroup, list[CellFamily], list[tuple[str, str]]]:
         space = self.space
@@ -475,9 +543,9 @@ class _GroupBuilder:
         group = UnitGroup(
             name=self.name,
             size=self.size,
-            slots=tuple(dict.fromkeys(slots)),
-            flip=tuple(flip),
-            sign_rule=tuple(rule),
+            slots=tuple(dict.fromkeys(self._matched(slots))),
+            flip=tuple(self._matched(flip)),
+            sign_rule=tuple(self._matched(rule)),
             stream=bool(space.writes),
             activation_nodes=tuple(nodes),
         )
@@ -487,10 +555,12 @@ class _GroupBuilder:
         self, producer: str, chain: tuple[Op, ...]
     ) -> tuple[list[CellFamily], list[tuple[str, str]], list[Slot] | None]:
         """Cells of the segments of one chain that end in a BatchNorm, the bias folds, and the
-        slots of the last segment's source when that segment is homogeneous (else None)."""
+        slots of the last segment's source when a scale there is compensable or absorbed by
+        a sign (else None). A binary producer's output has no scale: it starts no such cell."""
         cells: list[CellFamily] = []
         folds: list[tuple[str, str]] = []
         segments = _segments(chain)
+        binary = producer in self.binary_producers
         for k, (source, ops) in enumerate(segments[:-1]):
             absorbing = segments[k + 1][0]
             assert absorbing is not None and absorbing.module is not None
@@ -505,6 +575,8 @@ class _GroupBuilder:
                 and f"{producer}.bias" in self.tensors
             ):
                 folds.append((f"{producer}.bias", absorbing.module))
+            if source is None and binary:
+                continue
             if members and all(op.kind in HOMOGENEOUS for op in ops):
                 cells.append(
                     CellFamily(
@@ -518,9 +590,9 @@ class _GroupBuilder:
         last_source, last_ops = segments[-1]
         src = producer if last_source is None else last_source.module
         assert src is not None
-        homogeneous = all(op.kind in HOMOGENEOUS for op in last_ops)
+        scalable = _tail_kind(last_ops) is not None and not (last_source is None and binary)
         block = 1 if last_source is None else self._block_at_op(last_source)
-        return cells, folds, (_affine_slots(src, self.tensors, block) if homogeneous else None)
+        return cells, folds, (_affine_slots(src, self.tensors, block) if scalable else None)
 
     def _block_at_op(self, op: Op) -> int:
         return self.blocks.get(op.node, 1)
@@ -538,19 +610,27 @@ class _GroupBuilder:
         cells: list[CellFamily] = []
         folds: list[tuple[str, str]] = []
         last_members: list[Slot] = []
+        tails: set[TailKind | None] = set()
         scalable = True
         for producer, uses in by_producer.items():
             bn_sequences = {tuple(op.module for op in v.chain if op.kind == "bn") for _, v in uses}
             if len(bn_sequences) != 1:
                 raise self._unsupported("its units are read through different BatchNorms")
+            if producer in self.binary_producers:
+                cells.append(
+                    CellFamily(
+                        f"{self.name}:{producer}:binary",
+                        self.name,
+                        "binary",
+                        (Slot(f"{producer}.weight", 0),),
+                    )
+                )
             longest = max((v for _, v in uses), key=lambda v: len(v.chain))
             chain_cells, chain_folds, tail = self._chain_cells(producer, longest.chain)
             cells += chain_cells
             folds += chain_folds
-            tails_ok = all(
-                all(op.kind in HOMOGENEOUS for op in _segments(v.chain)[-1][1]) for _, v in uses
-            )
-            if tail is None or not tails_ok:
+            tails |= {_tail_kind(_segments(v.chain)[-1][1]) for _, v in uses}
+            if tail is None:
                 scalable = False
             else:
                 last_members += tail
@@ -566,17 +646,34 @@ class _GroupBuilder:
             elif value.origin[0] == "input":
                 raise self._unsupported("the network input is added into it")
         readers = self._reader_slots(space.reads)
-        if scalable and last_members:
-            kind: Literal["homogeneous", "stream"] = "stream" if space.writes else "homogeneous"
-            cells.append(
-                CellFamily(
-                    f"{self.name}:{kind}",
-                    self.name,
-                    kind,
-                    tuple(dict.fromkeys(last_members)),
-                    compensate=tuple(readers),
+        if not scalable or not last_members or len(tails) != 1 or None in tails:
+            return cells, folds
+        if tails == {"invariant"}:
+            # Only binary units get the cell: float networks with sign activations keep the
+            # spec they always had.
+            if not space.writes and self.binary_producers:
+                cells.append(
+                    CellFamily(
+                        f"{self.name}:invariant",
+                        self.name,
+                        "invariant",
+                        tuple(dict.fromkeys(last_members)),
+                    )
                 )
+            return cells, folds
+        # A binary consumer uses only the signs of its columns: it cannot compensate a scale.
+        if any(module in self.binary for module, _ in space.reads):
+            return cells, folds
+        kind: Literal["homogeneous", "stream"] = "stream" if space.writes else "homogeneous"
+        cells.append(
+            CellFamily(
+                f"{self.name}:{kind}",
+                self.name,
+                kind,
+                tuple(dict.fromkeys(last_members)),
+                compensate=tuple(readers),
             )
+        )
         return cells, folds
 
     def _sign(self) -> tuple[list[Slot], list[Slot]]:
@@ -586,10 +683,11 @@ class _GroupBuilder:
         if not space.reads or len(space.producers) != 1:
             return [], []
         producer = space.producers[0][1]
+        binary = producer in self.binary_producers
         chains = [v.chain for _, v in space.reads]
         for chain in chains:
             _, last_ops = _segments(chain)[-1]
-            if not any(op.kind == "odd" for op in last_ops):
+            if not any(op.kind in ODD for op in last_ops):
                 return [], []
             if any(op.kind not in SIGN_EQUIVARIANT for op in last_ops):
                 return [], []
@@ -601,18 +699,22 @@ class _GroupBuilder:
         bn = segments[-1][0]
         assert bn is not None and bn.module is not None
         block = self._block_at_op(bn)
-        if len(segments) == 2 and all(op.kind == "pass" for op in segments[0][1]):
+        between = LINEAR if binary else frozenset({"pass"})
+        if len(segments) == 2 and all(op.kind in between for op in segments[0][1]):
             # Negate the unit's input, the BatchNorm's running mean and beta: the BN output
             # changes sign and gamma stays (as binary networks need).
             bn_slots = [Slot(f"{bn.module}.running_mean", 0, block, match=False)]
             if f"{bn.module}.bias" in self.tensors:
                 bn_slots.append(Slot(f"{bn.module}.bias", 0, block))
-            return producer_slots + bn_slots + readers, producer_slots
+            # The +-1 rows of a binary unit often sum to 0; the BatchNorm threshold (running
+            # mean, beta), odd under the flip and invariant under permutations of the
+            # inputs, then decides its sign.
+            rule = producer_slots + bn_slots if binary else producer_slots
+            return producer_slots + bn_slots + readers, rule
         gamma_beta = _affine_slots(bn.module, self.tensors, block)
         if not gamma_beta:
             return [], []
         return gamma_beta + readers, gamma_beta
-
 
 def _order_cells(cells: list[CellFamily]) -> list[CellFamily]:
     """Every cell after the cells whose compensation writes into its members."""

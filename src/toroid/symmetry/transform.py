@@ -117,8 +117,9 @@ def random_symmetry(
     spec: SymmetrySpec | None = None,
 ) -> tuple[nn.Module, SymmetryTransform]:
     """A random group element applied to `model`: log-uniform positive scales in
-    `scale_range` for every cell (the output layer included), random signs for
-    sign-symmetric groups and, unless `permutations=False`, random permutations."""
+    `scale_range` for every cell (the output layer included, unless it is binary; a binary
+    cell's latent weights are scaled), random signs for sign-symmetric groups and, unless
+    `permutations=False`, random permutations."""
     from toroid.symmetry.derive import spec_for
 
     low, high = scale_range
@@ -141,6 +142,8 @@ def random_symmetry(
     perms = (
         {g.name: torch.randperm(g.size, generator=gen) for g in spec.groups} if permutations else {}
     )
-    output_scale = float(log_uniform(1)) if spec.output is not None else 1.0
+    # A binary output layer's latent scale changes nothing (not even the logits).
+    scalable_output = spec.output is not None and spec.output.kind == "output"
+    output_scale = float(log_uniform(1)) if scalable_output else 1.0
     transform = SymmetryTransform(scales, signs, perms, output_scale)
     return apply_symmetry(model, transform, spec), transform

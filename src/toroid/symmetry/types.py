@@ -10,7 +10,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Literal
 
-CellKind = Literal["absorbed", "homogeneous", "stream", "output"]
+CellKind = Literal["absorbed", "homogeneous", "invariant", "stream", "binary", "output"]
 
 
 @dataclass(frozen=True)
@@ -32,9 +32,13 @@ class CellFamily:
     `members`. Canonicalization divides unit i's members by the cell norm s_i and
     compensates: `homogeneous` and `stream` cells multiply the `compensate` slices (the
     consumers' input columns) by s_i; `absorbed` cells rescale the running statistics of
-    the BatchNorm modules in `batchnorm`, which normalize the scale away. An `output` cell
-    (group None) is the whole output layer, one global positive factor that changes the
-    loss but not the predictions."""
+    the BatchNorm modules in `batchnorm`, which normalize the scale away; `invariant` cells
+    feed a sign activation, which absorbs the scale (nothing is compensated). An `output`
+    cell (group None) is the whole output layer, one global positive factor that changes
+    the loss but not the predictions. A `binary` cell holds the latent weights of a binary
+    layer (one row per unit, or the whole output layer when group is None): only their
+    signs enter the function, so canonical form replaces them by their signs (+-1, +1 at
+    0) instead of normalizing them; its point on the sphere is w / sqrt(n_c)."""
 
     name: str
     group: str | None
@@ -78,6 +82,16 @@ class SymmetrySpec:
     bias_folds: tuple[tuple[str, str], ...] = ()
     bn_eps: Mapping[str, float] = field(default_factory=dict)
 
+    def binary_cells(self) -> tuple[CellFamily, ...]:
+        """The `binary` cells (hidden layers, then the output layer): the +-1 weights."""
+        hidden = tuple(c for c in self.cells if c.kind == "binary")
+        output = (self.output,) if self.output is not None and self.output.kind == "binary" else ()
+        return hidden + output
+
+    def binary_tensors(self) -> tuple[str, ...]:
+        """Names of the latent weight tensors of the binary layers (empty: not binary)."""
+        return tuple(dict.fromkeys(s.tensor for c in self.binary_cells() for s in c.members))
+
     def group(self, name: str) -> UnitGroup:
         for g in self.groups:
             if g.name == name:
@@ -97,5 +111,6 @@ class SymmetrySpec:
                     lines.append(f"  cell {cell.kind}: {members}")
         if self.output is not None:
             members = ", ".join(s.tensor for s in self.output.members)
-            lines.append(f"output layer: {members} (one global scale)")
+            what = "binary weights" if self.output.kind == "binary" else "one global scale"
+            lines.append(f"output layer: {members} ({what})")
         return "\n".join(lines)
