@@ -111,7 +111,7 @@ def local_energy(
     bn_samples: int | None = 2000,
     bn_batch_size: int = 500,
     batch_size: int = 500,
-    max_sets: int = 16,
+    max_sets: int = 32,
     device: str | torch.device | None = None,
     progress: bool = True,
 ) -> LocalEnergy:
@@ -123,7 +123,10 @@ def local_energy(
     perturbed: `multiplicative` theta (1 + sigma z), or `spherical` (each cell moved on its
     sphere). Every perturbed network, and the unperturbed one, gets its BatchNorm statistics
     recomputed on `bn_samples` training inputs (DESIGN.md's policy) and is evaluated with
-    `evaluate_many`, on `device` (default: the model's). dE at sigma = 0 is exactly 0."""
+    `evaluate_many`, on `device` (default: the model's), `max_sets` networks at a time
+    (memory grows with it). Multiplicative noise goes to `evaluate_many` as an affine
+    family, so the input layer costs one pass per noise draw, not one per network.
+    dE at sigma = 0 is exactly 0."""
     values = tuple(float(s) for s in sigmas)
     if not values or any(not math.isfinite(s) or s < 0 for s in values):
         raise InvalidArgumentError(f"sigmas must be finite numbers >= 0, got {list(sigmas)}")
@@ -157,10 +160,13 @@ def local_energy(
     generator = torch.Generator().manual_seed(seed)
     directions = [draw_noise(state, names, generator) for _ in range(samples)]
 
-    # Set 0 is the unperturbed network; then (sigma, sample) pairs for every sigma > 0,
-    # sample-major so that a chunk of sets spans few noise directions (input-layer reuse).
+    # (sigma, sample) pairs for every sigma > 0, sample-major and in chunks of whole noise
+    # draws where they fit, so that a chunk spans few noise directions (input-layer reuse);
+    # the unperturbed network last.
     pairs = [(i, s) for s in range(samples) for i, sigma in enumerate(values) if sigma > 0]
-    jobs: list[tuple[int, int] | None] = [None, *pairs]
+    jobs: list[tuple[int, int] | None] = [*pairs, None]
+    per_draw = max(1, len(pairs) // samples)
+    chunk_size = max_sets // per_draw * per_draw if per_draw <= max_sets else max_sets
     errors = {name: torch.empty(len(jobs), dtype=torch.float64) for name in parts}
     family = (
         multiplicative_family(
@@ -172,8 +178,8 @@ def local_energy(
         else None
     )
     with progress_helper.task(f"local energy ({noise})", len(jobs), enabled=progress) as reporter:
-        for start in range(0, len(jobs), max_sets):
-            chunk = jobs[start : start + max_sets]
+        for start in range(0, len(jobs), chunk_size):
+            chunk = jobs[start : start + chunk_size]
             sets: AffineFamily | dict[str, torch.Tensor]
             if family is not None:
                 sets = family.rows(start, start + len(chunk))
@@ -209,7 +215,7 @@ def local_energy(
             reporter.advance(len(chunk))
 
     position = {job: k for k, job in enumerate(jobs) if job is not None}
-    base = {name: float(errors[name][0]) for name in parts}
+    base = {name: float(errors[name][-1]) for name in parts}
     mean: dict[str, tuple[float, ...]] = {}
     stderr: dict[str, tuple[float, ...]] = {}
     raw: dict[str, tuple[tuple[float, ...], ...]] = {}
