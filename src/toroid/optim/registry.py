@@ -1,4 +1,9 @@
-"""Named optimizers with defaults, so the trainer, the CLI and study configs share them."""
+"""Named optimizers with defaults, so the trainer, the CLI and study configs share them.
+
+A registered name is a preset: an optimizer with published defaults (`source` says where
+they come from) and, where the defaults assume one, the minibatch size that `fit` and the
+CLI use unless the caller gives another (`sgd-large-batch`). A wrapper (`wraps=True`, such
+as SAM) names a base optimizer under "base" and takes the base's hyperparameters too."""
 
 from __future__ import annotations
 
@@ -19,17 +24,35 @@ class OptimizerEntry:
     factory: Factory
     defaults: Mapping[str, Any] = field(default_factory=dict)
     description: str = ""
+    source: str = ""
+    batch_size: int | None = None
+    wraps: bool = False
 
 
 _REGISTRY: dict[str, OptimizerEntry] = {}
+# The minibatch size of optimizers whose defaults do not assume one.
+DEFAULT_BATCH_SIZE = 128
 
 
 def register_optimizer(
-    name: str, factory: Factory, *, defaults: Mapping[str, Any], description: str = ""
+    name: str,
+    factory: Factory,
+    *,
+    defaults: Mapping[str, Any],
+    description: str = "",
+    source: str = "",
+    batch_size: int | None = None,
+    wraps: bool = False,
 ) -> None:
     """Make `name` usable from `fit`, the CLI and configs. `factory(params, **hparams)`
-    must return a torch Optimizer whose `step(closure)` follows `StepClosure`."""
-    _REGISTRY[name] = OptimizerEntry(name, factory, dict(defaults), description)
+    must return a torch Optimizer whose `step(closure)` follows `StepClosure`. With
+    `wraps`, `defaults` must hold "base" (a registered optimizer's name) and the factory
+    also receives the base's hyperparameters."""
+    if wraps and "base" not in defaults:
+        raise InvalidArgumentError(f"wrapper optimizer {name!r} needs a 'base' default")
+    _REGISTRY[name] = OptimizerEntry(
+        name, factory, dict(defaults), description, source, batch_size, wraps
+    )
 
 
 def optimizer_names() -> tuple[str, ...]:
@@ -47,20 +70,38 @@ def resolve_optimizer(optimizer: str | Mapping[str, Any], **overrides: Any) -> d
     given config, then `overrides` (None values ignored). Unknown keys are rejected."""
     config = {"name": optimizer} if isinstance(optimizer, str) else dict(optimizer)
     entry = optimizer_entry(str(config.get("name")))
-    resolved: dict[str, Any] = {"name": entry.name, **entry.defaults}
     given = {k: v for k, v in config.items() if k != "name"}
     given.update({k: v for k, v in overrides.items() if v is not None})
-    unknown = set(given) - set(entry.defaults)
+    defaults = dict(entry.defaults)
+    if entry.wraps:
+        base = optimizer_entry(str(given.get("base", defaults["base"])))
+        if base.wraps:
+            valid = ", ".join(n for n, e in _REGISTRY.items() if not e.wraps)
+            raise InvalidArgumentError(
+                f"optimizer {entry.name!r} cannot wrap {base.name!r}, itself a wrapper; "
+                f"valid bases: {valid}"
+            )
+        defaults.update({k: v for k, v in base.defaults.items() if k not in defaults})
+    resolved: dict[str, Any] = {"name": entry.name, **defaults}
+    unknown = set(given) - set(defaults)
     if unknown:
         raise InvalidArgumentError(
             f"optimizer {entry.name!r} has no hyperparameter {', '.join(sorted(unknown))}; "
-            f"valid: {', '.join(entry.defaults)}"
+            f"valid: {', '.join(defaults)}"
         )
     resolved.update(given)
     lr = resolved.get("lr")
     if lr is not None and not (isinstance(lr, int | float) and lr > 0):
         raise InvalidArgumentError(f"lr must be a positive number, got {lr!r}")
     return resolved
+
+
+def default_batch_size(optimizer: str | Mapping[str, Any]) -> int:
+    """The minibatch size `fit` and the CLI use with `optimizer` when none is given: the
+    preset's own (sgd-large-batch), else DEFAULT_BATCH_SIZE."""
+    name = optimizer if isinstance(optimizer, str) else str(optimizer.get("name"))
+    size = optimizer_entry(name).batch_size
+    return DEFAULT_BATCH_SIZE if size is None else size
 
 
 def make_optimizer(
@@ -94,16 +135,19 @@ register_optimizer(
     _sgd,
     defaults={"lr": 0.05, "momentum": 0.9, "nesterov": False, "weight_decay": 0.0},
     description="SGD with (optionally Nesterov) momentum",
+    source="momentum 0.9 (Sutskever et al. 2013); lr 0.05 and batch 128: toroid's MLP default",
 )
 register_optimizer(
     "adam",
     _adam,
     defaults={"lr": 1e-3, "betas": (0.9, 0.999), "eps": 1e-8, "weight_decay": 0.0},
-    description="Adam (Kingma & Ba 2015); weight_decay is L2 added to the gradient",
+    description="Adam; weight_decay is L2 added to the gradient",
+    source="Kingma & Ba 2015: lr 1e-3, betas (0.9, 0.999), eps 1e-8",
 )
 register_optimizer(
     "adamw",
     _adamw,
     defaults={"lr": 1e-3, "betas": (0.9, 0.999), "eps": 1e-8, "weight_decay": 0.01},
-    description="AdamW (Loshchilov & Hutter 2019): decoupled weight decay",
+    description="AdamW: decoupled weight decay",
+    source="Loshchilov & Hutter 2019; Adam's defaults, weight decay 0.01",
 )

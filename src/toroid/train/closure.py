@@ -25,7 +25,9 @@ class BatchClosure:
         self._batch: Batch | None = None
         self._pending: Batch | None = None
         self._recorded = False
+        self._spilled = False
         self._grad_evals = 0
+        self.batches = 0  # minibatches moved to, over the closure's life
         self.loss_sum = torch.zeros(())
         self.wrong = torch.zeros((), dtype=torch.long)
         self.seen = 0
@@ -35,18 +37,27 @@ class BatchClosure:
         return self._grad_evals
 
     def has_next(self) -> bool:
-        """Whether the epoch's stream holds another minibatch (peeks one ahead)."""
+        """Whether the epoch's stream holds another minibatch (peeks one ahead). False once
+        a step has run past the end of the epoch's pass."""
+        return not self._spilled and self._peek()
+
+    def _peek(self) -> bool:
         if self._pending is None:
             self._pending = next(self._batches, None)
         return self._pending is not None
 
     def next_batch(self) -> None:
         """Move to the next minibatch; past the end of the epoch, a new pass begins."""
-        if not self.has_next():
+        if not self._peek():
+            # A step that consumes several minibatches (Entropy-SGD, replicated SGD) ran past
+            # the end of the pass: it finishes on a fresh pass, and the epoch ends with it,
+            # so that an epoch stays one pass over the data for every optimizer.
             self._batches = self._refill()
             self._pending = next(self._batches)
+            self._spilled = True
         self._batch, self._pending = self._pending, None
         self._recorded = False
+        self.batches += 1
 
     def __call__(self, *, update_bn_stats: bool = True) -> torch.Tensor:
         if self._batch is None:
@@ -78,6 +89,7 @@ class BatchClosure:
         """Take the next epoch's minibatch stream and reset the running statistics."""
         self._batches = batches
         self._pending = None
+        self._spilled = False
         self.loss_sum = torch.zeros(())
         self.wrong = torch.zeros((), dtype=torch.long)
         self.seen = 0

@@ -23,9 +23,10 @@ from toroid.errors import (
     ResumeMismatchError,
     TrainingDivergedError,
 )
-from toroid.evaluate import Metrics, evaluate
+from toroid.evaluate import Metrics, evaluate, recompute_bn
 from toroid.models.config import CONFIG_ATTRIBUTE
-from toroid.optim.registry import make_optimizer, resolve_optimizer
+from toroid.optim.protocol import ProgressAware, RecomputesBatchNorm
+from toroid.optim.registry import default_batch_size, make_optimizer, resolve_optimizer
 from toroid.storage import flatten_state, has_bundle, read_bundle, unflatten_state, write_bundle
 from toroid.train.closure import Batch, BatchClosure
 from toroid.train.schedules import Schedule, check_schedule, lr_factor
@@ -33,6 +34,9 @@ from toroid.train.schedules import Schedule, check_schedule, lr_factor
 _STATE_STEM = "train-state"
 # Eval-mode training error is checked for zero only once the running error is this low.
 _ZERO_CHECK_BELOW = 0.01
+# Training inputs on which BatchNorm statistics are re-estimated for optimizers whose
+# parameters are not where the statistics were gathered (RecomputesBatchNorm).
+_BN_SAMPLES = 2000
 
 
 @dataclass(frozen=True)
@@ -100,7 +104,7 @@ def fit(
     *,
     optimizer: str | Mapping[str, Any] = "sgd",
     epochs: int,
-    batch_size: int = 128,
+    batch_size: int | None = None,
     schedule: Schedule = "constant",
     weight_decay: float | None = None,
     seed: int = 0,
@@ -116,10 +120,16 @@ def fit(
     """Train a copy of `model` with cross-entropy on `split.train` (a `Split`, or training
     data alone as a `TensorData` or `(x, y)`).
 
-    `optimizer` is a registered name or a config such as `{"name": "sgd", "lr": 0.05}`;
-    `weight_decay`, when given, overrides the config's. The learning rate follows
-    `schedule` per step. With `stop_at_zero_train_error`, training stops at the end of the
-    first epoch whose eval-mode error on the whole (un-augmented) training set is zero.
+    `optimizer` is a registered name (a preset, see toroid.optim.presets) or a config such
+    as `{"name": "sgd", "lr": 0.05}`; `weight_decay`, when given, overrides the config's.
+    `batch_size` defaults to the preset's (1024 for sgd-large-batch, else 128). The
+    learning rate follows `schedule` per minibatch consumed (optimizers that take several
+    minibatches per step advance it by that many); an epoch is one pass over the data.
+    Optimizers that follow training progress (ProgressAware) are told it before every step;
+    those that leave parameters in the model that its BatchNorm statistics were not gathered
+    at (RecomputesBatchNorm) get the statistics re-estimated before every evaluation. With
+    `stop_at_zero_train_error`, training stops at the end of the first epoch whose
+    eval-mode error on the whole (un-augmented) training set is zero.
     With `checkpoint_dir`, the full training state is saved atomically after every epoch;
     `resume=True` continues from it and ends with the same weights as an uninterrupted
     run. Same seed, same machine: bit-identical weights. Progress goes through
@@ -127,7 +137,7 @@ def fit(
     """
     if epochs <= 0:
         raise InvalidArgumentError(f"epochs must be positive, got {epochs}")
-    if batch_size <= 0:
+    if batch_size is not None and batch_size <= 0:
         raise InvalidArgumentError(f"batch_size must be positive, got {batch_size}")
     check_schedule(schedule)
     if weight_decay is not None and weight_decay < 0:
@@ -141,12 +151,13 @@ def fit(
         )
     dev = torch.device(device)
     opt_config = resolve_optimizer(optimizer, weight_decay=weight_decay)
+    size = default_batch_size(opt_config) if batch_size is None else batch_size
     state_dir = Path(checkpoint_dir) if checkpoint_dir is not None else None
     settings = {
         "model": getattr(model, CONFIG_ATTRIBUTE, type(model).__name__),
         "optimizer": opt_config,
         "epochs": epochs,
-        "batch_size": batch_size,
+        "batch_size": size,
         "schedule": schedule,
         "seed": seed,
         "augment": augment,
@@ -161,13 +172,13 @@ def fit(
     opt = make_optimizer(opt_config, net.parameters())
     batch_gen = torch.Generator().manual_seed(derive_seed(seed, "batches"))
     augment_gen = torch.Generator().manual_seed(derive_seed(seed, "augment"))
-    steps_per_epoch = math.ceil(len(train_data) / batch_size)
-    total_steps = steps_per_epoch * epochs
+    total_batches = math.ceil(len(train_data) / size) * epochs
+    bn_seed = derive_seed(seed, "batchnorm")
 
     # Captured before any restore: a restored optimizer carries the last scheduled rate.
     base_lrs = [group["lr"] for group in opt.param_groups]
     history: list[EpochRecord] = []
-    start_epoch, step, grad_evals_before, elapsed_before = 0, 0, 0, 0.0
+    start_epoch, step, batches_before, grad_evals_before, elapsed_before = 0, 0, 0, 0, 0.0
     finished = False
     with torch.random.fork_rng(devices=_rng_devices(dev)):
         torch.manual_seed(derive_seed(seed, "global"))
@@ -178,10 +189,11 @@ def fit(
                     "--resume) to continue it, or choose another checkpoint_dir (CLI: --out)"
                 )
             restored = _restore(state_dir, fingerprint, net, opt, batch_gen, augment_gen, dev)
-            start_epoch, step, grad_evals_before, elapsed_before, finished, history = restored
+            start_epoch, step, batches_before = restored[:3]
+            grad_evals_before, elapsed_before, finished, history = restored[3:]
 
         def epoch_batches() -> Iterator[Batch]:
-            for x, y in iterate_batches(train_data, batch_size=batch_size, generator=batch_gen):
+            for x, y in iterate_batches(train_data, batch_size=size, generator=batch_gen):
                 if augment:
                     x = random_crop_flip(x, generator=augment_gen)
                 yield x, y
@@ -200,8 +212,11 @@ def fit(
                 closure.start_epoch(epoch_batches())
                 lr = base_lrs[0]
                 while closure.has_next():
+                    done = batches_before + closure.batches
+                    if isinstance(opt, ProgressAware):
+                        opt.set_progress(min(done / total_batches, 1.0))
                     if schedule != "constant":
-                        factor = lr_factor(schedule, step, total_steps)
+                        factor = lr_factor(schedule, done, total_batches)
                         for group, base in zip(opt.param_groups, base_lrs, strict=True):
                             group["lr"] = base * factor
                         lr = base_lrs[0] * factor
@@ -221,6 +236,7 @@ def fit(
                 running_error = int(closure.wrong) / closure.seen
                 eval_error = None
                 if stop_at_zero_train_error and running_error <= _ZERO_CHECK_BELOW:
+                    _refresh_batchnorm(net, opt, train_data, bn_seed)
                     eval_error = evaluate(net, train_data, batch_size=eval_batch_size).error
                     finished = eval_error == 0.0
                 record = EpochRecord(
@@ -245,6 +261,7 @@ def fit(
                         augment_gen,
                         epoch + 1,
                         step,
+                        batches_before + closure.batches,
                         record.grad_evals,
                         elapsed_before + time.perf_counter() - started,
                         finished,
@@ -257,6 +274,7 @@ def fit(
                     on_epoch_end(record)
         wall_time = elapsed_before + time.perf_counter() - started
 
+    _refresh_batchnorm(net, opt, train_data, bn_seed)
     train_metrics = evaluate(net, train_data, batch_size=eval_batch_size)
     test_metrics = (
         evaluate(net, test_data.to(dev), batch_size=eval_batch_size)
@@ -278,6 +296,22 @@ def fit(
     )
 
 
+def _refresh_batchnorm(
+    net: nn.Module, opt: torch.optim.Optimizer, train_data: TensorData, seed: int
+) -> None:
+    """Re-estimate the BatchNorm statistics of `net` in place when the optimizer left
+    parameters in it that the statistics were not gathered at (replicated SGD's center)."""
+    if not isinstance(opt, RecomputesBatchNorm):
+        return
+    samples = min(_BN_SAMPLES, len(train_data))
+    # recompute_bn refuses a last minibatch of one input; 400 avoids it where 500 would not.
+    batch = 500 if samples % 500 != 1 else 400
+    fresh = recompute_bn(net, train_data, samples=samples, batch_size=batch, seed=seed)
+    with torch.no_grad():
+        for own, new in zip(net.buffers(), fresh.buffers(), strict=True):
+            own.copy_(new)
+
+
 def _save_state(
     state_dir: Path,
     fingerprint: str,
@@ -288,6 +322,7 @@ def _save_state(
     augment_gen: torch.Generator,
     epoch: int,
     step: int,
+    batches: int,
     grad_evals: int,
     elapsed: float,
     finished: bool,
@@ -305,6 +340,7 @@ def _save_state(
         "settings": settings,
         "epoch": epoch,
         "step": step,
+        "batches": batches,
         "grad_evals": grad_evals,
         "elapsed": elapsed,
         "finished": finished,
@@ -322,7 +358,7 @@ def _restore(
     batch_gen: torch.Generator,
     augment_gen: torch.Generator,
     device: torch.device,
-) -> tuple[int, int, int, float, bool, list[EpochRecord]]:
+) -> tuple[int, int, int, int, float, bool, list[EpochRecord]]:
     tensors, meta = read_bundle(state_dir, _STATE_STEM)
     if meta.get("fingerprint") != fingerprint:
         raise ResumeMismatchError(
@@ -343,6 +379,7 @@ def _restore(
     return (
         int(meta["epoch"]),
         int(meta["step"]),
+        int(meta.get("batches", meta["step"])),  # states written before multi-batch steps
         int(meta["grad_evals"]),
         float(meta["elapsed"]),
         bool(meta["finished"]),
