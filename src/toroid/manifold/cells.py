@@ -42,3 +42,19 @@ def set_cell_matrix_(state: State, cell: CellFamily, size: int, rows: torch.Tens
 def cell_tensors(spec: SymmetrySpec) -> set[str]:
     """Names of the tensors that cells are made of."""
     return {slot.tensor for cell, _ in cell_families(spec) for slot in cell.members}
+
+
+def binary_vector(state: Mapping[str, torch.Tensor], spec: SymmetrySpec) -> torch.Tensor:
+    """The weights of every binary cell (hidden layers, then the output layer), flattened
+    into one vector: the coordinates of a binary network, +-1 once it is canonical."""
+    return torch.cat([state[name].reshape(-1) for name in spec.binary_tensors()])
+
+
+def set_binary_vector_(state: State, spec: SymmetrySpec, vector: torch.Tensor) -> None:
+    """Write a `binary_vector` back into the binary tensors of `state` (new tensors)."""
+    offset = 0
+    for name in spec.binary_tensors():
+        current = state[name]
+        block = vector[offset : offset + current.numel()]
+        state[name] = block.reshape(current.shape).to(current.dtype, copy=True)
+        offset += current.numel()

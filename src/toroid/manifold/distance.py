@@ -20,6 +20,8 @@ from toroid.symmetry.types import SymmetrySpec
 
 DistanceKind = Literal["geodesic", "mean_angle", "overlap"]
 KINDS: tuple[str, ...] = ("geodesic", "mean_angle", "overlap")
+CellScope = Literal["auto", "all", "binary"]
+SCOPES: tuple[str, ...] = ("auto", "all", "binary")
 
 _DESCRIPTIONS = {
     "geodesic": "sqrt(sum_c theta_c^2)",
@@ -34,19 +36,22 @@ class Distance:
     `aligned` whether b was aligned to a; `cells` the number of cells (units of every cell
     family, plus the output layer's global cell); `per_layer` (when asked for) the same kind
     of distance restricted to each cell family, keyed by family name. For `geodesic` the
-    per-family values' squares sum to the square of the total."""
+    per-family values' squares sum to the square of the total. `over`: "all" cells, or the
+    "binary" cells alone (the +-1 weights of a binary network)."""
 
     value: float
     kind: DistanceKind
     aligned: bool
     cells: int
     per_layer: Mapping[str, float] | None = None
+    over: Literal["all", "binary"] = "all"
 
     def __str__(self) -> str:
         how = "aligned" if self.aligned else "not aligned"
+        what = "binary cells" if self.over == "binary" else "cells"
         head = (
             f"{self.kind} distance {self.value:.6g} "
-            f"({_DESCRIPTIONS[self.kind]}; {self.cells} cells, {how})"
+            f"({_DESCRIPTIONS[self.kind]}; {self.cells} {what}, {how})"
         )
         if not self.per_layer:
             return head
@@ -59,6 +64,12 @@ def check_kind(kind: str) -> None:
     if kind not in KINDS:
         valid = ", ".join(repr(k) for k in KINDS)
         raise InvalidArgumentError(f"kind must be one of {valid}, got {kind!r}")
+
+
+def check_scope(over: str) -> None:
+    if over not in SCOPES:
+        valid = ", ".join(repr(k) for k in SCOPES)
+        raise InvalidArgumentError(f"over must be one of {valid}, got {over!r}")
 
 
 def check_same_architecture(
@@ -122,6 +133,7 @@ def distance(
     align: bool = True,
     spec: SymmetrySpec | None = None,
     seed: int = 0,
+    over: CellScope = "auto",
 ) -> Distance:
     """The distance between networks `a` and `b` (same architecture) on the toroid.
 
@@ -135,12 +147,26 @@ def distance(
       distance for +-1 weights).
     With `per_layer`, the same kind of distance per cell family as well. Parameters outside
     cells (e.g. the hidden weights of a tanh network without BatchNorm, which have no scale
-    symmetry) do not enter any of them."""
+    symmetry) do not enter any of them.
+
+    `over="binary"` restricts the sum to the binary cells (the +-1 weights of binary
+    layers; canonical form stores them as +-1), where `overlap` is the normalized Hamming
+    distance of the sign weights; `"all"` takes every cell, BatchNorm pairs included;
+    `"auto"` (the default) means binary for a network with binary layers, else all."""
     check_kind(kind)
+    check_scope(over)
     check_same_architecture(a.state_dict(), b.state_dict())
     from toroid.symmetry.derive import spec_for
 
     spec = spec or spec_for(a)
+    binary = set(spec.binary_cells())
+    if over == "binary" and not binary:
+        raise InvalidArgumentError(
+            f"over='binary' needs a network with binary layers; {type(a).__name__} has none"
+        )
+    scope: Literal["all", "binary"] = "all"
+    if over == "binary" or (over == "auto" and binary):
+        scope = "binary"
     a64, b64 = _float64(a), _float64(b)
     if align:
         result = align_models(b64, a64, spec=spec, seed=seed)
@@ -153,6 +179,8 @@ def distance(
     dims: list[int] = []
     names: list[str] = []
     for cell, size in cell_families(spec):
+        if scope == "binary" and cell not in binary:
+            continue
         rows_a, rows_b = cell_matrix(state_a, cell, size), cell_matrix(state_b, cell, size)
         thetas.append(cell_angles(rows_a, rows_b))
         dims.append(rows_a.shape[1])
@@ -175,7 +203,17 @@ def distance(
         aligned=align,
         cells=cells,
         per_layer=breakdown,
+        over=scope,
     )
 
 
-__all__ = ["KINDS", "Distance", "DistanceKind", "cell_angles", "distance", "normalize_rows"]
+__all__ = [
+    "KINDS",
+    "SCOPES",
+    "CellScope",
+    "Distance",
+    "DistanceKind",
+    "cell_angles",
+    "distance",
+    "normalize_rows",
+]

@@ -1,0 +1,186 @@
+"""Flip local energy of a binary network: the mean increase of the error when each binary
+weight is flipped independently with probability p, the binary counterpart of the local
+energy under multiplicative noise (DESIGN.md, Binary networks)."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from itertools import pairwise
+from typing import Literal
+
+import torch
+from torch import nn
+
+from toroid import progress as progress_helper
+from toroid.data.tensordata import DataLike, Split, TensorData, as_tensor_data
+from toroid.errors import InvalidArgumentError
+from toroid.evaluate import evaluate_many_parts, stack_states
+from toroid.manifold.cells import binary_vector, set_binary_vector_
+from toroid.symmetry.canonical import canonical_state
+from toroid.symmetry.transform import with_state
+from toroid.symmetry.types import SymmetrySpec
+
+SplitName = Literal["train", "test", "both"]
+
+
+@dataclass(frozen=True)
+class FlipEnergy:
+    """dE(p) = E_mask[err(w with each binary weight flipped with probability p)] - err(w),
+    per split.
+
+    `mean[split][i]` and `stderr[split][i]` belong to `ps[i]`; `raw[split][i][s]` is the
+    increase for mask sample s. Sample s draws one uniform u per weight and flips where
+    u < p, for every p (common random numbers: the flips at a smaller p are a subset of
+    those at a larger one, so curves are smooth in p). `base[split]` is err(w), computed
+    with the same BatchNorm recomputation as the flipped networks; `weights` is the number
+    of binary weights."""
+
+    ps: tuple[float, ...]
+    samples: int
+    weights: int
+    base: Mapping[str, float]
+    mean: Mapping[str, tuple[float, ...]]
+    stderr: Mapping[str, tuple[float, ...]]
+    raw: Mapping[str, tuple[tuple[float, ...], ...]]
+
+
+def measured_parts(data: Split | DataLike, split: SplitName) -> dict[str, TensorData]:
+    """The datasets a measurement evaluates on: {"train": ...}, {"test": ...} or both."""
+    if split not in ("train", "test", "both"):
+        raise InvalidArgumentError(f"split must be train, test or both, got {split!r}")
+    if isinstance(data, Split):
+        train, test = data.train, data.test
+    else:
+        train, test = as_tensor_data(data), None
+    if split in ("test", "both") and test is None:
+        raise InvalidArgumentError(
+            f"split={split!r} needs a Split with test data; got training data only"
+        )
+    parts = {"train": train} if split in ("train", "both") else {}
+    if split in ("test", "both"):
+        assert test is not None
+        parts["test"] = test
+    return parts
+
+
+def check_ps(ps: Sequence[float]) -> tuple[float, ...]:
+    values = tuple(float(p) for p in ps)
+    if not values or any(not (math.isfinite(p) and 0.0 <= p <= 1.0) for p in values):
+        raise InvalidArgumentError(f"ps must be flip probabilities in [0, 1], got {list(ps)}")
+    if any(b <= a for a, b in pairwise(values)):
+        raise InvalidArgumentError(f"ps must be strictly increasing, got {list(values)}")
+    return values
+
+
+def binary_spec(model: nn.Module, spec: SymmetrySpec | None) -> SymmetrySpec:
+    """The model's spec, refusing a network without binary layers."""
+    if spec is None:
+        from toroid.symmetry.derive import spec_for
+
+        spec = spec_for(model)
+    if not spec.binary_tensors():
+        raise InvalidArgumentError(
+            f"{type(model).__name__} has no binary layers; flip measures need a binary "
+            "network (e.g. mlp(..., binary=True))"
+        )
+    return spec
+
+
+def flip_energy(
+    model: nn.Module,
+    data: Split | DataLike,
+    *,
+    ps: Sequence[float],
+    samples: int = 8,
+    split: SplitName = "train",
+    seed: int = 0,
+    spec: SymmetrySpec | None = None,
+    bn_samples: int | None = 2000,
+    bn_batch_size: int = 500,
+    batch_size: int = 500,
+    max_sets: int = 16,
+    device: str | torch.device | None = None,
+    progress: bool = True,
+) -> FlipEnergy:
+    """Flip local energy of the binary network `model` on `data` (a Split; training data
+    alone for split="train").
+
+    The network is put in canonical form first (latent weights replaced by their signs, so
+    that negating a weight flips it exactly; logits kept). For each of `samples` masks
+    (seeded) and each p, every binary weight (hidden and output layers; BatchNorm
+    parameters are left alone) is flipped with probability p. Every flipped network, and
+    the unflipped one, gets its BatchNorm statistics recomputed on `bn_samples` training
+    inputs (DESIGN.md's policy) and is evaluated with `evaluate_many`, on `device`
+    (default: the model's). Nothing flips at p = 0, so dE(0) is exactly 0."""
+    values = check_ps(ps)
+    if samples < 1:
+        raise InvalidArgumentError(f"samples must be at least 1, got {samples}")
+    parts = measured_parts(data, split)
+    train = as_tensor_data(data.train if isinstance(data, Split) else data)
+    spec = binary_spec(model, spec)
+    state = canonical_state(model.state_dict(), spec, output="keep")
+    if device is not None:
+        state = {k: v.to(device) for k, v in state.items()}
+    center = with_state(model, state).to(state[next(iter(state))].device)
+    weights = binary_vector(state, spec)
+    generator = torch.Generator().manual_seed(seed)
+    uniforms = [
+        torch.rand(weights.numel(), generator=generator, dtype=torch.float64).to(weights.device)
+        for _ in range(samples)
+    ]
+    names = list(spec.binary_tensors())
+
+    def flipped(p: float, s: int) -> dict[str, torch.Tensor]:
+        out = dict(state)
+        set_binary_vector_(out, spec, torch.where(uniforms[s] < p, -weights, weights))
+        return {n: out[n] for n in names}
+
+    # Set 0 is the unflipped network; then every (p, sample) pair, p = 0 included.
+    jobs: list[tuple[int, int] | None] = [
+        None,
+        *((i, s) for i in range(len(values)) for s in range(samples)),
+    ]
+    errors = {name: torch.empty(len(jobs), dtype=torch.float64) for name in parts}
+    with progress_helper.task("flip local energy", len(jobs), enabled=progress) as reporter:
+        for start in range(0, len(jobs), max_sets):
+            chunk = jobs[start : start + max_sets]
+            stacked = stack_states(
+                [
+                    {n: state[n] for n in names} if job is None else flipped(values[job[0]], job[1])
+                    for job in chunk
+                ]
+            )
+            results = evaluate_many_parts(
+                center,
+                stacked,
+                parts,
+                bn="recompute",
+                bn_data=train,
+                bn_samples=bn_samples,
+                bn_batch_size=bn_batch_size,
+                batch_size=batch_size,
+                seed=seed,
+                max_sets=max_sets,
+            )
+            for name, result in results.items():
+                errors[name][start : start + len(chunk)] = result.error
+            reporter.advance(len(chunk))
+
+    base = {name: float(errors[name][0]) for name in parts}
+    mean: dict[str, tuple[float, ...]] = {}
+    stderr: dict[str, tuple[float, ...]] = {}
+    raw: dict[str, tuple[tuple[float, ...], ...]] = {}
+    for name in parts:
+        increases = (errors[name][1:] - base[name]).view(len(values), samples)
+        raw[name] = tuple(tuple(float(e) for e in row) for row in increases)
+        mean[name] = tuple(float(row.mean()) for row in increases)
+        stderr[name] = tuple(
+            float(row.std() / math.sqrt(samples)) if samples > 1 else float("nan")
+            for row in increases
+        )
+    return FlipEnergy(values, samples, int(weights.numel()), base, mean, stderr, raw)
+
+
+__all__ = ["FlipEnergy", "binary_spec", "check_ps", "flip_energy", "measured_parts"]
