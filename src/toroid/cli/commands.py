@@ -51,9 +51,18 @@ def model_config_for(
     depth: int | None,
     width: float,
     batchnorm: bool,
-    activation: str,
+    activation: str | None,
+    binary: bool = False,
 ) -> dict[str, Any]:
-    """The config of model `name` sized for a dataset's inputs and classes."""
+    """The config of model `name` sized for a dataset's inputs and classes. `activation`
+    None: the model's default (relu; sign for binary networks)."""
+    if binary and name not in ("mlp", "lenet5"):
+        raise InvalidArgumentError(f"--binary needs --model mlp or lenet5, got {name!r}")
+    # Only set keys reach the config, so float models keep the configs they always had.
+    chosen = {
+        **({} if activation is None else {"activation": activation}),
+        **({"binary": True} if binary else {}),
+    }
     if name == "mlp":
         return {
             "name": "mlp",
@@ -61,7 +70,7 @@ def model_config_for(
             "widths": widths,
             "num_classes": num_classes,
             "batchnorm": batchnorm,
-            "activation": activation,
+            **chosen,
         }
     if len(input_shape) != 3:
         raise InvalidArgumentError(
@@ -75,7 +84,7 @@ def model_config_for(
             "num_classes": num_classes,
             "input_size": input_shape[-1],
             "batchnorm": batchnorm,
-            "activation": activation,
+            **chosen,
         }
     if name == "vgg":
         return {
@@ -113,7 +122,12 @@ def train(
     ] = None,
     width: Annotated[float, typer.Option(help="Channel multiplier of VGG / ResNet.")] = 1.0,
     batchnorm: Annotated[bool, typer.Option(help="BatchNorm after hidden layers.")] = True,
-    activation: Annotated[str, typer.Option(help="relu or tanh (MLP, LeNet-5).")] = "relu",
+    activation: Annotated[
+        str | None, typer.Option(help="relu, tanh or sign (MLP, LeNet-5; default relu).")
+    ] = None,
+    binary: Annotated[
+        bool, typer.Option(help="Binary weights and sign activations (MLP, LeNet-5).")
+    ] = False,
     optimizer: Annotated[str, typer.Option(help=f"One of {', '.join(optimizer_names())}.")] = "sgd",
     lr: Annotated[
         float | None, typer.Option(help="Learning rate (default: the optimizer's).")
@@ -136,7 +150,8 @@ def train(
     """Train a minimizer and save it as a checkpoint directory."""
     _choice("--model", model, tuple(BUILDERS))
     _choice("--dataset", dataset, DATASETS)
-    _choice("--activation", activation, ("relu", "tanh"))
+    if activation is not None:
+        _choice("--activation", activation, ("relu", "tanh", "sign"))
     _choice("--schedule", schedule, SCHEDULES)
     opt_config = resolve_optimizer(optimizer, lr=lr, momentum=momentum, weight_decay=weight_decay)
     split = load(
@@ -151,6 +166,7 @@ def train(
         width=width,
         batchnorm=batchnorm,
         activation=activation,
+        binary=binary,
     )
     net = build(config, seed=derive_seed(seed, "init"))
     progress.enable(not quiet)
