@@ -23,7 +23,7 @@ from toroid.cli.commands import _choice
 from toroid.cli.data import checkpoint_data, load_same_architecture
 from toroid.errors import InvalidArgumentError
 from toroid.flatness import LocalEnergy, local_energy
-from toroid.manifold.distance import KINDS, Distance, distance
+from toroid.manifold.distance import KINDS, SCOPES, Distance, distance
 from toroid.manifold.perturb import NOISES
 from toroid.storage import atomic_write_bytes
 
@@ -208,12 +208,17 @@ def distance_command(
         bool, typer.Option(help="Align B's units to A's first (weight matching).")
     ] = True,
     seed: Annotated[int, typer.Option(help="Seed of the alignment.")] = 0,
+    over: Annotated[
+        str,
+        typer.Option(help="Cells summed: auto (binary weights of binary networks), all, binary."),
+    ] = "auto",
     json_out: Annotated[
         Path | None, typer.Option("--json", help="Write the result as JSON.")
     ] = None,
 ) -> None:
     """Distance between two networks on the toroid (both canonicalized; B aligned to A)."""
     _choice("--kind", kind, KINDS)
+    _choice("--over", over, SCOPES)
     _check_output(json_out, "--json")
     net_a, _, net_b, _ = load_same_architecture(a, b, command="distance")
     result: Distance = distance(
@@ -223,6 +228,7 @@ def distance_command(
         per_layer=per_layer,
         align=align,
         seed=seed,
+        over=over,  # type: ignore[arg-type]
     )
     console.print(
         str(replace(result, per_layer=None)), soft_wrap=True, markup=False, highlight=False
@@ -242,6 +248,7 @@ def distance_command(
             "value": result.value,
             "aligned": result.aligned,
             "cells": result.cells,
+            "over": result.over,
             "per_layer": None if result.per_layer is None else dict(result.per_layer),
             "seed": seed,
             "toroid_version": __version__,
