@@ -1,0 +1,204 @@
+"""Profiles (errors and losses sampled along a path) and barriers (named summaries)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from itertools import pairwise
+from typing import Any, Literal
+
+import torch
+
+from toroid import progress as progress_helper
+from toroid.data.tensordata import DataLike, Split, TensorData, as_tensor_data
+from toroid.errors import InvalidArgumentError
+from toroid.evaluate import BNPolicy, ManyMetrics, evaluate_many_parts
+from toroid.paths.path import Path, uniform_ts
+
+BarrierKind = Literal["max_minus_mean", "max_minus_linear", "max"]
+BARRIER_KINDS: tuple[str, ...] = ("max_minus_mean", "max_minus_linear", "max")
+Metric = Literal["train_error", "test_error", "train_loss", "test_loss"]
+METRICS: tuple[str, ...] = ("train_error", "test_error", "train_loss", "test_loss")
+
+
+def barrier(
+    ts: Sequence[float], values: Sequence[float], *, kind: BarrierKind = "max_minus_mean"
+) -> float:
+    """A barrier of the profile `values` at `ts` (sorted, from 0 to 1), DESIGN.md:
+    `max_minus_mean` = max_t E(t) - (E(0) + E(1)) / 2; `max_minus_linear` =
+    max_t [E(t) - ((1 - t) E(0) + t E(1))]; `max` = max_t E(t)."""
+    if kind not in BARRIER_KINDS:
+        raise InvalidArgumentError(
+            f"barrier kind must be one of {', '.join(BARRIER_KINDS)}, got {kind!r}"
+        )
+    if len(ts) != len(values) or len(ts) < 2:
+        raise InvalidArgumentError(
+            f"a profile needs at least two points and one value per t; got {len(ts)} ts and "
+            f"{len(values)} values"
+        )
+    if ts[0] != 0.0 or ts[-1] != 1.0 or any(b <= a for a, b in pairwise(ts)):
+        raise InvalidArgumentError("ts must increase strictly from 0 to 1")
+    start, end = values[0], values[-1]
+    if kind == "max":
+        return max(values)
+    if kind == "max_minus_mean":
+        return max(values) - (start + end) / 2
+    return max(v - ((1 - t) * start + t * end) for t, v in zip(ts, values, strict=True))
+
+
+@dataclass(frozen=True)
+class Profile:
+    """Eval-mode errors and losses at `ts` along a path of `kind` (test values None when
+    no test data was given). BatchNorm statistics were recomputed at every point
+    (`bn="recompute"`) unless `bn` says otherwise."""
+
+    kind: str
+    ts: tuple[float, ...]
+    train_error: tuple[float, ...]
+    train_loss: tuple[float, ...]
+    test_error: tuple[float, ...] | None
+    test_loss: tuple[float, ...] | None
+    bn: str
+
+    def values(self, metric: Metric = "train_error") -> tuple[float, ...]:
+        if metric not in METRICS:
+            raise InvalidArgumentError(
+                f"metric must be one of {', '.join(METRICS)}, got {metric!r}"
+            )
+        values: tuple[float, ...] | None = getattr(self, metric)
+        if values is None:
+            raise InvalidArgumentError(f"{metric} was not measured: the profile has no test data")
+        return values
+
+    def barrier(
+        self, kind: BarrierKind = "max_minus_mean", metric: Metric = "train_error"
+    ) -> float:
+        """The named barrier (see `barrier`) of `metric` along the path."""
+        return barrier(self.ts, self.values(metric), kind=kind)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready: the profile and its barriers."""
+        metrics = [m for m in METRICS if getattr(self, m) is not None]
+        return {
+            "kind": self.kind,
+            "bn": self.bn,
+            "ts": list(self.ts),
+            **{m: list(getattr(self, m)) for m in metrics},
+            "barriers": {
+                m: {k: self.barrier(k, m) for k in BARRIER_KINDS}  # type: ignore[arg-type]
+                for m in metrics
+            },
+        }
+
+
+def _parts(data: Split | DataLike) -> tuple[dict[str, TensorData], TensorData]:
+    if isinstance(data, Split):
+        parts = {"train": data.train}
+        if data.test is not None and len(data.test) > 0:
+            parts["test"] = data.test
+        return parts, data.train
+    train = as_tensor_data(data)
+    return {"train": train}, train
+
+
+def profile(
+    path: Path,
+    data: Split | DataLike,
+    *,
+    points: int = 21,
+    ts: Sequence[float] | None = None,
+    refine: int = 0,
+    refine_metric: Metric = "train_error",
+    bn: BNPolicy = "recompute",
+    bn_samples: int | None = 2000,
+    bn_batch_size: int = 500,
+    batch_size: int = 500,
+    seed: int = 0,
+    max_sets: int = 32,
+    device: str | torch.device | None = None,
+    progress: bool = True,
+) -> Profile:
+    """Errors and losses along `path` on `data` (a Split: train and test; or training data
+    alone) at `points` evenly spaced t (or the given `ts`), every point evaluated with
+    `evaluate_many` (BatchNorm recomputed on `bn_samples` seeded training inputs), on
+    `device` (default: the path's). `refine` rounds then add the midpoints on both sides of
+    the current maximum of `refine_metric`, to find the top of a barrier more exactly."""
+    if refine < 0:
+        raise InvalidArgumentError(f"refine must be >= 0, got {refine}")
+    grid = tuple(sorted({float(t) for t in ts})) if ts is not None else uniform_ts(points)
+    if not grid or grid[0] != 0.0 or grid[-1] != 1.0:
+        raise InvalidArgumentError(f"ts must include both ends, 0 and 1; got {list(grid)}")
+    if refine_metric not in METRICS:
+        raise InvalidArgumentError(
+            f"refine_metric must be one of {', '.join(METRICS)}, got {refine_metric!r}"
+        )
+    if device is not None:
+        path = path.to(device)
+    parts, train = _parts(data)
+    if refine_metric.startswith("test") and "test" not in parts:
+        raise InvalidArgumentError(f"refine_metric={refine_metric!r} needs test data")
+    results: dict[float, dict[str, tuple[float, float]]] = {}
+
+    def measure(new: Sequence[float], reporter: progress_helper.Reporter) -> None:
+        for start in range(0, len(new), max_sets):
+            chunk = list(new[start : start + max_sets])
+            sets = path.sets(chunk)
+            measured = evaluate_many_parts(
+                path.template,
+                sets,
+                parts,
+                bn=bn,
+                bn_data=train,
+                bn_samples=bn_samples,
+                bn_batch_size=bn_batch_size,
+                batch_size=batch_size,
+                seed=seed,
+                max_sets=max_sets,
+            )
+            for k, t in enumerate(chunk):
+                results[t] = {name: _pair(m, k) for name, m in measured.items()}
+            reporter.advance(len(chunk))
+
+    with progress_helper.task(
+        f"{path.kind} path profile", len(grid) + 2 * refine, enabled=progress
+    ) as reporter:
+        measure(grid, reporter)
+        for _ in range(refine):
+            ordered = sorted(results)
+            split, index = refine_metric.split("_")
+            curve = [results[t][split][0 if index == "error" else 1] for t in ordered]
+            top = max(range(len(ordered)), key=lambda i: curve[i])
+            new = [
+                (ordered[j] + ordered[j + 1]) / 2
+                for j in (top - 1, top)
+                if 0 <= j < len(ordered) - 1
+            ]
+            new = [t for t in new if t not in results]
+            if new:
+                measure(new, reporter)
+    ordered = sorted(results)
+    test = "test" in parts
+    return Profile(
+        kind=path.kind,
+        ts=tuple(ordered),
+        train_error=tuple(results[t]["train"][0] for t in ordered),
+        train_loss=tuple(results[t]["train"][1] for t in ordered),
+        test_error=tuple(results[t]["test"][0] for t in ordered) if test else None,
+        test_loss=tuple(results[t]["test"][1] for t in ordered) if test else None,
+        bn=bn,
+    )
+
+
+def _pair(metrics: ManyMetrics, k: int) -> tuple[float, float]:
+    return float(metrics.error[k]), float(metrics.loss[k])
+
+
+__all__ = [
+    "BARRIER_KINDS",
+    "METRICS",
+    "BarrierKind",
+    "Metric",
+    "Profile",
+    "barrier",
+    "profile",
+]
