@@ -92,6 +92,7 @@ class InputLayerReuse:
         self.coefficients_name = f"{name}.coefficients"
         self._weights = torch.empty(0)
         self._biases: torch.Tensor | None = None
+        self._zero_base = False
 
     @property
     def replaced(self) -> frozenset[str]:
@@ -108,8 +109,11 @@ class InputLayerReuse:
             if self.weight_name in directions
             else weight.new_zeros((count, *weight.shape))
         )
-        self._weights = torch.cat([weight.unsqueeze(0), stacked_weight])
         bias = base.get(self.bias_name)
+        # Paths pass their anchors as directions around a zero base: skip its pass.
+        self._zero_base = not weight.any() and (bias is None or not bias.any())
+        first = [] if self._zero_base else [weight.unsqueeze(0)]
+        self._weights = torch.cat([*first, stacked_weight])
         if bias is None:
             self._biases = None
         else:
@@ -118,7 +122,8 @@ class InputLayerReuse:
                 if self.bias_name in directions
                 else bias.new_zeros((count, *bias.shape))
             )
-            self._biases = torch.cat([bias.unsqueeze(0), stacked_bias])
+            first_bias = [] if self._zero_base else [bias.unsqueeze(0)]
+            self._biases = torch.cat([*first_bias, stacked_bias])
         return family.coefficients.to(dtype=weight.dtype, device=weight.device)
 
     def _layer_input(self, x: torch.Tensor) -> torch.Tensor:
@@ -152,6 +157,8 @@ class InputLayerReuse:
                     for d in range(sets)
                 ]
             )
+        if self._zero_base:
+            return out.new_zeros(()), out.contiguous()
         return out[0], out[1:].contiguous()
 
     @contextlib.contextmanager
