@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import asdict
 from pathlib import Path
@@ -18,7 +19,7 @@ from toroid.data import DATASET_SIZES, DATASETS, dataset_status, load
 from toroid.errors import InvalidArgumentError
 from toroid.evaluate import evaluate
 from toroid.models import BUILDERS, build
-from toroid.optim import optimizer_names, resolve_optimizer
+from toroid.optim import default_batch_size, optimizer_names, resolve_optimizer
 from toroid.train import SCHEDULES, derive_seed, fit
 
 console = Console()
@@ -40,6 +41,24 @@ def _parse_widths(text: str) -> list[int]:
     if not widths or any(w <= 0 for w in widths):
         raise InvalidArgumentError(f"--widths must be positive integers, got {text!r}")
     return widths
+
+
+def _parse_hparams(items: list[str]) -> dict[str, Any]:
+    """KEY=VALUE pairs as a dict; VALUE is read as JSON (0.1, true, "sgd", [0.9, 0.99]) and
+    taken as a plain string when it is not JSON (base=adam)."""
+    parsed: dict[str, Any] = {}
+    for item in items:
+        key, sep, text = item.partition("=")
+        if not sep or not key.strip() or key.strip() == "name":
+            raise InvalidArgumentError(
+                f"--hparam must be KEY=VALUE with KEY a hyperparameter such as rho, got {item!r}"
+            )
+        try:
+            value = json.loads(text)
+        except json.JSONDecodeError:
+            value = text
+        parsed[key.strip()] = value
+    return parsed
 
 
 def model_config_for(
@@ -128,13 +147,22 @@ def train(
     binary: Annotated[
         bool, typer.Option(help="Binary weights and sign activations (MLP, LeNet-5).")
     ] = False,
-    optimizer: Annotated[str, typer.Option(help=f"One of {', '.join(optimizer_names())}.")] = "sgd",
+    optimizer: Annotated[
+        str,
+        typer.Option(help=f"Preset: {', '.join(optimizer_names())}."),
+    ] = "sgd",
     lr: Annotated[
         float | None, typer.Option(help="Learning rate (default: the optimizer's).")
     ] = None,
     momentum: Annotated[float | None, typer.Option(help="SGD momentum.")] = None,
     weight_decay: Annotated[float | None, typer.Option(help="Weight decay.")] = None,
-    batch_size: Annotated[int, typer.Option(help="Minibatch size.")] = 128,
+    hparam: Annotated[
+        list[str] | None,
+        typer.Option(help="Optimizer hyperparameter KEY=VALUE (e.g. rho=0.1); repeatable."),
+    ] = None,
+    batch_size: Annotated[
+        int | None, typer.Option(help="Minibatch size (default: the preset's, else 128).")
+    ] = None,
     epochs: Annotated[int, typer.Option(help="Maximum number of epochs.")] = 30,
     schedule: Annotated[str, typer.Option(help=f"One of {', '.join(SCHEDULES)}.")] = "cosine",
     stop_at_zero: Annotated[bool, typer.Option(help="Stop at zero training error.")] = True,
@@ -153,7 +181,13 @@ def train(
     if activation is not None:
         _choice("--activation", activation, ("relu", "tanh", "sign"))
     _choice("--schedule", schedule, SCHEDULES)
-    opt_config = resolve_optimizer(optimizer, lr=lr, momentum=momentum, weight_decay=weight_decay)
+    opt_config = resolve_optimizer(
+        {"name": optimizer, **_parse_hparams(hparam or [])},
+        lr=lr,
+        momentum=momentum,
+        weight_decay=weight_decay,
+    )
+    batch = default_batch_size(opt_config) if batch_size is None else batch_size
     split = load(
         dataset, root=data_root, train_size=train_size, test_size=test_size, seed=data_seed
     )
@@ -175,7 +209,7 @@ def train(
         split,
         optimizer=opt_config,
         epochs=epochs,
-        batch_size=batch_size,
+        batch_size=batch,
         schedule=schedule,  # type: ignore[arg-type]
         seed=seed,
         device=device,
@@ -210,7 +244,7 @@ def train(
             "training": {
                 "epochs": result.epochs,
                 "max_epochs": epochs,
-                "batch_size": batch_size,
+                "batch_size": batch,
                 "schedule": schedule,
                 "augment": augment,
                 "wall_time": result.wall_time,

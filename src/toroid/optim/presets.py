@@ -102,12 +102,12 @@ register_optimizer(
         "momentum": 0.9,
         "nesterov": False,
         "weight_decay": 0.0,
-        "gamma0": 0.01,
-        "gamma1": 10.0,
+        "gamma0": 0.1,
+        "gamma1": 100.0,
     },
     description="replicated SGD: y replicas on their own minibatches, coupled to a center "
     "(the output) with gamma scoped from gamma0 to gamma1; y times the cost of sgd",
     source="Baldassi et al. 2016 (robust ensemble, replicated gradient descent), Pittorino "
-    "et al. 2021 (coupling scoped up during training); y 3, gamma0 0.01, gamma1 10 and "
+    "et al. 2021 (coupling scoped up during training); y 3, gamma0 0.1, gamma1 100 and "
     "sgd's rate: toroid's choice",
 )

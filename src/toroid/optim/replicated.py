@@ -47,8 +47,8 @@ class ReplicatedSGD(torch.optim.Optimizer):
         momentum: float = 0.9,
         nesterov: bool = False,
         weight_decay: float = 0.0,
-        gamma0: float = 0.01,
-        gamma1: float = 10.0,
+        gamma0: float = 0.1,
+        gamma1: float = 100.0,
     ) -> None:
         start, end = check_scope(gamma0, gamma1)
         defaults = {

@@ -172,13 +172,14 @@ def fit(
     opt = make_optimizer(opt_config, net.parameters())
     batch_gen = torch.Generator().manual_seed(derive_seed(seed, "batches"))
     augment_gen = torch.Generator().manual_seed(derive_seed(seed, "augment"))
-    total_batches = math.ceil(len(train_data) / size) * epochs
+    batches_per_epoch = math.ceil(len(train_data) / size)
+    total_batches = batches_per_epoch * epochs
     bn_seed = derive_seed(seed, "batchnorm")
 
     # Captured before any restore: a restored optimizer carries the last scheduled rate.
     base_lrs = [group["lr"] for group in opt.param_groups]
     history: list[EpochRecord] = []
-    start_epoch, step, batches_before, grad_evals_before, elapsed_before = 0, 0, 0, 0, 0.0
+    start_epoch, step, grad_evals_before, elapsed_before = 0, 0, 0, 0.0
     finished = False
     with torch.random.fork_rng(devices=_rng_devices(dev)):
         torch.manual_seed(derive_seed(seed, "global"))
@@ -189,8 +190,7 @@ def fit(
                     "--resume) to continue it, or choose another checkpoint_dir (CLI: --out)"
                 )
             restored = _restore(state_dir, fingerprint, net, opt, batch_gen, augment_gen, dev)
-            start_epoch, step, batches_before = restored[:3]
-            grad_evals_before, elapsed_before, finished, history = restored[3:]
+            start_epoch, step, grad_evals_before, elapsed_before, finished, history = restored
 
         def epoch_batches() -> Iterator[Batch]:
             for x, y in iterate_batches(train_data, batch_size=size, generator=batch_gen):
@@ -210,9 +210,12 @@ def fit(
                 epoch_started = time.perf_counter()
                 net.train()
                 closure.start_epoch(epoch_batches())
+                epoch_start = closure.batches
                 lr = base_lrs[0]
                 while closure.has_next():
-                    done = batches_before + closure.batches
+                    # Progress counts minibatches, in whole epochs so far plus this one's
+                    # (a step that runs into a fresh pass ends the epoch, see BatchClosure).
+                    done = epoch * batches_per_epoch + closure.batches - epoch_start
                     if isinstance(opt, ProgressAware):
                         opt.set_progress(min(done / total_batches, 1.0))
                     if schedule != "constant":
@@ -261,7 +264,6 @@ def fit(
                         augment_gen,
                         epoch + 1,
                         step,
-                        batches_before + closure.batches,
                         record.grad_evals,
                         elapsed_before + time.perf_counter() - started,
                         finished,
@@ -322,7 +324,6 @@ def _save_state(
     augment_gen: torch.Generator,
     epoch: int,
     step: int,
-    batches: int,
     grad_evals: int,
     elapsed: float,
     finished: bool,
@@ -340,7 +341,6 @@ def _save_state(
         "settings": settings,
         "epoch": epoch,
         "step": step,
-        "batches": batches,
         "grad_evals": grad_evals,
         "elapsed": elapsed,
         "finished": finished,
@@ -358,7 +358,7 @@ def _restore(
     batch_gen: torch.Generator,
     augment_gen: torch.Generator,
     device: torch.device,
-) -> tuple[int, int, int, int, float, bool, list[EpochRecord]]:
+) -> tuple[int, int, int, float, bool, list[EpochRecord]]:
     tensors, meta = read_bundle(state_dir, _STATE_STEM)
     if meta.get("fingerprint") != fingerprint:
         raise ResumeMismatchError(
@@ -379,7 +379,6 @@ def _restore(
     return (
         int(meta["epoch"]),
         int(meta["step"]),
-        int(meta.get("batches", meta["step"])),  # states written before multi-batch steps
         int(meta["grad_evals"]),
         float(meta["elapsed"]),
         bool(meta["finished"]),
