@@ -31,11 +31,12 @@ class FlipEnergy:
     per split.
 
     `mean[split][i]` and `stderr[split][i]` belong to `ps[i]`; `raw[split][i][s]` is the
-    increase for mask sample s. Sample s draws one uniform u per weight and flips where
-    u < p, for every p (common random numbers: the flips at a smaller p are a subset of
-    those at a larger one, so curves are smooth in p). `base[split]` is err(w), computed
-    with the same BatchNorm recomputation as the flipped networks; `weights` is the number
-    of binary weights."""
+    increase for mask sample s. Sample s draws one uniform u per weight (the s-th
+    `torch.rand` of a CPU generator seeded with the seed, float64, over the weights in
+    `binary_vector` order) and flips where u < p, for every p (common random numbers: the
+    flips at a smaller p are a subset of those at a larger one, so curves are smooth in p).
+    `base[split]` is err(w), computed with the same BatchNorm recomputation as the flipped
+    networks; `weights` is the number of binary weights."""
 
     ps: tuple[float, ...]
     samples: int

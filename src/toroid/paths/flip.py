@@ -133,13 +133,15 @@ def flip_path(
 
     Both are put in canonical form (latent weights replaced by their signs) and, unless
     `align=False`, b is aligned to a (weight matching on the sign weights, seeded by
-    `seed`). For each of `orders` random orders (seeded) of the binary weights where the
-    two differ, the path visits `points` networks with evenly spaced numbers of those
-    weights switched from a's sign to b's; the BatchNorm affine parameters, which the
-    binary weights do not carry, follow the geodesic between a's and b's at the same
-    fraction t (slerp of the normalized BatchNorm pairs). Every point gets its BatchNorm
-    statistics recomputed on `bn_samples` training inputs and is evaluated with
-    `evaluate_many`, on `device` (default: a's)."""
+    `seed`). For each of `orders` random orders of the binary weights where the two differ
+    (order o: the o-th `torch.randperm` of their positions in `binary_vector`, from a CPU
+    generator seeded with `seed`), the path visits `points` networks with evenly spaced
+    numbers of those weights switched from a's sign to b's (`flip_counts`); the BatchNorm
+    affine parameters, which the binary weights do not carry, follow the geodesic between
+    a's and b's at the same fraction t (slerp of the normalized BatchNorm pairs). Every
+    point gets its BatchNorm statistics recomputed on `bn_samples` training inputs and is
+    evaluated with `evaluate_many`, on `device` (default: a's). With `align=False` b's own
+    canonical form is used (canonical signs, no permutation)."""
     if orders < 1:
         raise InvalidArgumentError(f"orders must be at least 1, got {orders}")
     if points < 2:
