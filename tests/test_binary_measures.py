@@ -17,7 +17,7 @@ from toroid.flatness import flip_energy
 from toroid.manifold import distance, slerp_state
 from toroid.manifold.cells import binary_vector, set_binary_vector_
 from toroid.models import build, mlp
-from toroid.paths.flip import FlipPath, barrier, flip_counts, flip_path
+from toroid.paths.flip import FlipPath, flip_counts, flip_path
 from toroid.symmetry import align, canonicalize, random_symmetry, spec_for
 from toroid.symmetry.transform import with_state
 from toroid.train import fit
@@ -200,8 +200,7 @@ def test_a_flip_path_between_symmetric_copies_is_flat(small: Split) -> None:
     a = binary_mlp(9)
     b, _ = random_symmetry(a, seed=3)
     path = flip_path(a, b, data=small, orders=2, points=4, split="test", progress=False, **BN)
-    assert path.differing == 0 and path.flips == (0, 0, 0, 0)
-    assert path.t == pytest.approx((0, 1 / 3, 2 / 3, 1))
+    assert path.differing == 0 and path.flips == (0, 0) and path.t == (0.0, 1.0)
     error = recomputed(a, small)["test"][0]
     assert all(e == error for profile in path.error["test"] for e in profile)
     assert path.barriers("test") == (0.0, 0.0)
@@ -223,15 +222,15 @@ def test_flip_path_refuses_bad_input(small: Split) -> None:
         flip_path(a, a, data=small.train, progress=False)
 
 
+def test_flip_counts_are_distinct_and_evenly_spaced() -> None:
+    assert flip_counts(10, 6) == (0, 2, 4, 6, 8, 10)
+    assert flip_counts(3, 11) == (0, 1, 2, 3)  # fewer weights differ than points asked
+    assert flip_counts(0, 11) == (0, 0)
+
+
 def test_named_barriers_and_their_summaries_over_orders() -> None:
     t = (0.0, 1 / 3, 2 / 3, 1.0)
     first, second = (0.0, 0.3, 0.6, 0.2), (0.0, 0.1, 0.1, 0.2)
-    assert barrier(first, t, "max_minus_mean") == pytest.approx(0.5)
-    assert barrier(first, t, "max_minus_linear") == pytest.approx(0.6 - 0.4 / 3)
-    assert barrier(first, t, "max") == pytest.approx(0.6)
-    assert barrier(second, t, "max_minus_linear") == pytest.approx(0.1 - 0.2 / 3)
-    with pytest.raises(InvalidArgumentError, match="barrier must be"):
-        barrier(first, t, "mean")  # type: ignore[arg-type]
     path = FlipPath(
         t=t,
         flips=(0, 1, 2, 3),
@@ -241,6 +240,12 @@ def test_named_barriers_and_their_summaries_over_orders() -> None:
         loss={"train": (second, first)},
     )
     assert path.orders == 2
+    assert path.barriers(kind="max_minus_linear") == pytest.approx(
+        (0.6 - 0.4 / 3, 0.1 - 0.2 / 3)
+    )
+    assert path.barriers(kind="max") == pytest.approx((0.6, 0.2))
+    with pytest.raises(InvalidArgumentError, match="barrier kind"):
+        path.barriers(kind="mean")  # type: ignore[arg-type]
     assert path.barriers() == pytest.approx((0.5, 0.1))
     assert path.mean_barrier() == pytest.approx(0.3)
     assert path.max_barrier() == pytest.approx(0.5)

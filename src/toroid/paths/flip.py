@@ -19,29 +19,14 @@ from toroid.flatness.flip_energy import SplitName, binary_spec, measured_parts
 from toroid.manifold.cells import binary_vector, set_binary_vector_
 from toroid.manifold.distance import check_same_architecture
 from toroid.manifold.geodesic import slerp_state
+from toroid.paths.profile import BarrierKind, barrier
 from toroid.symmetry.align import align as align_models
 from toroid.symmetry.canonical import canonical_state
 from toroid.symmetry.slots import State
 from toroid.symmetry.transform import with_state
 from toroid.symmetry.types import SymmetrySpec
 
-BarrierKind = Literal["max_minus_mean", "max_minus_linear", "max"]
-BARRIERS: tuple[str, ...] = ("max_minus_mean", "max_minus_linear", "max")
 Metric = Literal["error", "loss"]
-
-
-def barrier(profile: tuple[float, ...], t: tuple[float, ...], kind: BarrierKind) -> float:
-    """A named scalar summary of one profile E(t) (DESIGN.md): `max_minus_mean` =
-    max_t E(t) - (E(0) + E(1)) / 2, `max_minus_linear` = max_t [E(t) - ((1 - t) E(0) +
-    t E(1))], `max` = max_t E(t)."""
-    if kind not in BARRIERS:
-        raise InvalidArgumentError(f"barrier must be one of {', '.join(BARRIERS)}, got {kind!r}")
-    first, last = profile[0], profile[-1]
-    if kind == "max_minus_mean":
-        return max(profile) - (first + last) / 2
-    if kind == "max_minus_linear":
-        return max(e - ((1 - s) * first + s * last) for e, s in zip(profile, t, strict=True))
-    return max(profile)
 
 
 @dataclass(frozen=True)
@@ -49,7 +34,8 @@ class FlipPath:
     """Error and loss profiles of flip paths from a to b (b aligned to a).
 
     Point j of every order has flipped `flips[j]` of the `differing` binary weights (the
-    Hamming distance of a and aligned b, out of `weights`), t[j] = flips[j] / differing.
+    Hamming distance of a and aligned b, out of `weights`), t[j] = flips[j] / differing
+    (two points, t = 0 and 1, when nothing differs).
     `error[split][o][j]` and `loss[split][o][j]`: order o at point j; every order starts
     at a and ends at b (the same two evaluations). BatchNorm statistics are recomputed at
     every point, the endpoints included."""
@@ -79,8 +65,8 @@ class FlipPath:
         kind: BarrierKind = "max_minus_mean",
         metric: Metric = "error",
     ) -> tuple[float, ...]:
-        """The named barrier of every order's profile."""
-        return tuple(barrier(p, self.t, kind) for p in self._profiles(split, metric))
+        """The named barrier (`toroid.paths.barrier`) of every order's profile."""
+        return tuple(barrier(self.t, p, kind=kind) for p in self._profiles(split, metric))
 
     def mean_barrier(
         self,
@@ -106,8 +92,11 @@ class FlipPath:
 
 
 def flip_counts(differing: int, points: int) -> tuple[int, ...]:
-    """`points` flip counts from 0 to `differing`, as evenly spaced as integers allow."""
-    return tuple(round(j * differing / (points - 1)) for j in range(points))
+    """Up to `points` distinct flip counts from 0 to `differing`, as evenly spaced as
+    integers allow (fewer when fewer weights differ; 0 and 0 when none does)."""
+    if differing == 0:
+        return (0, 0)
+    return tuple(sorted({round(j * differing / (points - 1)) for j in range(points)}))
 
 
 def flip_path(
@@ -135,13 +124,13 @@ def flip_path(
     `align=False`, b is aligned to a (weight matching on the sign weights, seeded by
     `seed`). For each of `orders` random orders of the binary weights where the two differ
     (order o: the o-th `torch.randperm` of their positions in `binary_vector`, from a CPU
-    generator seeded with `seed`), the path visits `points` networks with evenly spaced
-    numbers of those weights switched from a's sign to b's (`flip_counts`); the BatchNorm
-    affine parameters, which the binary weights do not carry, follow the geodesic between
-    a's and b's at the same fraction t (slerp of the normalized BatchNorm pairs). Every
-    point gets its BatchNorm statistics recomputed on `bn_samples` training inputs and is
-    evaluated with `evaluate_many`, on `device` (default: a's). With `align=False` b's own
-    canonical form is used (canonical signs, no permutation)."""
+    generator seeded with `seed`), the path visits up to `points` networks with evenly
+    spaced numbers of those weights switched from a's sign to b's (`flip_counts`); the
+    BatchNorm affine parameters, which the binary weights do not carry, follow the
+    geodesic between a's and b's at the same fraction t (slerp of the normalized BatchNorm
+    pairs). Every point gets its BatchNorm statistics recomputed on `bn_samples` training
+    inputs and is evaluated with `evaluate_many`, on `device` (default: a's). With
+    `align=False` b's own canonical form is used (canonical signs, no permutation)."""
     if orders < 1:
         raise InvalidArgumentError(f"orders must be at least 1, got {orders}")
     if points < 2:
@@ -165,10 +154,8 @@ def flip_path(
     vec_a, vec_b = binary_vector(state_a, checked), binary_vector(state_b, checked)
     differ = torch.nonzero(vec_a != vec_b).flatten()
     counts = flip_counts(int(differ.numel()), points)
-    # Identical networks (nothing differs) still get a path: evenly spaced t, no flips.
-    ts = tuple(
-        c / differ.numel() if differ.numel() else j / (points - 1) for j, c in enumerate(counts)
-    )
+    ts = tuple(c / differ.numel() for c in counts) if differ.numel() else (0.0, 1.0)
+    points = len(counts)
     generator = torch.Generator().manual_seed(seed)
     order_index = [
         differ[torch.randperm(differ.numel(), generator=generator).to(differ.device)]
@@ -226,4 +213,4 @@ def flip_path(
     )
 
 
-__all__ = ["BARRIERS", "BarrierKind", "FlipPath", "barrier", "flip_counts", "flip_path"]
+__all__ = ["FlipPath", "flip_counts", "flip_path"]
