@@ -1,0 +1,304 @@
+"""Study configs: YAML validated by pydantic, presets shipped with the package.
+
+A config names the data and model, the optimizer presets and seeds to train, the training
+budget and the analyses with their parameters. A bad value is reported in one line with
+its field path (`StudyConfigError`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from importlib import resources
+from itertools import pairwise
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from toroid.data import DATASETS
+from toroid.errors import InvalidArgumentError, ToroidError
+from toroid.optim import resolve_optimizer
+
+PRESETS: tuple[str, ...] = ("quick", "default")
+DistanceName = Literal["geodesic", "mean_angle", "overlap"]
+StudyPathKind = Literal["linear", "geodesic", "raw-linear"]
+PairScope = Literal["all", "within", "first-seeds", "within+first-seeds", "none"]
+
+
+class StudyConfigError(ToroidError):
+    """A study config that cannot be used; the message names the field."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class DataSpec(_Strict):
+    name: str
+    train_size: int | None = Field(default=None, gt=0)
+    test_size: int | None = Field(default=None, gt=0)
+    seed: int = 0
+    root: str | None = None
+
+    @field_validator("name")
+    @classmethod
+    def _known(cls, value: str) -> str:
+        if value not in DATASETS:
+            raise ValueError(f"unknown dataset {value!r}; valid: {', '.join(DATASETS)}")
+        return value
+
+
+class TrainingSpec(_Strict):
+    epochs: int = Field(default=60, gt=0)
+    schedule: Literal["constant", "cosine", "step"] = "cosine"
+    batch_size: int | None = Field(default=None, gt=0)
+    stop_at_zero_train_error: bool = True
+    augment: bool = False
+
+
+class OptimizerSpec(_Strict):
+    """A registered optimizer or preset with optional overrides; `label` names it in the
+    results (default: the name)."""
+
+    name: str
+    label: str | None = None
+    hparams: dict[str, Any] = Field(default_factory=dict)
+
+    def resolved(self) -> dict[str, Any]:
+        return resolve_optimizer({"name": self.name, **self.hparams})
+
+    @property
+    def key(self) -> str:
+        return self.label or self.name
+
+
+def _optimizer_list(value: Any) -> Any:
+    if not isinstance(value, list):
+        return value
+    out: list[Any] = []
+    for item in value:
+        if isinstance(item, str):
+            out.append({"name": item})
+        elif isinstance(item, dict) and "name" in item:
+            extra = {k: v for k, v in item.items() if k not in ("name", "label", "hparams")}
+            merged = {**item.get("hparams", {}), **extra}
+            out.append({"name": item["name"], "label": item.get("label"), "hparams": merged})
+        else:
+            out.append(item)
+    return out
+
+
+def parse_grid(value: Any) -> Any:
+    """`start:stop:count` (both ends included) or a list, as `toroid flatness --sigmas`."""
+    if isinstance(value, str):
+        parts = value.split(":")
+        if len(parts) != 3:
+            raise ValueError(f"expected start:stop:count or a list, got {value!r}")
+        start, stop, count = float(parts[0]), float(parts[1]), int(parts[2])
+        if count < 1:
+            raise ValueError(f"count must be at least 1 in {value!r}")
+        if count == 1:
+            return [start]
+        return [start + (stop - start) * i / (count - 1) for i in range(count)]
+    return value
+
+
+def _increasing(values: list[float], what: str) -> list[float]:
+    if not values or any(not math.isfinite(v) or v < 0 for v in values):
+        raise ValueError(f"{what} must be finite numbers >= 0")
+    if any(b <= a for a, b in pairwise(values)):
+        raise ValueError(f"{what} must be strictly increasing")
+    return values
+
+
+class LocalEnergySpec(_Strict):
+    sigmas: list[float] = Field(default_factory=lambda: parse_grid("0:0.5:11"))
+    samples: int = Field(default=8, gt=0)
+    noise: Literal["multiplicative", "spherical"] = "multiplicative"
+    split: Literal["train", "test", "both"] = "both"
+    bn_samples: int = Field(default=2000, gt=1)
+    summary_sigmas: list[float] = Field(default_factory=lambda: [0.1, 0.3])
+
+    _grid = field_validator("sigmas", mode="before")(parse_grid)
+
+    @field_validator("sigmas")
+    @classmethod
+    def _sigmas(cls, value: list[float]) -> list[float]:
+        return _increasing(value, "sigmas")
+
+
+class DistanceSpec(_Strict):
+    kinds: list[DistanceName] = Field(
+        default_factory=lambda: list[DistanceName](["geodesic", "mean_angle", "overlap"])
+    )
+
+
+class PathSpec(_Strict):
+    kinds: list[StudyPathKind] = Field(
+        default_factory=lambda: list[StudyPathKind](["linear", "geodesic", "raw-linear"])
+    )
+    points: int = Field(default=21, ge=2)
+    refine: int = Field(default=0, ge=0)
+    pairs: PairScope = "all"
+    bn_samples: int = Field(default=2000, gt=1)
+
+
+class BendSpec(_Strict):
+    method: Literal["fit", "retrain"] = "retrain"
+    kind: Literal["polychain", "bezier"] = "polychain"
+    pairs: PairScope = "first-seeds"
+    epochs: int = Field(default=20, gt=0)
+    lr: float = Field(default=0.05, gt=0)
+    points: int = Field(default=21, ge=2)
+
+
+class AnalysesSpec(_Strict):
+    local_energy: LocalEnergySpec | None = Field(default_factory=LocalEnergySpec)
+    distances: DistanceSpec | None = Field(default_factory=DistanceSpec)
+    paths: PathSpec | None = Field(default_factory=PathSpec)
+    bends: BendSpec | None = Field(default_factory=BendSpec)
+
+
+class BinarySpec(_Strict):
+    """Binary networks trained and analysed alongside: flip local energy, overlap
+    distances, flip paths and the two-segment chain through a re-trained midpoint."""
+
+    model: dict[str, Any]
+    optimizers: list[OptimizerSpec]
+    seeds: list[int] = Field(min_length=1)
+    training: TrainingSpec = Field(default_factory=TrainingSpec)
+    flip_probs: list[float] = Field(default_factory=lambda: [0.0, 0.01, 0.02, 0.05, 0.1])
+    samples: int = Field(default=8, gt=0)
+    flip_orders: int = Field(default=4, gt=0)
+    flip_points: int = Field(default=21, ge=2)
+    pairs: PairScope = "all"
+    chain_pairs: PairScope = "within"
+
+    _optimizers = field_validator("optimizers", mode="before")(_optimizer_list)
+
+    @field_validator("flip_probs")
+    @classmethod
+    def _probs(cls, value: list[float]) -> list[float]:
+        _increasing(value, "flip_probs")
+        if value[-1] > 1:
+            raise ValueError("flip_probs must be at most 1")
+        return value
+
+    @field_validator("model")
+    @classmethod
+    def _binary(cls, value: dict[str, Any]) -> dict[str, Any]:
+        if not value.get("binary"):
+            raise ValueError("the binary block's model needs binary: true")
+        return value
+
+
+class StudyConfig(_Strict):
+    name: str = "study"
+    data: DataSpec
+    model: dict[str, Any]
+    optimizers: list[OptimizerSpec] = Field(min_length=1)
+    seeds: list[int] = Field(min_length=1)
+    training: TrainingSpec = Field(default_factory=TrainingSpec)
+    analyses: AnalysesSpec = Field(default_factory=AnalysesSpec)
+    binary: BinarySpec | None = None
+    device: str = "cpu"
+    needs_gpu: bool = False
+
+    _optimizers = field_validator("optimizers", mode="before")(_optimizer_list)
+
+    @field_validator("seeds")
+    @classmethod
+    def _distinct(cls, value: list[int]) -> list[int]:
+        if len(set(value)) != len(value):
+            raise ValueError(f"seeds must be distinct, got {value}")
+        return value
+
+    def digest(self, *parts: str) -> str:
+        """A short hash of the named top-level parts (all when none are named)."""
+        dumped = self.model_dump(mode="json")
+        chosen = {k: dumped[k] for k in parts} if parts else dumped
+        text = json.dumps(chosen, sort_keys=True)
+        return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in over.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def preset_text(name: str) -> str:
+    if name not in PRESETS:
+        raise InvalidArgumentError(f"unknown preset {name!r}; valid: {', '.join(PRESETS)}")
+    return resources.files("toroid.study").joinpath(f"presets/{name}.yaml").read_text()
+
+
+def _describe(error: ValidationError) -> str:
+    first = error.errors()[0]
+    where = ".".join(str(part) for part in first["loc"]) or "(top level)"
+    message = first["msg"].removeprefix("Value error, ")
+    given = first.get("input")
+    shown = "" if isinstance(given, dict | list) else f" (got {given!r})"
+    more = len(error.errors()) - 1
+    tail = f"; and {more} more problem{'s' if more > 1 else ''}" if more else ""
+    return f"{where}: {message}{shown}{tail}"
+
+
+def validate_config(raw: Any, *, source: str = "config") -> StudyConfig:
+    """A StudyConfig from parsed YAML; one-line errors with the field path."""
+    if not isinstance(raw, dict):
+        raise StudyConfigError(f"{source}: expected a mapping at the top level")
+    try:
+        config = StudyConfig.model_validate(raw)
+    except ValidationError as exc:
+        raise StudyConfigError(f"{source}: {_describe(exc)}") from None
+    for spec in (
+        *config.optimizers,
+        *(config.binary.optimizers if config.binary else ()),
+    ):
+        try:
+            spec.resolved()
+        except InvalidArgumentError as exc:
+            raise StudyConfigError(f"{source}: optimizers: {exc}") from None
+    labels = [spec.key for spec in config.optimizers]
+    if len(set(labels)) != len(labels):
+        raise StudyConfigError(
+            f"{source}: optimizers: labels must be distinct, got {labels}; give repeated "
+            "optimizers a label"
+        )
+    return config
+
+
+def load_config(path: str | Path | None = None, *, preset: str | None = None) -> StudyConfig:
+    """The config of `preset` (an embedded YAML), with the YAML file at `path` merged over
+    it; or the file alone; or the default preset when neither is given."""
+    base: dict[str, Any] = {}
+    source = "config"
+    if preset is not None or path is None:
+        name = preset or "default"
+        base = yaml.safe_load(preset_text(name))
+        source = f"preset {name}"
+    if path is not None:
+        file = Path(path)
+        if not file.is_file():
+            raise InvalidArgumentError(f"config file {file} does not exist")
+        try:
+            loaded = yaml.safe_load(file.read_text())
+        except yaml.YAMLError as exc:
+            mark = getattr(exc, "problem_mark", None)
+            where = f" at line {mark.line + 1}" if mark is not None else ""
+            raise StudyConfigError(f"{file}: not valid YAML{where}") from None
+        if loaded is None:
+            loaded = {}
+        if not isinstance(loaded, dict):
+            raise StudyConfigError(f"{file}: expected a mapping at the top level")
+        base = _merge(base, loaded)
+        source = str(file)
+    return validate_config(base, source=source)

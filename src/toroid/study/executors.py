@@ -1,0 +1,173 @@
+"""Where study tasks run: in this process, in N local worker processes (torch threads
+split among them), or as Ray tasks with their CPU/GPU needs. Every executor runs
+`toroid.study.tasks.execute` and hands back (results, seconds); the coordinator alone
+writes the database."""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+from collections.abc import Sequence
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from pathlib import Path
+from typing import Any, Literal, Protocol
+
+import torch
+
+from toroid.errors import InvalidArgumentError
+from toroid.study.graph import Task
+from toroid.study.tasks import Results, execute
+
+ExecutorName = Literal["local", "ray"]
+EXECUTORS: tuple[str, ...] = ("local", "ray")
+Outcome = tuple[Task, Results | None, float, BaseException | None]
+
+
+class Executor(Protocol):
+    slots: int
+
+    def submit(self, task: Task) -> None: ...
+
+    def wait(self) -> list[Outcome]: ...
+
+    def close(self) -> None: ...
+
+
+class InProcess:
+    """Runs each task when it is submitted, in this process."""
+
+    slots = 1
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+        self._done: list[Outcome] = []
+
+    def submit(self, task: Task) -> None:
+        try:
+            results, seconds = execute(task, self.directory)
+            self._done.append((task, results, seconds, None))
+        except Exception as exc:  # reported by the coordinator with the task's key
+            self._done.append((task, None, 0.0, exc))
+
+    def wait(self) -> list[Outcome]:
+        done, self._done = self._done, []
+        return done
+
+    def close(self) -> None:
+        pass
+
+
+def _init_worker(threads: int) -> None:
+    torch.set_num_threads(threads)
+
+
+class LocalPool:
+    """N worker processes (spawned), each with cores / N torch threads."""
+
+    def __init__(self, directory: Path, workers: int) -> None:
+        self.directory = directory
+        self.slots = workers
+        threads = max(1, (os.cpu_count() or 1) // workers)
+        self._pool = ProcessPoolExecutor(
+            max_workers=workers,
+            mp_context=multiprocessing.get_context("spawn"),
+            initializer=_init_worker,
+            initargs=(threads,),
+        )
+        self._running: dict[Future[tuple[Results, float]], Task] = {}
+
+    def submit(self, task: Task) -> None:
+        self._running[self._pool.submit(execute, task, self.directory)] = task
+
+    def wait(self) -> list[Outcome]:
+        done, _ = wait(list(self._running), return_when=FIRST_COMPLETED)
+        out: list[Outcome] = []
+        for future in done:
+            task = self._running.pop(future)
+            exc = future.exception()
+            if exc is None:
+                results, seconds = future.result()
+                out.append((task, results, seconds, None))
+            else:
+                out.append((task, None, 0.0, exc))
+        return out
+
+    def close(self) -> None:
+        for future in self._running:
+            future.cancel()
+        self._pool.shutdown(wait=True, cancel_futures=True)
+
+
+class RayExecutor:
+    """Each task a Ray task with its CPU/GPU needs, on the cluster at `address` or on a
+    local Ray instance started here with `workers` CPUs. The study directory must be on a
+    filesystem every node sees (tasks read and write weights there)."""
+
+    def __init__(self, directory: Path, workers: int, address: str | None) -> None:
+        try:
+            import ray
+        except ImportError as exc:
+            raise InvalidArgumentError(
+                "the ray executor needs Ray: pip install -c constraints.txt 'ray>=2.9'"
+            ) from exc
+        self._ray: Any = ray
+        self._started = not ray.is_initialized()
+        if self._started:
+            options: dict[str, Any] = {"include_dashboard": False, "log_to_driver": False}
+            if address is None:
+                options.update(num_cpus=workers, address="local")
+            else:
+                options["address"] = address
+            ray.init(**options)
+        self.directory = directory
+        resources: dict[str, float] = ray.available_resources()  # type: ignore[no-untyped-call]
+        self.slots = max(1, int(resources.get("CPU", workers)))
+        self._remote = ray.remote(_ray_execute)
+        self._running: dict[Any, Task] = {}
+
+    def submit(self, task: Task) -> None:
+        handle = self._remote.options(num_cpus=task.cpus, num_gpus=task.gpus).remote(
+            task, str(self.directory)
+        )
+        self._running[handle] = task
+
+    def wait(self) -> list[Outcome]:
+        ready, _ = self._ray.wait(list(self._running), num_returns=1)
+        out: list[Outcome] = []
+        for handle in ready:
+            task = self._running.pop(handle)
+            try:
+                results, seconds = self._ray.get(handle)
+                out.append((task, results, seconds, None))
+            except Exception as exc:  # RayTaskError wraps the task's own exception
+                cause = getattr(exc, "cause", None)
+                out.append((task, None, 0.0, cause if isinstance(cause, Exception) else exc))
+        return out
+
+    def close(self) -> None:
+        for handle in self._running:
+            self._ray.cancel(handle, force=True)
+        if self._started:
+            self._ray.shutdown()
+
+
+def _ray_execute(task: Task, directory: str) -> tuple[Results, float]:
+    torch.set_num_threads(max(1, int(task.cpus)))
+    return execute(task, directory)
+
+
+def make_executor(
+    name: str, directory: Path, *, workers: int = 1, address: str | None = None
+) -> Executor:
+    if name not in EXECUTORS:
+        raise InvalidArgumentError(f"executor must be one of {', '.join(EXECUTORS)}, got {name!r}")
+    if workers < 1:
+        raise InvalidArgumentError(f"workers must be at least 1, got {workers}")
+    if name == "ray":
+        return RayExecutor(directory, workers, address)
+    if address is not None:
+        raise InvalidArgumentError("--address is for the ray executor")
+    return InProcess(directory) if workers == 1 else LocalPool(directory, workers)
+
+
+__all__: Sequence[str] = ["EXECUTORS", "Executor", "make_executor"]
