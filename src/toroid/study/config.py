@@ -176,6 +176,7 @@ class BinarySpec(_Strict):
     flip_points: int = Field(default=21, ge=2)
     pairs: PairScope = "all"
     chain_pairs: PairScope = "within"
+    bn_samples: int = Field(default=2000, gt=1)
 
     _optimizers = field_validator("optimizers", mode="before")(_optimizer_list)
 

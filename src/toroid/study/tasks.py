@@ -273,6 +273,119 @@ def run_bend(task: Task, store: Weights) -> Results:
     }
 
 
+def run_flip_energy(task: Task, store: Weights) -> Results:
+    from toroid.flatness.flip_energy import flip_energy
+
+    p, spec = task.params, task.params["spec"]
+    model = _canonical(store, p["network"])
+    result = flip_energy(
+        model,
+        data_for(p["data"]),
+        ps=spec["flip_probs"],
+        samples=spec["samples"],
+        split="both",
+        bn_samples=spec["bn_samples"],
+        device=p["device"],
+        progress=False,
+    )
+    rows = [
+        {
+            "network": p["network"],
+            "block": p["block"],
+            "split": split,
+            "noise": "flip",
+            "sigma": prob,
+            "mean": result.mean[split][i],
+            "stderr": result.stderr[split][i],
+            "base": result.base[split],
+            "raw": list(result.raw[split][i]),
+        }
+        for split in result.mean
+        for i, prob in enumerate(result.ps)
+    ]
+    return {"local_energy": rows}
+
+
+def _flip_row(a: str, b: str, block: str, path: str, ts: Any, curves: Any) -> dict[str, Any]:
+    """A profile row from mean curves; barriers as for continuous paths, of the mean."""
+    from toroid.paths.profile import barrier
+
+    row: dict[str, Any] = {"a": a, "b": b, "block": block, "path": path, "ts": list(ts)}
+    for split in ("train", "test"):
+        curve = curves.get(split)
+        row[f"{split}_error"] = None if curve is None else list(curve)
+        row[f"{split}_loss"] = None
+        row[f"barrier_{split}"] = None if curve is None else barrier(ts, curve)
+    row["max_train_error"] = max(curves["train"])
+    return row
+
+
+def run_flip_path(task: Task, store: Weights) -> Results:
+    from toroid.paths.flip import flip_path
+
+    p, spec = task.params, task.params["spec"]
+    a, b = _canonical(store, p["a"]), _canonical(store, p["b"])
+    result = flip_path(
+        a,
+        b,
+        data=data_for(p["data"]),
+        orders=spec["flip_orders"],
+        points=spec["flip_points"],
+        split="both",
+        bn_samples=spec["bn_samples"],
+        device=p["device"],
+        progress=False,
+    )
+    curves = {split: result.mean_profile(split) for split in result.error}
+    row = _flip_row(p["a"], p["b"], p["block"], "flip", result.t, curves)
+    # The mean barrier over orders, not the barrier of the mean profile.
+    row["barrier_train"] = result.mean_barrier("train")
+    if "test" in result.error:
+        row["barrier_test"] = result.mean_barrier("test")
+    row["max_train_error"] = result.max_barrier("train", kind="max")
+    return {"profiles": [row]}
+
+
+def run_flip_chain(task: Task, store: Weights) -> Results:
+    from toroid.paths.flip_chain import flip_chain
+
+    p, spec, training = task.params, task.params["spec"], task.params["training"]
+    a, b = _canonical(store, p["a"]), _canonical(store, p["b"])
+    chain = flip_chain(
+        a,
+        b,
+        data_for(p["data"]),
+        optimizer=p["optimizer"],
+        epochs=training["epochs"],
+        batch_size=training["batch_size"],
+        schedule=training["schedule"],
+        orders=spec["flip_orders"],
+        points=spec["flip_points"],
+        bn_samples=spec["bn_samples"],
+        device=p["device"],
+        progress=False,
+    )
+    weights = _save(store, task.key, chain.bend, method="retrain")
+    curves = {}
+    ts: tuple[float, ...] = ()
+    for split in chain.first.error:
+        ts, curves[split] = chain.mean_profile(split)
+    row = _flip_row(p["a"], p["b"], p["block"], "flip-chain", ts, curves)
+    row["max_train_error"] = chain.max_error("train")
+    bend_row = {
+        "a": p["a"],
+        "b": p["b"],
+        "block": p["block"],
+        "method": "retrain",
+        "kind": "flip-chain",
+        "epochs": chain.epochs,
+        "grad_evals": None,
+        "wall_time": None,
+        "weights": weights,
+    }
+    return {"bends": [bend_row], "profiles": [row]}
+
+
 RUNNERS: dict[str, Callable[[Task, Weights], Results]] = {
     "train": run_train,
     "canonical": run_canonical,
@@ -281,6 +394,9 @@ RUNNERS: dict[str, Callable[[Task, Weights], Results]] = {
     "distance": run_distance,
     "profile": run_profile,
     "bend": run_bend,
+    "flip_energy": run_flip_energy,
+    "flip_path": run_flip_path,
+    "flip_chain": run_flip_chain,
 }
 
 
