@@ -15,12 +15,13 @@ from itertools import pairwise
 from pathlib import Path
 from typing import Any, Literal
 
+import torch
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from toroid.data import DATASETS
 from toroid.errors import InvalidArgumentError, ToroidError
-from toroid.optim import resolve_optimizer
+from toroid.optim import make_optimizer, resolve_optimizer
 
 PRESETS: tuple[str, ...] = ("quick", "default")
 DistanceName = Literal["geodesic", "mean_angle", "overlap"]
@@ -265,7 +266,8 @@ def validate_config(raw: Any, *, source: str = "config") -> StudyConfig:
         *(config.binary.optimizers if config.binary else ()),
     ):
         try:
-            spec.resolved()
+            # Instantiating checks the values too (e.g. a negative rho), before any work.
+            make_optimizer(spec.resolved(), [torch.nn.Parameter(torch.zeros(1))])
         except InvalidArgumentError as exc:
             raise StudyConfigError(f"{source}: optimizers: {exc}") from None
     labels = [spec.key for spec in config.optimizers]

@@ -147,6 +147,7 @@ def run_study(
     save_config(config, directory)
     with Store(directory) as store:
         store.set_meta("started_at", time.time())
+        store.keep_only({t.key: t.config_hash for t in tasks})
         pending = _pending(tasks, store.finished())
         finished = {t.key for t in tasks} - {t.key for t in pending}
         bars = _Progress(tasks, pending, progress)

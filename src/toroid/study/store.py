@@ -195,6 +195,18 @@ class Store:
                 (task, kind, config_hash, seconds, time.time()),
             )
 
+    def keep_only(self, current: Mapping[str, str]) -> list[str]:
+        """Delete the results of every task that is not in `current` (task -> config hash)
+        with that hash: results of an older config must not mix with this one's. Returns
+        the deleted task keys."""
+        stale = [k for k, h in self.finished().items() if current.get(k) != h]
+        with self._transaction() as db:
+            for key in stale:
+                for table in TABLES:
+                    db.execute(f"DELETE FROM {table} WHERE task = ?", (key,))
+                db.execute("DELETE FROM tasks WHERE task = ?", (key,))
+        return stale
+
     def rows(self, table: str, **where: Any) -> list[dict[str, Any]]:
         """Rows of `table` (matching `where`), JSON columns decoded, in insertion order."""
         columns = ("task", "config_hash", *TABLES[table])

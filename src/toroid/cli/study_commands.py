@@ -1,0 +1,116 @@
+"""`toroid study run|status|report`: thin commands over `toroid.study`."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from toroid.cli.app import app
+from toroid.cli.commands import _choice
+from toroid.errors import InvalidArgumentError
+from toroid.study import PRESETS, load_config, run_study, status
+from toroid.study.executors import EXECUTORS
+from toroid.study.run import StudyStatus
+
+console = Console()
+study_app = typer.Typer(
+    help="Studies: train minimizers with several optimizers and analyse them.",
+    no_args_is_help=True,
+)
+app.add_typer(study_app, name="study")
+
+
+def _print(text: str) -> None:
+    console.print(text, soft_wrap=True, markup=False, highlight=False)
+
+
+def _status_table(result: StudyStatus) -> Table:
+    table = Table(title=f"study {result.directory}")
+    table.add_column("stage")
+    table.add_column("done", justify="right")
+    table.add_column("pending", justify="right")
+    table.add_column("seconds", justify="right")
+    for stage, done in result.done.items():
+        pending = result.pending.get(stage, 0)
+        table.add_row(stage, str(done), str(pending), f"{result.seconds.get(stage, 0.0):.1f}")
+    return table
+
+
+@study_app.command("run")
+def run_command(
+    config: Annotated[
+        Path | None, typer.Argument(help="Study config (YAML), merged over the preset.")
+    ] = None,
+    preset: Annotated[
+        str | None, typer.Option(help="quick or default (the default without a config).")
+    ] = None,
+    out: Annotated[
+        Path | None, typer.Option(help="Study directory (default: runs/study-<name>).")
+    ] = None,
+    executor: Annotated[str, typer.Option(help="local or ray.")] = "local",
+    workers: Annotated[int, typer.Option(help="Worker processes (local) or CPUs (ray).")] = 1,
+    address: Annotated[
+        str | None, typer.Option(help="Address of a running Ray cluster (ray executor).")
+    ] = None,
+    quiet: Annotated[bool, typer.Option(help="No progress bars.")] = False,
+) -> None:
+    """Run a study, or finish an interrupted one: finished tasks are skipped; then the
+    report is written (report.html, summary.md, csv/)."""
+    if preset is not None:
+        _choice("--preset", preset, PRESETS)
+    _choice("--executor", executor, EXECUTORS)
+    if workers < 1:
+        raise InvalidArgumentError(f"--workers must be at least 1, got {workers}")
+    study = load_config(config, preset=preset)
+    directory = out if out is not None else Path("runs") / f"study-{study.name}"
+    if directory.exists() and not directory.is_dir():
+        raise InvalidArgumentError(f"--out {directory} exists and is not a directory")
+    started = time.perf_counter()
+    result = run_study(
+        study,
+        directory,
+        executor=executor,
+        workers=workers,
+        address=address,
+        progress=not quiet,
+    )
+    console.print(_status_table(result))
+    _print(f"study {study.name}: {time.perf_counter() - started:.1f} s")
+    summary = directory / "summary.md"
+    if summary.is_file():
+        for line in summary.read_text().splitlines():
+            if line.startswith("- **"):
+                _print(line)
+    _print(f"report: {directory / 'report.html'}")
+
+
+@study_app.command("status")
+def status_command(
+    directory: Annotated[Path, typer.Argument(help="Study directory.")],
+    pending: Annotated[bool, typer.Option(help="List the pending tasks.")] = False,
+) -> None:
+    """Finished and pending tasks per stage."""
+    result = status(directory)
+    console.print(_status_table(result))
+    state = "complete" if result.complete else f"{len(result.pending_tasks)} tasks pending"
+    _print(f"{directory}: {state}")
+    if pending:
+        for key in result.pending_tasks:
+            _print(f"  {key}")
+
+
+@study_app.command("report")
+def report_command(
+    directory: Annotated[Path, typer.Argument(help="Study directory.")],
+) -> None:
+    """(Re)write the report from what is finished so far."""
+    from toroid.study.report import write_report
+
+    status(directory)  # refuses a directory that holds no study
+    write_report(directory)
+    _print(f"report: {directory / 'report.html'}")
