@@ -237,3 +237,16 @@ def test_binary_mlp_reaches_zero_training_error_through_fit(small: Split) -> Non
     latent = [m.weight.detach() for m in result.model.modules() if isinstance(m, BinaryLinear)]
     assert all(float(w.abs().max()) <= 1.0 for w in latent)
     assert any(bool((w.abs() == 1.0).any()) for w in latent)
+
+
+@pytest.mark.parametrize("optimizer", ["sam", "rsgd"])
+def test_flatness_seeking_optimizers_train_binary_networks_unchanged(
+    optimizer: str, small: Split
+) -> None:
+    """Presets with their own step logic (a perturbed second gradient, replicas) go
+    through the latent weights like plain SGD."""
+    model = binary_mlp(seed=1, widths=(32,))
+    result = fit(model, small, optimizer=optimizer, epochs=15, batch_size=32, progress=False)
+    assert result.reached_zero_train_error
+    latent = [m.weight.detach() for m in result.model.modules() if isinstance(m, BinaryLinear)]
+    assert all(float(w.abs().max()) <= 1.0 for w in latent)
