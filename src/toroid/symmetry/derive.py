@@ -8,8 +8,9 @@ since the last add). Chains decide the continuous symmetries: a positive per-uni
 passes through positively homogeneous operations (ReLU, LeakyReLU, pooling, flatten,
 dropout) and is absorbed by a BatchNorm's running statistics or compensated in the
 consumers' input columns; in binary units a positive scale in front of the sign
-activation needs no compensation at all (sign(c x) = sign(x)); a sign flip passes through odd activations and
-linear operations (average pooling, flatten, dropout), but not max-pooling or ReLU.
+activation needs no compensation at all (sign(c x) = sign(x)); a sign flip passes through
+odd activations and linear operations (average pooling, flatten, dropout), but not
+max-pooling or ReLU.
 Binary layers (sign of latent weights) have no scale symmetry: their latent rows form
 `binary` cells that canonical form replaces by their signs.
 """
