@@ -156,17 +156,21 @@ def _ray_execute(task: Task, directory: str) -> tuple[Results, float]:
     return execute(task, directory)
 
 
-def make_executor(
-    name: str, directory: Path, *, workers: int = 1, address: str | None = None
-) -> Executor:
+def check_executor(name: str, *, workers: int = 1, address: str | None = None) -> None:
     if name not in EXECUTORS:
         raise InvalidArgumentError(f"executor must be one of {', '.join(EXECUTORS)}, got {name!r}")
     if workers < 1:
         raise InvalidArgumentError(f"workers must be at least 1, got {workers}")
+    if address is not None and name != "ray":
+        raise InvalidArgumentError("an address is for the ray executor")
+
+
+def make_executor(
+    name: str, directory: Path, *, workers: int = 1, address: str | None = None
+) -> Executor:
+    check_executor(name, workers=workers, address=address)
     if name == "ray":
         return RayExecutor(directory, workers, address)
-    if address is not None:
-        raise InvalidArgumentError("--address is for the ray executor")
     return InProcess(directory) if workers == 1 else LocalPool(directory, workers)
 
 

@@ -20,7 +20,7 @@ import yaml
 from toroid.errors import InvalidArgumentError, ToroidError
 from toroid.storage import atomic_write_bytes
 from toroid.study.config import StudyConfig, validate_config
-from toroid.study.executors import make_executor
+from toroid.study.executors import check_executor, make_executor
 from toroid.study.graph import Task, build_graph
 from toroid.study.store import Store
 
@@ -141,6 +141,7 @@ def run_study(
     """Run (or finish) the study of `config` in `directory`. A directory that holds
     another study's config is refused unless the new config differs only in ways its
     finished tasks do not depend on (their hashes decide what re-runs)."""
+    check_executor(executor, workers=workers, address=address)
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     tasks = build_graph(config)

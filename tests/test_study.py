@@ -1,0 +1,324 @@
+"""The study pipeline: config validation, the task graph and its hashes, skipping finished
+tasks, resuming after kill -9 (in training and in analysis) with the same numbers, and the
+local worker-pool and Ray executors against the in-process one."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from toroid.errors import InvalidArgumentError
+from toroid.study import PRESETS, StudyConfigError, load_config, run_study, status
+from toroid.study.config import validate_config
+from toroid.study.graph import build_graph, networks, pairs
+from toroid.study.store import TABLES, Store
+
+TINY: dict[str, Any] = {
+    "name": "tiny",
+    "data": {"name": "synthetic"},
+    "model": {"name": "mlp", "in_features": 16, "widths": [12, 8], "num_classes": 4},
+    "optimizers": ["sgd", {"name": "adam", "lr": 0.01}],
+    "seeds": [0, 1],
+    "training": {"epochs": 15},
+    "analyses": {
+        "local_energy": {"sigmas": "0:0.4:3", "samples": 2, "bn_samples": 100},
+        "paths": {"points": 5, "pairs": "within", "bn_samples": 100},
+        "bends": {"pairs": "first-seeds", "epochs": 3, "points": 5},
+    },
+}
+# Columns that measure time, not results.
+CLOCKS = {"wall_time", "seconds", "finished_at"}
+
+
+def _write(path: Path, config: dict[str, Any]) -> Path:
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def _same(got: Any, expected: Any) -> bool:
+    """Equal, floats to 1e-9 relative: a task re-run in another process may differ in the
+    last bits (the BLAS library's results depend on memory alignment)."""
+    if isinstance(got, str) and got[:1] in "[{":
+        return _same(json.loads(got), json.loads(expected))
+    if isinstance(got, float) and isinstance(expected, float):
+        return got == pytest.approx(expected, rel=1e-9, abs=1e-12)
+    if isinstance(got, list | tuple) and isinstance(expected, list | tuple):
+        return len(got) == len(expected) and all(map(_same, got, expected))
+    if isinstance(got, dict) and isinstance(expected, dict):
+        return got.keys() == expected.keys() and all(_same(got[k], expected[k]) for k in got)
+    return bool(got == expected)
+
+
+def _assert_same_results(got: Path, expected: Path) -> None:
+    a, b = _results(got), _results(expected)
+    assert a.keys() == b.keys()
+    for table in a:
+        assert len(a[table]) == len(b[table]), table
+        for row_a, row_b in zip(a[table], b[table], strict=True):
+            assert _same(row_a, row_b), (table, row_a, row_b)
+
+
+def _results(directory: Path) -> dict[str, list[tuple[Any, ...]]]:
+    """Every result row of the study, clocks left out, in a canonical order."""
+    db = sqlite3.connect(directory / "study.db")
+    out = {}
+    for table, columns in (*TABLES.items(), ("tasks", ("kind", "config_hash"))):
+        kept = [c for c in ("task", *columns) if c not in CLOCKS]
+        rows = db.execute(f"SELECT {', '.join(kept)} FROM {table} ORDER BY task, rowid").fetchall()
+        out[table] = sorted(rows, key=lambda row: str(row[0]))
+    db.close()
+    return out
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny study, run once without interruption."""
+    directory = tmp_path_factory.mktemp("study") / "reference"
+    run_study(validate_config(TINY), directory, progress=False, report=False)
+    return directory
+
+
+# Config -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("preset", PRESETS)
+def test_presets_are_valid(preset: str) -> None:
+    config = load_config(preset=preset)
+    assert config.name == preset and len(config.optimizers) >= 2
+    assert build_graph(config)
+
+
+def test_default_preset_meets_the_issue() -> None:
+    config = load_config(preset="default")
+    assert len(config.optimizers) >= 5 and len(config.seeds) >= 3
+    assert config.binary is not None
+
+
+@pytest.mark.parametrize(
+    ("change", "needle"),
+    [
+        ({"analyses": {"local_energy": {"samples": 0}}}, "analyses.local_energy.samples"),
+        ({"data": {"name": "mnist2"}}, "data.name: unknown dataset 'mnist2'"),
+        ({"seeds": [0, 0]}, "seeds: seeds must be distinct"),
+        ({"training": {"epochs": -1}}, "training.epochs"),
+        ({"optimizers": ["sgd", "nadam"]}, "unknown optimizer 'nadam'"),
+        ({"optimizers": [{"name": "sam", "rho": -1}]}, "rho"),
+        ({"analyses": {"paths": {"kinds": ["spline"]}}}, "analyses.paths.kinds.0"),
+        ({"analyses": {"local_energy": {"sigmas": "0:1"}}}, "start:stop:count"),
+        ({"colour": "blue"}, "colour: Extra inputs are not permitted"),
+        ({"optimizers": ["sgd", "sgd"]}, "labels must be distinct"),
+    ],
+)
+def test_bad_configs_name_the_field(tmp_path: Path, change: dict[str, Any], needle: str) -> None:
+    config = {**TINY, **change}
+    if "analyses" in change:
+        config["analyses"] = {**TINY["analyses"], **change["analyses"]}
+    with pytest.raises(StudyConfigError) as info:
+        load_config(_write(tmp_path / "c.yaml", config))
+    message = str(info.value)
+    assert needle in message and "\n" not in message and str(tmp_path) in message
+
+
+def test_a_config_file_is_merged_over_the_preset(tmp_path: Path) -> None:
+    path = _write(tmp_path / "c.yaml", {"seeds": [5], "analyses": {"bends": None}})
+    config = load_config(path, preset="quick")
+    quick = load_config(preset="quick")
+    assert config.seeds == [5] and config.analyses.bends is None
+    assert config.model == quick.model and config.analyses.paths == quick.analyses.paths
+    with pytest.raises(InvalidArgumentError, match="preset"):
+        load_config(preset="huge")
+    (tmp_path / "broken.yaml").write_text("data: [unclosed\n")
+    with pytest.raises(StudyConfigError, match="not valid YAML"):
+        load_config(tmp_path / "broken.yaml")
+
+
+# Graph --------------------------------------------------------------------------------
+
+
+def test_pair_scopes() -> None:
+    config = validate_config({**TINY, "optimizers": ["sgd", "adam", "sam"], "seeds": [0, 1, 2]})
+    nets = networks(config)
+    assert len(pairs(nets, "all")) == 36
+    within = pairs(nets, "within")
+    assert len(within) == 9 and all(a.optimizer == b.optimizer for a, b in within)
+    first = pairs(nets, "first-seeds")
+    assert len(first) == 3 and all(a.seed == b.seed == 0 for a, b in first)
+    assert len(pairs(nets, "within+first-seeds")) == 12 and pairs(nets, "none") == []
+
+
+def test_hashes_change_only_where_the_config_does() -> None:
+    base = {t.key: t.config_hash for t in build_graph(validate_config(TINY))}
+    analyses = {**TINY["analyses"], "local_energy": {**TINY["analyses"]["local_energy"]}}
+    analyses["local_energy"]["samples"] = 3
+    changed = {
+        t.key: t.config_hash for t in build_graph(validate_config({**TINY, "analyses": analyses}))
+    }
+    differ = {k for k in base if base[k] != changed[k]}
+    assert differ and all(k.startswith("energy/") for k in differ)
+    retrained = {
+        t.key: t.config_hash
+        for t in build_graph(validate_config({**TINY, "training": {"epochs": 16}}))
+    }
+    assert all(base[k] != retrained[k] for k in base)  # everything depends on training
+    keys = [t.key for t in build_graph(validate_config(TINY))]
+    for task in build_graph(validate_config(TINY)):
+        assert all(keys.index(d) < keys.index(task.key) for d in task.deps)
+
+
+# Running ------------------------------------------------------------------------------
+
+
+def test_a_finished_study_reruns_nothing_and_a_change_reruns_only_its_tasks(
+    reference: Path, tmp_path: Path
+) -> None:
+    result = status(reference)
+    assert result.complete and result.done["train"] == 4 and result.done["profile"] == 6
+    directory = tmp_path / "copy"
+    run_study(validate_config(TINY), directory, progress=False, report=False)
+    before = Store(directory).finished()
+    with sqlite3.connect(directory / "study.db") as db:
+        stamps = dict(db.execute("SELECT task, finished_at FROM tasks").fetchall())
+    analyses = {**TINY["analyses"], "paths": {**TINY["analyses"]["paths"], "points": 4}}
+    run_study(
+        validate_config({**TINY, "analyses": analyses}), directory, progress=False, report=False
+    )
+    with sqlite3.connect(directory / "study.db") as db:
+        after = dict(db.execute("SELECT task, finished_at FROM tasks").fetchall())
+    rerun = {k for k in after if after[k] != stamps.get(k)}
+    assert rerun == {k for k in before if k.startswith("profile/")}
+    store = Store(directory)
+    assert all(len(r["ts"]) == 4 for r in store.rows("profiles") if r["path"] != "polychain")
+
+
+def _start(config_path: Path, directory: Path) -> subprocess.Popen[bytes]:
+    script = textwrap.dedent(
+        f"""
+        from toroid.study import load_config, run_study
+        run_study(load_config({str(config_path)!r}), {str(directory)!r}, progress=False,
+                  report=False)
+        """
+    )
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    return subprocess.Popen([sys.executable, "-c", script], env=env)
+
+
+def _finished_kinds(directory: Path) -> list[str]:
+    if not (directory / "study.db").exists():
+        return []
+    try:
+        with sqlite3.connect(directory / "study.db", timeout=1) as db:
+            return [k for (k,) in db.execute("SELECT kind FROM tasks")]
+    except sqlite3.OperationalError:
+        return []
+
+
+def _kill_when(process: subprocess.Popen[bytes], ready: Any, timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while not ready():
+        assert process.poll() is None, "the study finished before the moment to kill it"
+        assert time.monotonic() < deadline, "the moment to kill never came"
+        time.sleep(0.01)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+
+
+def test_kill_9_in_training_then_rerun_gives_the_same_numbers(
+    reference: Path, tmp_path: Path
+) -> None:
+    # Training without early stopping, long enough to be caught between epochs.
+    slow = {**TINY, "training": {"epochs": 15, "stop_at_zero_train_error": False}}
+    config = _write(tmp_path / "slow.yaml", slow)
+    uninterrupted = tmp_path / "uninterrupted"
+    run_study(load_config(config), uninterrupted, progress=False, report=False)
+    directory = tmp_path / "killed"
+    process = _start(config, directory)
+    states = directory / "train-state"
+
+    def mid_training() -> bool:
+        # A training state on disk for a network whose training has not finished.
+        done = _finished_kinds(directory).count("train")
+        started = len(list(states.glob("*/train-state.json"))) if states.exists() else 0
+        return started > done
+
+    _kill_when(process, mid_training)
+    assert _finished_kinds(directory).count("train") < 4
+    run_study(load_config(config), directory, progress=False, report=False)
+    _assert_same_results(directory, uninterrupted)
+
+
+def test_kill_9_in_analysis_then_rerun_gives_the_same_numbers(
+    reference: Path, tmp_path: Path
+) -> None:
+    config = _write(tmp_path / "tiny.yaml", TINY)
+    directory = tmp_path / "killed"
+    process = _start(config, directory)
+
+    def mid_analysis() -> bool:
+        kinds = _finished_kinds(directory)
+        return kinds.count("train") == 4 and 0 < kinds.count("profile") < 6
+
+    _kill_when(process, mid_analysis)
+    kept = Store(directory).finished()
+    assert 0 < sum(k.startswith("profile/") for k in kept) < 6
+    run_study(load_config(config), directory, progress=False, report=False)
+    _assert_same_results(directory, reference)
+    # Nothing that was finished before the kill ran again.
+    with sqlite3.connect(directory / "study.db") as db:
+        assert set(kept) <= {k for (k,) in db.execute("SELECT task FROM tasks")}
+
+
+def _numbers(directory: Path) -> dict[str, list[float]]:
+    store = Store(directory)
+    return {
+        "test_error": [r["test_error"] for r in store.rows("networks")],
+        "energy": [r["mean"] for r in store.rows("local_energy")],
+        "barrier": [r["barrier_train"] for r in store.rows("profiles")],
+    }
+
+
+def test_worker_processes_match_the_in_process_run(reference: Path, tmp_path: Path) -> None:
+    directory = tmp_path / "pool"
+    run_study(validate_config(TINY), directory, workers=2, progress=False, report=False)
+    got, expected = _numbers(directory), _numbers(reference)
+    assert sorted(got["test_error"]) == pytest.approx(sorted(expected["test_error"]), abs=1e-6)
+    assert sorted(got["energy"]) == pytest.approx(sorted(expected["energy"]), abs=1e-6)
+
+
+def test_ray_executor_on_a_local_instance(reference: Path, tmp_path: Path) -> None:
+    ray = pytest.importorskip("ray")
+    ray.init(
+        num_cpus=2,
+        include_dashboard=False,
+        _node_ip_address="127.0.0.1",
+        log_to_driver=False,
+        runtime_env={"env_vars": {"OMP_NUM_THREADS": "1"}},
+    )
+    try:
+        directory = tmp_path / "ray"
+        run_study(validate_config(TINY), directory, executor="ray", progress=False, report=False)
+    finally:
+        ray.shutdown()
+    got, expected = _numbers(directory), _numbers(reference)
+    assert sorted(got["test_error"]) == pytest.approx(sorted(expected["test_error"]), abs=1e-6)
+    assert status(directory).complete
+
+
+def test_bad_executor_settings() -> None:
+    with pytest.raises(InvalidArgumentError, match="executor"):
+        run_study(validate_config(TINY), Path("/nonexistent/x"), executor="slurm", report=False)
+
+
+def test_status_refuses_a_directory_without_a_study(tmp_path: Path) -> None:
+    with pytest.raises(InvalidArgumentError, match="not a study directory"):
+        status(tmp_path)
