@@ -26,7 +26,7 @@ from toroid.symmetry import spec_for
 from toroid.symmetry.align import align
 from toroid.symmetry.canonical import canonical_state
 from toroid.symmetry.transform import transform_state
-from toroid.train import fit
+from toroid.train import derive_seed, fit
 
 Results = dict[str, list[dict[str, Any]]]
 
@@ -71,8 +71,11 @@ def run_train(task: Task, store: Weights) -> Results:
     training = p["training"]
     split = data_for(p["data"])
     state_dir = store.directory / "train-state" / f"{_stem(p['network'])}-{task.config_hash}"
+    # Each network starts from its own initialization: with one init per seed, minimizers
+    # of different optimizers would share a basin by construction.
+    init_seed = derive_seed(p["seed"], f"init/{p['optimizer_label']}")
     result = fit(
-        build(p["model"], seed=p["seed"]),
+        build(p["model"], seed=init_seed),
         split,
         optimizer=p["optimizer"],
         epochs=training["epochs"],
