@@ -303,7 +303,7 @@ def _refresh_batchnorm(
 ) -> None:
     """Re-estimate the BatchNorm statistics of `net` in place when the optimizer left
     parameters in it that the statistics were not gathered at (replicated SGD's center)."""
-    if not isinstance(opt, RecomputesBatchNorm):
+    if not (isinstance(opt, RecomputesBatchNorm) and opt.recomputes_batchnorm):
         return
     samples = min(_BN_SAMPLES, len(train_data))
     # recompute_bn refuses a last minibatch of one input; 400 avoids it where 500 would not.
