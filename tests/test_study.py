@@ -99,6 +99,32 @@ def test_presets_are_valid(preset: str) -> None:
     assert build_graph(config)
 
 
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+
+
+@pytest.mark.parametrize("path", sorted(CONFIGS.glob("*.yaml")), ids=lambda p: p.name)
+def test_shipped_configs_are_valid_and_build(path: Path) -> None:
+    from toroid.models import build
+
+    config = load_config(path)
+    build(config.model, seed=0)
+    if config.binary is not None:
+        build(config.binary.model, seed=0)
+    if config.needs_gpu:
+        assert config.device.startswith("cuda")
+
+
+def test_a_gpu_config_is_refused_without_a_gpu(tmp_path: Path) -> None:
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    config = load_config(CONFIGS / "cifar10-vgg16.yaml")
+    with pytest.raises(InvalidArgumentError, match="no CUDA GPU"):
+        run_study(config, tmp_path / "gpu", report=False)
+    assert not (tmp_path / "gpu").exists()
+
+
 def test_default_preset_meets_the_issue() -> None:
     config = load_config(preset="default")
     assert len(config.optimizers) >= 5 and len(config.seeds) >= 3

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import torch
 import yaml
 
 from toroid.errors import InvalidArgumentError, ToroidError
@@ -142,6 +143,11 @@ def run_study(
     another study's config is refused unless the new config differs only in ways its
     finished tasks do not depend on (their hashes decide what re-runs)."""
     check_executor(executor, workers=workers, address=address)
+    if config.device.startswith("cuda") and executor == "local" and not torch.cuda.is_available():
+        raise InvalidArgumentError(
+            f"study {config.name!r} runs on {config.device} and this machine has no CUDA GPU; "
+            "run it on a GPU machine or cluster (--executor ray --address ...)"
+        )
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     tasks = build_graph(config)
