@@ -2,6 +2,8 @@
 profiles along paths and their barriers."""
 
 from toroid.paths.bend import BEND_INITS, BEND_KINDS, BendFit, fit_bend, retrain_midpoint
+from toroid.paths.flip import FlipPath, flip_path
+from toroid.paths.flip_chain import FlipChain, flip_chain, flip_midpoint
 from toroid.paths.path import (
     PATH_KINDS,
     AffinePath,
@@ -33,6 +35,8 @@ __all__ = [
     "BendFit",
     "BezierPath",
     "Endpoints",
+    "FlipChain",
+    "FlipPath",
     "GeodesicPath",
     "LinearPath",
     "Path",
@@ -44,6 +48,9 @@ __all__ = [
     "bezier",
     "endpoints",
     "fit_bend",
+    "flip_chain",
+    "flip_midpoint",
+    "flip_path",
     "geodesic",
     "linear",
     "make_path",
