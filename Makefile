@@ -22,8 +22,7 @@ data:
 	@scripts/setup-data.sh
 
 demo: setup data
-	$(BIN)/toroid train --model mlp --dataset fashion-mnist --train-size 10000 \
-		--optimizer sgd --lr 0.05 --epochs 60 --seed 0 --out runs/demo-sgd-0 --resume
+	$(BIN)/toroid study run --preset default --out runs/study-default
 
 test: setup data
 	$(BIN)/python -m pytest -q
