@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import torch
 import yaml
 
 from toroid.errors import InvalidArgumentError
@@ -235,7 +236,8 @@ def _start(config_path: Path, directory: Path) -> subprocess.Popen[bytes]:
                   report=False)
         """
     )
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    # The same thread count as this process: float reductions depend on it.
+    env = {**os.environ, "OMP_NUM_THREADS": str(torch.get_num_threads())}
     return subprocess.Popen([sys.executable, "-c", script], env=env)
 
 
