@@ -126,3 +126,32 @@ def test_fit_returns_the_center_with_recomputed_batchnorm_statistics(small: Spli
 def test_bad_hyperparameters(config: dict[str, object], message: str) -> None:
     with pytest.raises(InvalidArgumentError, match=message):
         make_optimizer(resolve_optimizer({"name": "rsgd", **config}), [torch.zeros(1)])
+
+
+def test_replicas_of_a_binary_network_step_from_their_clipped_latent_weights() -> None:
+    """Binary layers clip latent weights to [-1, 1] in the forward; each replica must take
+    its step from the clipped values, or its latent weights drift without bound."""
+    gen = torch.Generator().manual_seed(0)
+    x, y = torch.randn(64, 8, generator=gen), torch.randint(0, 2, (64,), generator=gen)
+    model = build(
+        {"name": "mlp", "in_features": 8, "widths": [6], "num_classes": 2, "binary": True},
+        seed=0,
+    ).train()
+    lr = 50.0  # large enough that steps leave [-1, 1]
+    opt = ReplicatedSGD(model.parameters(), y=2, lr=lr, momentum=0.0, gamma0=0.0, gamma1=0.0)
+    batches = [(x[:32], y[:32]), (x[32:], y[32:])]
+    closure = BatchClosure(model, iter(batches * 40), lambda: iter(batches * 40))
+    weight = model.get_submodule("1").weight
+    drifted: list[bool] = []
+    for _ in range(5):
+        closure.next_batch()
+        before = opt.state[weight]["replicas"].clone() if opt.state[weight] else None
+        opt.step(closure)
+        replicas = opt.state[weight]["replicas"]
+        if before is not None:
+            # Without momentum the buffer is this step's gradient: the step started from
+            # the clipped replica, not from the drifted one.
+            grads = opt.state[weight]["momentum"]
+            torch.testing.assert_close(replicas + lr * grads, before.clamp(-1, 1))
+            drifted.append(bool((before.abs() > 1).any()))
+    assert any(drifted)  # the clipping mattered

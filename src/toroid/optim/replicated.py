@@ -92,6 +92,10 @@ class ReplicatedSGD(torch.optim.Optimizer):
             for p in params:
                 p.copy_(self._replica_state(p)["replicas"][a])
             losses.append(steps())
+            for p in params:
+                # The forward may have changed the weights in place (binary layers clip
+                # their latent weights): the replica takes the step from what was used.
+                self._replica_state(p)["replicas"][a].copy_(p)
             for group in self.param_groups:
                 for p in group["params"]:
                     if p.grad is None:
