@@ -11,7 +11,8 @@ preset, times EPOCH_FACTOR where a preset takes fewer steps per epoch (sgd-large
 8x larger minibatches; rsgd: its y = 3 replicas share one pass).
 
     .venv/bin/python benchmarks/optimizers.py [--presets sgd,sam,...] [--seeds 3]
-        [--epochs 60] [--sigmas 0.1,0.25] [--le-samples 8] [--test-size 10000] [--json out]
+        [--widths 500,500] [--epochs 60] [--sigmas 0.1,0.25] [--le-samples 8]
+        [--test-size 10000] [--json out]
 """
 
 from __future__ import annotations
@@ -39,7 +40,7 @@ def run(preset: str, seed: int, split: Any, args: argparse.Namespace) -> dict[st
     epochs = args.epochs * EPOCH_FACTOR.get(preset, 1)
     started = time.perf_counter()
     result = fit(
-        build(CONFIG, seed=derive_seed(seed, "init")),
+        build({**CONFIG, "widths": args.widths}, seed=derive_seed(seed, "init")),
         split,
         optimizer=preset,
         epochs=epochs,
@@ -84,6 +85,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--presets", default=",".join(PRESETS))
     parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--widths", default="500,500", help="hidden widths of the MLP")
     parser.add_argument("--epochs", type=int, default=60)
     parser.add_argument("--sigmas", default="0.1,0.25")
     parser.add_argument("--le-samples", type=int, default=8)
@@ -95,10 +97,12 @@ def main() -> None:
     if unknown:
         parser.error(f"unknown presets {unknown}; valid: {', '.join(PRESETS)}")
     args.sigmas = [float(s) for s in args.sigmas.split(",")]
+    args.widths = [int(w) for w in args.widths.split(",")]
 
     split, source = fashion_mnist_10k(test_size=args.test_size)
     print(
-        f"data: {source}, test {len(split.test)}; MLP 784-500-500-10 BN; {args.seeds} seeds; "
+        f"data: {source}, test {len(split.test)}; MLP 784-{'-'.join(map(str, args.widths))}-10 "
+        f"BN; {args.seeds} seeds; "
         f"max epochs {args.epochs} (x {EPOCH_FACTOR}); local energy: multiplicative, "
         f"train, {args.le_samples} samples; {torch.get_num_threads()} threads"
     )
