@@ -62,10 +62,12 @@ class TrainingSpec(_Strict):
 
 class OptimizerSpec(_Strict):
     """A registered optimizer or preset with optional overrides; `label` names it in the
-    results (default: the name)."""
+    results (default: the name); `epochs` replaces the training budget's for it (rSGD's
+    replicas share one pass over the data, so it needs about y times the epochs)."""
 
     name: str
     label: str | None = None
+    epochs: int | None = Field(default=None, gt=0)
     hparams: dict[str, Any] = Field(default_factory=dict)
 
     def resolved(self) -> dict[str, Any]:
@@ -84,9 +86,10 @@ def _optimizer_list(value: Any) -> Any:
         if isinstance(item, str):
             out.append({"name": item})
         elif isinstance(item, dict) and "name" in item:
-            extra = {k: v for k, v in item.items() if k not in ("name", "label", "hparams")}
+            own = ("name", "label", "epochs", "hparams")
+            extra = {k: v for k, v in item.items() if k not in own}
             merged = {**item.get("hparams", {}), **extra}
-            out.append({"name": item["name"], "label": item.get("label"), "hparams": merged})
+            out.append({**{k: item[k] for k in own[:3] if k in item}, "hparams": merged})
         else:
             out.append(item)
     return out

@@ -101,7 +101,11 @@ def build_graph(config: StudyConfig) -> list[Task]:
     ) -> None:
         by_label = {o.key: o for o in optimizers}
         for net in nets:
-            optimizer = by_label[net.optimizer].resolved()
+            spec = by_label[net.optimizer]
+            optimizer = spec.resolved()
+            budget = training.model_dump(mode="json")
+            if spec.epochs is not None:
+                budget["epochs"] = spec.epochs
             train_params = {
                 "network": net.name,
                 "block": block,
@@ -110,7 +114,7 @@ def build_graph(config: StudyConfig) -> list[Task]:
                 "seed": net.seed,
                 "model": model,
                 "data": data,
-                "training": training.model_dump(mode="json"),
+                "training": budget,
                 "device": device,
             }
             train_hash = _hash("train", train_params)
