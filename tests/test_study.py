@@ -115,6 +115,13 @@ def test_shipped_configs_are_valid_and_build(path: Path) -> None:
         assert config.device.startswith("cuda")
 
 
+@pytest.mark.parametrize("preset", PRESETS)
+def test_configs_folder_holds_the_embedded_presets(preset: str) -> None:
+    from toroid.study.config import preset_text
+
+    assert (CONFIGS / f"{preset}.yaml").read_text() == preset_text(preset)
+
+
 def test_a_gpu_config_is_refused_without_a_gpu(tmp_path: Path) -> None:
     import torch
 
