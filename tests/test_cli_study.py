@@ -17,6 +17,7 @@ def test_run_status_and_report(tmp_path: Path) -> None:
     result = invoke(["study", "run", config, "--out", out, "--quiet"])
     assert result.exit_code == 0, result.output
     assert "report:" in result.output and (out / "study.db").is_file()
+    assert "1. " in result.output and "5. " in result.output  # the verdict lines
     status = invoke(["study", "status", out, "--pending"])
     assert status.exit_code == 0, status.output
     assert "complete" in status.output and "train" in status.output

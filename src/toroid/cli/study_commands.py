@@ -70,6 +70,8 @@ def run_command(
     directory = out if out is not None else Path("runs") / f"study-{study.name}"
     if directory.exists() and not directory.is_dir():
         raise InvalidArgumentError(f"--out {directory} exists and is not a directory")
+    from toroid.study.report import write_report
+
     started = time.perf_counter()
     result = run_study(
         study,
@@ -78,15 +80,14 @@ def run_command(
         workers=workers,
         address=address,
         progress=not quiet,
+        report=False,
     )
+    report = write_report(directory)
     console.print(_status_table(result))
     _print(f"study {study.name}: {time.perf_counter() - started:.1f} s")
-    summary = directory / "summary.md"
-    if summary.is_file():
-        for line in summary.read_text().splitlines():
-            if line.startswith("- **"):
-                _print(line)
-    _print(f"report: {directory / 'report.html'}")
+    for verdict in report.verdicts:
+        _print(verdict.line())
+    _print(f"report: {report.html}")
 
 
 @study_app.command("status")
@@ -112,5 +113,7 @@ def report_command(
     from toroid.study.report import write_report
 
     status(directory)  # refuses a directory that holds no study
-    write_report(directory)
-    _print(f"report: {directory / 'report.html'}")
+    report = write_report(directory)
+    for verdict in report.verdicts:
+        _print(verdict.line())
+    _print(f"report: {report.html}")
