@@ -8,21 +8,19 @@ import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from itertools import pairwise
-from typing import Literal
 
 import torch
 from torch import nn
 
 from toroid import progress as progress_helper
-from toroid.data.tensordata import DataLike, Split, TensorData, as_tensor_data
+from toroid.data.tensordata import DataLike, Split, as_tensor_data
 from toroid.errors import InvalidArgumentError
 from toroid.evaluate import evaluate_many_parts, stack_states
+from toroid.flatness.parts import SplitName, measured_parts
 from toroid.manifold.cells import binary_vector, set_binary_vector_
 from toroid.symmetry.canonical import canonical_state
 from toroid.symmetry.transform import with_state
 from toroid.symmetry.types import SymmetrySpec
-
-SplitName = Literal["train", "test", "both"]
 
 
 @dataclass(frozen=True)
@@ -45,25 +43,6 @@ class FlipEnergy:
     mean: Mapping[str, tuple[float, ...]]
     stderr: Mapping[str, tuple[float, ...]]
     raw: Mapping[str, tuple[tuple[float, ...], ...]]
-
-
-def measured_parts(data: Split | DataLike, split: SplitName) -> dict[str, TensorData]:
-    """The datasets a measurement evaluates on: {"train": ...}, {"test": ...} or both."""
-    if split not in ("train", "test", "both"):
-        raise InvalidArgumentError(f"split must be train, test or both, got {split!r}")
-    if isinstance(data, Split):
-        train, test = data.train, data.test
-    else:
-        train, test = as_tensor_data(data), None
-    if split in ("test", "both") and test is None:
-        raise InvalidArgumentError(
-            f"split={split!r} needs a Split with test data; got training data only"
-        )
-    parts = {"train": train} if split in ("train", "both") else {}
-    if split in ("test", "both"):
-        assert test is not None
-        parts["test"] = test
-    return parts
 
 
 def check_ps(ps: Sequence[float]) -> tuple[float, ...]:
@@ -184,4 +163,4 @@ def flip_energy(
     return FlipEnergy(values, samples, int(weights.numel()), base, mean, stderr, raw)
 
 
-__all__ = ["FlipEnergy", "binary_spec", "check_ps", "flip_energy", "measured_parts"]
+__all__ = ["FlipEnergy", "binary_spec", "check_ps", "flip_energy"]

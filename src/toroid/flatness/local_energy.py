@@ -7,13 +7,12 @@ import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from itertools import pairwise
-from typing import Literal
 
 import torch
 from torch import nn
 
 from toroid import progress as progress_helper
-from toroid.data.tensordata import DataLike, Split, TensorData, as_tensor_data
+from toroid.data.tensordata import DataLike, Split, as_tensor_data
 from toroid.errors import InvalidArgumentError
 from toroid.evaluate import (
     AffineFamily,
@@ -21,12 +20,11 @@ from toroid.evaluate import (
     multiplicative_family,
     stack_states,
 )
+from toroid.flatness.parts import SplitName, measured_parts
 from toroid.manifold.perturb import NOISES, Noise, draw_noise, perturbed_state
 from toroid.symmetry.canonical import canonical_state
 from toroid.symmetry.transform import with_state
 from toroid.symmetry.types import SymmetrySpec
-
-SplitName = Literal["train", "test", "both"]
 
 
 @dataclass(frozen=True)
@@ -81,22 +79,6 @@ class LocalEnergy:
         return None
 
 
-def _parts(data: Split | DataLike, split: SplitName) -> dict[str, TensorData]:
-    if isinstance(data, Split):
-        train, test = data.train, data.test
-    else:
-        train, test = as_tensor_data(data), None
-    if split in ("test", "both") and test is None:
-        raise InvalidArgumentError(
-            f"split={split!r} needs a Split with test data; got training data only"
-        )
-    parts = {"train": train} if split in ("train", "both") else {}
-    if split in ("test", "both"):
-        assert test is not None
-        parts["test"] = test
-    return parts
-
-
 def local_energy(
     model: nn.Module,
     data: Split | DataLike,
@@ -138,7 +120,7 @@ def local_energy(
         raise InvalidArgumentError(f"noise must be one of {', '.join(NOISES)}, got {noise!r}")
     if split not in ("train", "test", "both"):
         raise InvalidArgumentError(f"split must be train, test or both, got {split!r}")
-    parts = _parts(data, split)
+    parts = measured_parts(data, split)
     train = as_tensor_data(data.train if isinstance(data, Split) else data)
 
     if noise == "spherical" and not canonical:

@@ -15,7 +15,8 @@ from toroid import progress as progress_helper
 from toroid.data.tensordata import DataLike, Split, as_tensor_data
 from toroid.errors import InvalidArgumentError
 from toroid.evaluate import evaluate_many_parts, stack_states
-from toroid.flatness.flip_energy import SplitName, binary_spec, measured_parts
+from toroid.flatness.flip_energy import binary_spec
+from toroid.flatness.parts import SplitName, measured_parts
 from toroid.manifold.cells import binary_vector, set_binary_vector_
 from toroid.manifold.distance import check_same_architecture
 from toroid.manifold.geodesic import slerp_state

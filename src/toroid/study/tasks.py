@@ -8,7 +8,7 @@ from __future__ import annotations
 import functools
 import json
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -144,6 +144,27 @@ def run_align(task: Task, store: Weights) -> Results:
     return {"alignments": [row]}
 
 
+def _energy_rows(
+    params: Mapping[str, Any], noise: str, levels: Sequence[float], result: Any
+) -> list[dict[str, Any]]:
+    """One row per split and noise level (sigma, or flip probability) of a local energy."""
+    return [
+        {
+            "network": params["network"],
+            "block": params["block"],
+            "split": split,
+            "noise": noise,
+            "sigma": level,
+            "mean": result.mean[split][i],
+            "stderr": result.stderr[split][i],
+            "base": result.base[split],
+            "raw": list(result.raw[split][i]),
+        }
+        for split in result.mean
+        for i, level in enumerate(levels)
+    ]
+
+
 def run_energy(task: Task, store: Weights) -> Results:
     from toroid.flatness import local_energy
 
@@ -160,22 +181,7 @@ def run_energy(task: Task, store: Weights) -> Results:
         device=p["device"],
         progress=False,
     )
-    rows = [
-        {
-            "network": p["network"],
-            "block": p["block"],
-            "split": split,
-            "noise": result.noise,
-            "sigma": sigma,
-            "mean": result.mean[split][i],
-            "stderr": result.stderr[split][i],
-            "base": result.base[split],
-            "raw": list(result.raw[split][i]),
-        }
-        for split in result.mean
-        for i, sigma in enumerate(result.sigmas)
-    ]
-    return {"local_energy": rows}
+    return {"local_energy": _energy_rows(p, result.noise, result.sigmas, result)}
 
 
 def run_distance(task: Task, store: Weights) -> Results:
@@ -291,22 +297,7 @@ def run_flip_energy(task: Task, store: Weights) -> Results:
         device=p["device"],
         progress=False,
     )
-    rows = [
-        {
-            "network": p["network"],
-            "block": p["block"],
-            "split": split,
-            "noise": "flip",
-            "sigma": prob,
-            "mean": result.mean[split][i],
-            "stderr": result.stderr[split][i],
-            "base": result.base[split],
-            "raw": list(result.raw[split][i]),
-        }
-        for split in result.mean
-        for i, prob in enumerate(result.ps)
-    ]
-    return {"local_energy": rows}
+    return {"local_energy": _energy_rows(p, "flip", result.ps, result)}
 
 
 def _flip_row(a: str, b: str, block: str, path: str, ts: Any, curves: Any) -> dict[str, Any]:
