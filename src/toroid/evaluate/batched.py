@@ -11,7 +11,6 @@ same seeded subset that `recompute_bn` uses, so the results equal the one-at-a-t
 
 from __future__ import annotations
 
-import contextlib
 import contextvars
 import copy
 from collections.abc import Mapping, Sequence
@@ -223,7 +222,7 @@ def evaluate_many_parts(
                 chunk = rows.stacked()
             else:
                 chunk = rows.stacked(exclude=reuse.replaced)
-                chunk[reuse.coefficients_name] = reuse.use(rows, state)
+                chunk[reuse.outputs_name] = reuse.use(rows, state)
         if bn_source is not None and bn_names:
             chunk.update(
                 _recomputed_statistics(
@@ -281,10 +280,12 @@ def _check_family(family: AffineFamily, state: Mapping[str, torch.Tensor]) -> No
             )
 
 
-def _minibatch(
-    reuse: InputLayerReuse | None, x: torch.Tensor
-) -> contextlib.AbstractContextManager[None]:
-    return contextlib.nullcontext() if reuse is None else reuse.minibatch(x)
+def _values(
+    reuse: InputLayerReuse | None, chunk: Mapping[str, torch.Tensor], x: torch.Tensor
+) -> tuple[torch.Tensor, ...]:
+    """The per-set tensors for one minibatch (with the reused input layer's outputs)."""
+    values = tuple(chunk.values())
+    return values if reuse is None else reuse.values(list(chunk), values, x)
 
 
 def _call(
@@ -331,8 +332,7 @@ def _recomputed_statistics(
     for start in range(0, index.numel(), batch_size):
         chosen = index[start : start + batch_size].to(data.x.device)
         x = inputs_like(data.x[chosen], next(iter(chunk.values())))
-        with _minibatch(reuse, x):
-            outputs = batched(tuple(chunk.values()), x)
+        outputs = batched(_values(reuse, chunk, x), x)
         sums = (
             list(outputs) if sums is None else [s + o for s, o in zip(sums, outputs, strict=True)]
         )
@@ -364,8 +364,7 @@ def _evaluate_chunk(
     for start in range(0, len(data), batch_size):
         x = inputs_like(data.x[start : start + batch_size], next(iter(chunk.values())))
         y = data.y[start : start + batch_size].to(device)
-        with _minibatch(reuse, x):
-            logits = batched(tuple(chunk.values()), x)  # (K, B, C)
+        logits = batched(_values(reuse, chunk, x), x)  # (K, B, C)
         flat = logits.reshape(-1, logits.shape[-1])
         per_example = F.cross_entropy(flat, y.repeat(k), reduction="none").view(k, -1)
         loss_sum += per_example.double().sum(dim=1)

@@ -6,10 +6,6 @@ of K is exact up to floating-point rounding.
 
 from __future__ import annotations
 
-import contextlib
-import contextvars
-from collections.abc import Iterator
-
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -17,9 +13,6 @@ from torch import nn
 from toroid.evaluate.family import AffineFamily
 
 _LAYERS: tuple[type[nn.Module], ...] = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
-_OUTPUTS: contextvars.ContextVar[tuple[torch.Tensor, torch.Tensor] | None] = contextvars.ContextVar(
-    "toroid_input_layer_outputs", default=None
-)
 
 
 class _Captured(Exception):  # noqa: N818 - control flow, not an error
@@ -55,29 +48,26 @@ def input_layer(model: nn.Module) -> str | None:
 
 
 class _ReusedLayer(nn.Module):
-    """Stands in for the input layer inside the vmapped model: returns the base output
-    plus this set's coefficients times the direction outputs, which `InputLayerReuse`
-    computed once per minibatch for all sets."""
+    """Stands in for the input layer inside the vmapped model: returns its set's slice of
+    the outputs that `InputLayerReuse` combined for all sets of the minibatch (passed as
+    this module's per-set buffer), or, while capturing, hands back the layer's input."""
 
     def __init__(self) -> None:
         super().__init__()
-        self.register_buffer("coefficients", torch.zeros(0))
+        self.register_buffer("outputs", torch.zeros(0))
         self.capture = False
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.capture:
             raise _Captured(x)
-        outputs = _OUTPUTS.get()
-        assert outputs is not None, "input-layer outputs not prepared for this minibatch"
-        base, directions = outputs
-        coefficients: torch.Tensor = self.coefficients  # type: ignore[assignment]
-        combined: torch.Tensor = base + torch.tensordot(coefficients, directions, dims=1)
-        return combined
+        outputs: torch.Tensor = self.outputs  # type: ignore[assignment]
+        return outputs
 
 
 class InputLayerReuse:
-    """Swaps the input layer of `functional` (an eval-mode copy) for `_ReusedLayer` and
-    prepares its outputs per minibatch for the sets of one chunk of a family."""
+    """Swaps the input layer of `functional` (an eval-mode copy) for `_ReusedLayer`; per
+    minibatch, computes the layer for the base and the directions of one chunk of a family
+    and combines them for every set with one matrix product."""
 
     def __init__(self, functional: nn.Module, name: str) -> None:
         self.name = name
@@ -89,9 +79,10 @@ class InputLayerReuse:
         self.functional = functional
         self.weight_name = f"{name}.weight"
         self.bias_name = f"{name}.bias"
-        self.coefficients_name = f"{name}.coefficients"
+        self.outputs_name = f"{name}.outputs"
         self._weights = torch.empty(0)
         self._biases: torch.Tensor | None = None
+        self._coefficients = torch.empty(0)
         self._zero_base = False
 
     @property
@@ -99,8 +90,8 @@ class InputLayerReuse:
         return frozenset({self.weight_name, self.bias_name})
 
     def use(self, family: AffineFamily, base: dict[str, torch.Tensor]) -> torch.Tensor:
-        """Take one chunk's family (restricted to its directions); returns the (K, D)
-        coefficients to pass as the stand-in's per-set tensor."""
+        """Take one chunk's family (restricted to its directions); returns a placeholder
+        for the stand-in's per-set outputs (replaced per minibatch by `values`)."""
         weight = base[self.weight_name]
         directions = family.directions
         count = family.coefficients.shape[1]
@@ -124,7 +115,8 @@ class InputLayerReuse:
             )
             first_bias = [] if self._zero_base else [bias.unsqueeze(0)]
             self._biases = torch.cat([*first_bias, stacked_bias])
-        return family.coefficients.to(dtype=weight.dtype, device=weight.device)
+        self._coefficients = family.coefficients.to(dtype=weight.dtype, device=weight.device)
+        return weight.new_zeros((len(family), 1))
 
     def _layer_input(self, x: torch.Tensor) -> torch.Tensor:
         self.stand_in.capture = True
@@ -136,7 +128,9 @@ class InputLayerReuse:
             self.stand_in.capture = False
         raise RuntimeError(f"the model never called its input layer {self.name!r}")
 
-    def _outputs(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def outputs(self, x: torch.Tensor) -> torch.Tensor:
+        """The input layer's output on minibatch `x` for every set of the chunk, (K, ...):
+        base + sum_d c[k, d] (layer of direction d), as one (fused) matrix product."""
         inputs = self._layer_input(x)
         weights, biases = self._weights, self._biases
         sets = weights.shape[0]
@@ -157,14 +151,18 @@ class InputLayerReuse:
                     for d in range(sets)
                 ]
             )
+        shape = out.shape[1:]
+        flat = out.reshape(sets, -1)
         if self._zero_base:
-            return out.new_zeros(()), out.contiguous()
-        return out[0], out[1:].contiguous()
+            combined = self._coefficients @ flat
+        else:
+            combined = torch.addmm(flat[0], self._coefficients, flat[1:])
+        return combined.view(self._coefficients.shape[0], *shape)
 
-    @contextlib.contextmanager
-    def minibatch(self, x: torch.Tensor) -> Iterator[None]:
-        token = _OUTPUTS.set(self._outputs(x))
-        try:
-            yield
-        finally:
-            _OUTPUTS.reset(token)
+    def values(
+        self, names: list[str], values: tuple[torch.Tensor, ...], x: torch.Tensor
+    ) -> tuple[torch.Tensor, ...]:
+        """The chunk's per-set tensors with this minibatch's input-layer outputs in place."""
+        index = names.index(self.outputs_name)
+        outputs = self.outputs(x)
+        return (*values[:index], outputs, *values[index + 1 :])
