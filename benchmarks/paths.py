@@ -8,7 +8,7 @@ geodesic midpoint). Then a 21-point profile with BatchNorm recomputation through
 evaluate) with the same settings and with the settings of typical peer code (statistics
 over all training inputs, batches of 128). Target: >= 3x.
 
-    .venv/bin/python benchmarks/paths.py [--epochs 60] [--bend-epochs 10] [--points 21]
+    .venv/bin/python benchmarks/paths.py [--epochs 60] [--bend-epochs 30] [--points 21]
 """
 
 from __future__ import annotations
@@ -49,7 +49,7 @@ def point_by_point(path: object, split: object, ts: tuple[float, ...], **setting
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--epochs", type=int, default=60)
-    parser.add_argument("--bend-epochs", type=int, default=10)
+    parser.add_argument("--bend-epochs", type=int, default=30)
     parser.add_argument("--points", type=int, default=21)
     parser.add_argument("--loop-points", type=int, default=7)
     args = parser.parse_args()
