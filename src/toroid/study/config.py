@@ -124,7 +124,7 @@ class LocalEnergySpec(_Strict):
     noise: Literal["multiplicative", "spherical"] = "multiplicative"
     split: Literal["train", "test", "both"] = "both"
     bn_samples: int = Field(default=2000, gt=1)
-    summary_sigmas: list[float] = Field(default_factory=lambda: [0.1, 0.3])
+    summary_sigmas: list[float] = Field(default_factory=lambda: [0.3, 0.1])
 
     _grid = field_validator("sigmas", mode="before")(parse_grid)
 
