@@ -42,7 +42,7 @@ def run(preset: str, seed: int, split: Any, args: argparse.Namespace) -> dict[st
     result = fit(
         build({**CONFIG, "widths": args.widths}, seed=derive_seed(seed, "init")),
         split,
-        optimizer=preset,
+        optimizer={"name": preset, **args.hparams},
         epochs=epochs,
         schedule="cosine",
         seed=seed,
@@ -91,6 +91,12 @@ def main() -> None:
     parser.add_argument("--le-samples", type=int, default=8)
     parser.add_argument("--test-size", type=int, default=10000)
     parser.add_argument("--json", default=None, help="also write every run to this file")
+    parser.add_argument(
+        "--hparam",
+        action="append",
+        default=[],
+        help="KEY=VALUE for every preset run (e.g. gamma0=0.03), to tune within published ranges",
+    )
     args = parser.parse_args()
     presets = [p.strip() for p in args.presets.split(",") if p.strip()]
     unknown = sorted(set(presets) - set(PRESETS))
@@ -98,6 +104,7 @@ def main() -> None:
         parser.error(f"unknown presets {unknown}; valid: {', '.join(PRESETS)}")
     args.sigmas = [float(s) for s in args.sigmas.split(",")]
     args.widths = [int(w) for w in args.widths.split(",")]
+    args.hparams = {k: json.loads(v) for k, v in (item.split("=", 1) for item in args.hparam)}
 
     split, source = fashion_mnist_10k(test_size=args.test_size)
     print(
