@@ -10,6 +10,7 @@ from torch import nn
 from toroid.errors import InvalidArgumentError
 from toroid.evaluate import (
     evaluate,
+    evaluate_in_chunks,
     evaluate_many,
     evaluate_many_parts,
     recompute_bn,
@@ -213,3 +214,32 @@ def test_stack_states_refuses_mismatched_sets() -> None:
     states[1] = {k: v[..., :1] if v.dim() else v for k, v in states[1].items()}
     with pytest.raises(InvalidArgumentError, match="state 1 differs"):
         stack_states(states)
+
+
+def test_evaluate_in_chunks_equals_one_call_on_all_sets() -> None:
+    model = _model().eval()
+    x, y = _data(60)
+    states = _perturbed_states(model, 7)
+    options = {"bn": "recompute", "bn_data": (x, y), "bn_samples": 40, "bn_batch_size": 10}
+    whole = evaluate_many_parts(model, stack_states(states), {"d": (x, y)}, **options)["d"]  # type: ignore[arg-type]
+    built: list[tuple[int, int]] = []
+    reported: list[int] = []
+
+    def sets(start: int, stop: int) -> dict[str, torch.Tensor]:
+        built.append((start, stop))
+        return stack_states(states[start:stop])
+
+    chunked = evaluate_in_chunks(
+        model,
+        sets,
+        7,
+        {"d": (x, y)},
+        chunk_size=3,
+        on_chunk=reported.append,
+        **options,  # type: ignore[arg-type]
+    )["d"]
+    assert built == [(0, 3), (3, 6), (6, 7)] and reported == [3, 3, 1]
+    assert torch.equal(chunked.error, whole.error) and chunked.n == whole.n
+    torch.testing.assert_close(chunked.loss, whole.loss, rtol=1e-12, atol=0)
+    with pytest.raises(InvalidArgumentError, match="chunk_size"):
+        evaluate_in_chunks(model, sets, 7, {"d": (x, y)}, chunk_size=0)

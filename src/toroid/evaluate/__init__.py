@@ -3,6 +3,7 @@ the one hot loop every measurement uses."""
 
 from toroid.evaluate.batched import (
     ManyMetrics,
+    evaluate_in_chunks,
     evaluate_many,
     evaluate_many_parts,
     stack_states,
@@ -16,6 +17,7 @@ __all__ = [
     "ManyMetrics",
     "Metrics",
     "evaluate",
+    "evaluate_in_chunks",
     "evaluate_many",
     "evaluate_many_parts",
     "multiplicative_family",

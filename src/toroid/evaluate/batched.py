@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import contextvars
 import copy
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -371,3 +371,54 @@ def _evaluate_chunk(
         wrong += (logits.argmax(dim=2) != y).sum(dim=1)
     n = len(data)
     return wrong.double().cpu() / n, loss_sum.cpu() / n
+
+
+def evaluate_in_chunks(
+    model: nn.Module,
+    sets: Callable[[int, int], Mapping[str, torch.Tensor] | AffineFamily],
+    count: int,
+    parts: Mapping[str, DataLike],
+    *,
+    chunk_size: int,
+    bn: BNPolicy = "recompute",
+    bn_data: DataLike | None = None,
+    bn_samples: int | None = 2000,
+    bn_batch_size: int = 500,
+    batch_size: int = 500,
+    seed: int = 0,
+    max_sets: int = 16,
+    on_chunk: Callable[[int], None] | None = None,
+) -> dict[str, ManyMetrics]:
+    """`evaluate_many_parts` on `count` parameter sets that are built only `chunk_size`
+    at a time (`sets(start, stop)` gives sets start..stop-1), so that memory holds one
+    chunk's parameters, never all of them. `on_chunk(n)` is called after each chunk of n
+    sets (for progress). Results are concatenated in set order."""
+    if chunk_size <= 0:
+        raise InvalidArgumentError(f"chunk_size must be positive, got {chunk_size}")
+    errors: dict[str, list[torch.Tensor]] = {name: [] for name in parts}
+    losses: dict[str, list[torch.Tensor]] = {name: [] for name in parts}
+    sizes: dict[str, int] = {}
+    for start in range(0, count, chunk_size):
+        stop = min(start + chunk_size, count)
+        results = evaluate_many_parts(
+            model,
+            sets(start, stop),
+            parts,
+            bn=bn,
+            bn_data=bn_data,
+            bn_samples=bn_samples,
+            bn_batch_size=bn_batch_size,
+            batch_size=batch_size,
+            seed=seed,
+            max_sets=max_sets,
+        )
+        for name, metrics in results.items():
+            errors[name].append(metrics.error)
+            losses[name].append(metrics.loss)
+            sizes[name] = metrics.n
+        if on_chunk is not None:
+            on_chunk(stop - start)
+    return {
+        name: ManyMetrics(torch.cat(errors[name]), torch.cat(losses[name]), sizes[name])
+        for name in parts
+    }

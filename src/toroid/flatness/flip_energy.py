@@ -15,7 +15,7 @@ from torch import nn
 from toroid import progress as progress_helper
 from toroid.data.tensordata import DataLike, Split, as_tensor_data
 from toroid.errors import InvalidArgumentError
-from toroid.evaluate import evaluate_many_parts, stack_states
+from toroid.evaluate import evaluate_in_chunks, stack_states
 from toroid.flatness.parts import SplitName, measured_parts
 from toroid.manifold.cells import binary_vector, set_binary_vector_
 from toroid.symmetry.canonical import canonical_state
@@ -122,31 +122,32 @@ def flip_energy(
         None,
         *((i, s) for i in range(len(values)) for s in range(samples)),
     ]
-    errors = {name: torch.empty(len(jobs), dtype=torch.float64) for name in parts}
+
+    def sets(begin: int, stop: int) -> dict[str, torch.Tensor]:
+        return stack_states(
+            [
+                {n: state[n] for n in names} if job is None else flipped(values[job[0]], job[1])
+                for job in jobs[begin:stop]
+            ]
+        )
+
     with progress_helper.task("flip local energy", len(jobs), enabled=progress) as reporter:
-        for start in range(0, len(jobs), max_sets):
-            chunk = jobs[start : start + max_sets]
-            stacked = stack_states(
-                [
-                    {n: state[n] for n in names} if job is None else flipped(values[job[0]], job[1])
-                    for job in chunk
-                ]
-            )
-            results = evaluate_many_parts(
-                center,
-                stacked,
-                parts,
-                bn="recompute",
-                bn_data=train,
-                bn_samples=bn_samples,
-                bn_batch_size=bn_batch_size,
-                batch_size=batch_size,
-                seed=seed,
-                max_sets=max_sets,
-            )
-            for name, result in results.items():
-                errors[name][start : start + len(chunk)] = result.error
-            reporter.advance(len(chunk))
+        measured = evaluate_in_chunks(
+            center,
+            sets,
+            len(jobs),
+            parts,
+            chunk_size=max_sets,
+            bn="recompute",
+            bn_data=train,
+            bn_samples=bn_samples,
+            bn_batch_size=bn_batch_size,
+            batch_size=batch_size,
+            seed=seed,
+            max_sets=max_sets,
+            on_chunk=reporter.advance,
+        )
+    errors = {name: metrics.error for name, metrics in measured.items()}
 
     base = {name: float(errors[name][0]) for name in parts}
     mean: dict[str, tuple[float, ...]] = {}

@@ -16,7 +16,7 @@ from toroid.data.tensordata import DataLike, Split, as_tensor_data
 from toroid.errors import InvalidArgumentError
 from toroid.evaluate import (
     AffineFamily,
-    evaluate_many_parts,
+    evaluate_in_chunks,
     multiplicative_family,
     stack_states,
 )
@@ -149,7 +149,6 @@ def local_energy(
     jobs: list[tuple[int, int] | None] = [*pairs, None]
     per_draw = max(1, len(pairs) // samples)
     chunk_size = max_sets // per_draw * per_draw if per_draw <= max_sets else max_sets
-    errors = {name: torch.empty(len(jobs), dtype=torch.float64) for name in parts}
     family = (
         multiplicative_family(
             {n: state[n] for n in names},
@@ -159,42 +158,42 @@ def local_energy(
         if noise == "multiplicative"
         else None
     )
+
+    def sets(begin: int, stop: int) -> AffineFamily | dict[str, torch.Tensor]:
+        if family is not None:
+            return family.rows(begin, stop)
+        return stack_states(
+            [
+                {n: state[n] for n in names}
+                if job is None
+                else {
+                    n: v
+                    for n, v in perturbed_state(
+                        state, values[job[0]], directions[job[1]], kind=noise, spec=spec
+                    ).items()
+                    if n in directions[job[1]]
+                }
+                for job in jobs[begin:stop]
+            ]
+        )
+
     with progress_helper.task(f"local energy ({noise})", len(jobs), enabled=progress) as reporter:
-        for start in range(0, len(jobs), chunk_size):
-            chunk = jobs[start : start + chunk_size]
-            sets: AffineFamily | dict[str, torch.Tensor]
-            if family is not None:
-                sets = family.rows(start, start + len(chunk))
-            else:
-                sets = stack_states(
-                    [
-                        {n: state[n] for n in names}
-                        if job is None
-                        else {
-                            n: v
-                            for n, v in perturbed_state(
-                                state, values[job[0]], directions[job[1]], kind=noise, spec=spec
-                            ).items()
-                            if n in directions[job[1]]
-                        }
-                        for job in chunk
-                    ]
-                )
-            results = evaluate_many_parts(
-                center,
-                sets,
-                parts,
-                bn="recompute",
-                bn_data=train,
-                bn_samples=bn_samples,
-                bn_batch_size=bn_batch_size,
-                batch_size=batch_size,
-                seed=seed,
-                max_sets=max_sets,
-            )
-            for name, result in results.items():
-                errors[name][start : start + len(chunk)] = result.error
-            reporter.advance(len(chunk))
+        measured = evaluate_in_chunks(
+            center,
+            sets,
+            len(jobs),
+            parts,
+            chunk_size=chunk_size,
+            bn="recompute",
+            bn_data=train,
+            bn_samples=bn_samples,
+            bn_batch_size=bn_batch_size,
+            batch_size=batch_size,
+            seed=seed,
+            max_sets=max_sets,
+            on_chunk=reporter.advance,
+        )
+    errors = {name: metrics.error for name, metrics in measured.items()}
 
     position = {job: k for k, job in enumerate(jobs) if job is not None}
     base = {name: float(errors[name][-1]) for name in parts}

@@ -14,7 +14,7 @@ from torch import nn
 from toroid import progress as progress_helper
 from toroid.data.tensordata import DataLike, Split, as_tensor_data
 from toroid.errors import InvalidArgumentError
-from toroid.evaluate import evaluate_many_parts, stack_states
+from toroid.evaluate import evaluate_in_chunks, stack_states
 from toroid.flatness.flip_energy import binary_spec
 from toroid.flatness.parts import SplitName, measured_parts
 from toroid.manifold.cells import binary_vector, set_binary_vector_
@@ -175,27 +175,24 @@ def flip_path(
     # Set 0 is a, set 1 is b; then the interior points of every order.
     jobs: list[tuple[int, int]] = [(0, 0), (0, points - 1)]
     jobs += [(o, j) for o in range(orders) for j in range(1, points - 1)]
-    errors = {name: torch.empty(len(jobs), dtype=torch.float64) for name in parts}
-    losses = {name: torch.empty(len(jobs), dtype=torch.float64) for name in parts}
     with progress_helper.task("flip path", len(jobs), enabled=progress) as reporter:
-        for start in range(0, len(jobs), max_sets):
-            chunk = jobs[start : start + max_sets]
-            results = evaluate_many_parts(
-                center,
-                stack_states([point(o, j) for o, j in chunk]),
-                parts,
-                bn="recompute",
-                bn_data=train,
-                bn_samples=bn_samples,
-                bn_batch_size=bn_batch_size,
-                batch_size=batch_size,
-                seed=seed,
-                max_sets=max_sets,
-            )
-            for name, metrics in results.items():
-                errors[name][start : start + len(chunk)] = metrics.error
-                losses[name][start : start + len(chunk)] = metrics.loss
-            reporter.advance(len(chunk))
+        measured = evaluate_in_chunks(
+            center,
+            lambda begin, stop: stack_states([point(o, j) for o, j in jobs[begin:stop]]),
+            len(jobs),
+            parts,
+            chunk_size=max_sets,
+            bn="recompute",
+            bn_data=train,
+            bn_samples=bn_samples,
+            bn_batch_size=bn_batch_size,
+            batch_size=batch_size,
+            seed=seed,
+            max_sets=max_sets,
+            on_chunk=reporter.advance,
+        )
+    errors = {name: metrics.error for name, metrics in measured.items()}
+    losses = {name: metrics.loss for name, metrics in measured.items()}
 
     def profiles(values: torch.Tensor) -> tuple[tuple[float, ...], ...]:
         interior = values[2:].view(orders, points - 2)

@@ -12,7 +12,7 @@ import torch
 from toroid import progress as progress_helper
 from toroid.data.tensordata import DataLike, Split, TensorData, as_tensor_data
 from toroid.errors import InvalidArgumentError
-from toroid.evaluate import BNPolicy, ManyMetrics, evaluate_many_parts
+from toroid.evaluate import BNPolicy, ManyMetrics, evaluate_in_chunks
 from toroid.paths.path import Path, uniform_ts
 
 BarrierKind = Literal["max_minus_mean", "max_minus_linear", "max"]
@@ -140,24 +140,24 @@ def profile(
     results: dict[float, dict[str, tuple[float, float]]] = {}
 
     def measure(new: Sequence[float], reporter: progress_helper.Reporter) -> None:
-        for start in range(0, len(new), max_sets):
-            chunk = list(new[start : start + max_sets])
-            sets = path.sets(chunk)
-            measured = evaluate_many_parts(
-                path.template,
-                sets,
-                parts,
-                bn=bn,
-                bn_data=train,
-                bn_samples=bn_samples,
-                bn_batch_size=bn_batch_size,
-                batch_size=batch_size,
-                seed=seed,
-                max_sets=max_sets,
-            )
-            for k, t in enumerate(chunk):
-                results[t] = {name: _pair(m, k) for name, m in measured.items()}
-            reporter.advance(len(chunk))
+        points = list(new)
+        measured = evaluate_in_chunks(
+            path.template,
+            lambda begin, stop: path.sets(points[begin:stop]),
+            len(points),
+            parts,
+            chunk_size=max_sets,
+            bn=bn,
+            bn_data=train,
+            bn_samples=bn_samples,
+            bn_batch_size=bn_batch_size,
+            batch_size=batch_size,
+            seed=seed,
+            max_sets=max_sets,
+            on_chunk=reporter.advance,
+        )
+        for k, t in enumerate(points):
+            results[t] = {name: _pair(m, k) for name, m in measured.items()}
 
     with progress_helper.task(
         f"{path.kind} path profile", len(grid) + 2 * refine, enabled=progress
