@@ -27,7 +27,7 @@ from toroid.manifold import (
     slerp,
     slerp_state,
 )
-from toroid.manifold.distance import DistanceKind, cell_angles
+from toroid.manifold.distance import DistanceKind, cell_angles, distances
 from toroid.models import mlp
 from toroid.symmetry import (
     SymmetrySpec,
@@ -217,6 +217,19 @@ def test_distance_matches_slow_baseline(name: str) -> None:
         d = distance(a, b, kind=kind, align=False, spec=spec)
         assert d.value == pytest.approx(slow[kind], abs=1e-9), kind
         assert d.value > 0.01
+
+
+@pytest.mark.parametrize("name", ["mlp_bn", "tanh_bn"])
+def test_distances_with_one_alignment_equal_each_kind_alone(name: str) -> None:
+    case = CASES[name]
+    a, b, spec = case.model(0), case.model(1), case.spec()
+    together = distances(a, b, spec=spec, per_layer=True)
+    assert list(together) == list(KINDS)
+    for kind in KINDS:
+        alone = distance(a, b, kind=kind, spec=spec, per_layer=True)  # type: ignore[arg-type]
+        assert together[kind] == alone
+    with pytest.raises(InvalidArgumentError, match="at least one"):
+        distances(a, b, kinds=(), spec=spec)
 
 
 # ================================================================ distance: one model, one pair

@@ -2,7 +2,7 @@
 random perturbations."""
 
 from toroid.manifold.cells import cell_families, cell_matrix, cell_tensors, set_cell_matrix_
-from toroid.manifold.distance import Distance, distance
+from toroid.manifold.distance import Distance, distance, distances
 from toroid.manifold.geodesic import geodesic_midpoint, slerp, slerp_state
 from toroid.manifold.perturb import Noise, perturb, perturbed_state
 
@@ -13,6 +13,7 @@ __all__ = [
     "cell_matrix",
     "cell_tensors",
     "distance",
+    "distances",
     "geodesic_midpoint",
     "perturb",
     "perturbed_state",

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import copy
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
@@ -135,7 +135,26 @@ def distance(
     seed: int = 0,
     over: CellScope = "auto",
 ) -> Distance:
-    """The distance between networks `a` and `b` (same architecture) on the toroid.
+    """The `kind` distance between `a` and `b`; see `distances`."""
+    result = distances(
+        a, b, kinds=(kind,), per_layer=per_layer, align=align, spec=spec, seed=seed, over=over
+    )
+    return result[kind]
+
+
+def distances(
+    a: nn.Module,
+    b: nn.Module,
+    *,
+    kinds: Sequence[DistanceKind] = ("geodesic", "mean_angle", "overlap"),
+    per_layer: bool = False,
+    align: bool = True,
+    spec: SymmetrySpec | None = None,
+    seed: int = 0,
+    over: CellScope = "auto",
+) -> dict[str, Distance]:
+    """Several kinds of distance from one canonicalization and one alignment (keyed by
+    kind): the distances between networks `a` and `b` (same architecture) on the toroid.
 
     Both are put in canonical form (output layer normalized) in float64 and, unless
     `align=False`, b is aligned to a by weight matching (`toroid.symmetry.align`, seeded by
@@ -153,7 +172,10 @@ def distance(
     layers; canonical form stores them as +-1), where `overlap` is the normalized Hamming
     distance of the sign weights; `"all"` takes every cell, BatchNorm pairs included;
     `"auto"` (the default) means binary for a network with binary layers, else all."""
-    check_kind(kind)
+    if not kinds:
+        raise InvalidArgumentError(f"kinds must name at least one of {', '.join(KINDS)}")
+    for kind in kinds:
+        check_kind(kind)
     check_scope(over)
     check_same_architecture(a.state_dict(), b.state_dict())
     from toroid.symmetry.derive import spec_for
@@ -191,20 +213,23 @@ def distance(
             f"{type(a).__name__} has no cells (no scale-symmetric unit, no output layer): "
             "distances on the toroid are not defined for it"
         )
-    breakdown = None
-    if per_layer:
-        breakdown = {
-            name: _summarize(kind, [th], [dim])
-            for name, th, dim in zip(names, thetas, dims, strict=True)
-        }
-    return Distance(
-        value=_summarize(kind, thetas, dims),
-        kind=kind,
-        aligned=align,
-        cells=cells,
-        per_layer=breakdown,
-        over=scope,
-    )
+    out: dict[str, Distance] = {}
+    for kind in kinds:
+        breakdown = None
+        if per_layer:
+            breakdown = {
+                name: _summarize(kind, [th], [dim])
+                for name, th, dim in zip(names, thetas, dims, strict=True)
+            }
+        out[kind] = Distance(
+            value=_summarize(kind, thetas, dims),
+            kind=kind,
+            aligned=align,
+            cells=cells,
+            per_layer=breakdown,
+            over=scope,
+        )
+    return out
 
 
 __all__ = [
@@ -215,5 +240,6 @@ __all__ = [
     "DistanceKind",
     "cell_angles",
     "distance",
+    "distances",
     "normalize_rows",
 ]

@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from toroid.data import Split, load
-from toroid.manifold.distance import distance
+from toroid.manifold.distance import distances
 from toroid.models import build
 from toroid.paths import fit_bend, make_path, profile, retrain_midpoint
 from toroid.paths.profile import Profile
@@ -187,20 +187,19 @@ def run_energy(task: Task, store: Weights) -> Results:
 def run_distance(task: Task, store: Weights) -> Results:
     p = task.params
     a, b = _canonical(store, p["a"]), _canonical(store, p["b"])
-    spec = spec_for(a)
-    rows = []
-    for kind in p["kinds"]:
-        result = distance(a, b, kind=kind, spec=spec)
-        rows.append(
-            {
-                "a": p["a"],
-                "b": p["b"],
-                "block": p["block"],
-                "kind": kind,
-                "value": result.value,
-                "aligned": True,
-            }
-        )
+    # One alignment for every kind.
+    results = distances(a, b, kinds=p["kinds"], spec=spec_for(a))
+    rows = [
+        {
+            "a": p["a"],
+            "b": p["b"],
+            "block": p["block"],
+            "kind": kind,
+            "value": r.value,
+            "aligned": True,
+        }
+        for kind, r in results.items()
+    ]
     return {"distances": rows}
 
 
