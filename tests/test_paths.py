@@ -280,3 +280,17 @@ def test_bad_input_is_refused(minimizers: tuple[nn.Module, nn.Module], data: Spl
     other = build({**CONFIG, "widths": [24, 8]}, seed=0).double()
     with pytest.raises(InvalidArgumentError):
         linear(a, other)
+
+
+def test_a_path_moved_to_a_device_is_a_copy(
+    minimizers: tuple[nn.Module, nn.Module], data: Split
+) -> None:
+    a, b = minimizers
+    path = geodesic(a, b)
+    moved = path.to("cpu")
+    assert moved is not path and moved.template is not path.template
+    assert type(moved) is type(path) and moved.kind == path.kind
+    assert all(torch.equal(moved.a[k], v) for k, v in path.a.items())
+    here = profile(path, _double(data), points=3, progress=False, **BN)
+    there = profile(path, _double(data), points=3, progress=False, device="cpu", **BN)
+    assert here == there

@@ -9,6 +9,7 @@ to `evaluate_many` as an `AffineFamily`. The geodesic slerps every cell (DESIGN.
 
 from __future__ import annotations
 
+import copy
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -106,7 +107,11 @@ class Path:
         return {k: torch.stack([s[k] for s in states]) for k in _floating(self.a)}
 
     def to(self, device: str | torch.device) -> Path:
-        raise NotImplementedError
+        """A copy of the path on `device` (this one is left where it is)."""
+        moved = copy.copy(self)
+        moved.template = copy.deepcopy(self.template).to(device)
+        moved.anchors = tuple({k: v.to(device) for k, v in a.items()} for a in self.anchors)
+        return moved
 
 
 class AffinePath(Path):
@@ -144,10 +149,6 @@ class AffinePath(Path):
             {k: torch.stack([anchor[k] for anchor in self.anchors]) for k in names},
             coefficients,
         )
-
-    def to(self, device: str | torch.device) -> Path:
-        moved = [{k: v.to(device) for k, v in anchor.items()} for anchor in self.anchors]
-        return type(self)(self.template.to(device), moved)
 
 
 class LinearPath(AffinePath):
@@ -216,10 +217,6 @@ class GeodesicPath(Path):
             v = normalize_rows(cell_matrix(self.b, cell, size).double())
             total += float(cell_angles(u, v).pow(2).sum())
         return math.sqrt(total)
-
-    def to(self, device: str | torch.device) -> Path:
-        moved = [{k: v.to(device) for k, v in anchor.items()} for anchor in self.anchors]
-        return GeodesicPath(self.template.to(device), moved, self.spec)
 
 
 def _template(model: nn.Module, state: State) -> nn.Module:
