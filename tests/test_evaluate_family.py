@@ -182,3 +182,100 @@ def test_family_validates_its_shapes() -> None:
     empty = AffineFamily({}, {}, torch.zeros(0, 0))
     with pytest.raises(InvalidArgumentError, match="no parameter sets"):
         evaluate_many_parts(model, empty, {"data": (x, y)}, bn="keep")
+
+
+def _unit_family(
+    model: nn.Module, *, zero_base: bool, along_inputs: str | None
+) -> tuple[AffineFamily, dict[str, torch.Tensor]]:
+    """K = 5 sets over D = 2 directions whose weights differ per output unit (dim 0) of
+    every tensor, like the geodesic's per-cell weights; `along_inputs` names a tensor whose
+    weights vary along its other axes too. Returns the family and the same sets built one
+    by one, element by element (the slow path), stacked."""
+    state = model.state_dict()
+    names = [n for n, _ in model.named_parameters()]
+    gen = torch.Generator().manual_seed(5)
+    base = {n: torch.zeros_like(state[n]) if zero_base else state[n] for n in names}
+    directions = {
+        n: torch.stack(
+            [
+                state[n] + 0.3 * torch.randn(state[n].shape, generator=gen, dtype=state[n].dtype)
+                for _ in range(2)
+            ]
+        )
+        for n in names
+    }
+    sets = 5
+    coefficients = torch.rand(sets, 2, generator=gen, dtype=torch.float64)
+    units = {}
+    for n in names:
+        shape = [sets, 2, state[n].shape[0]] + [1] * (state[n].dim() - 1)
+        if n == along_inputs:
+            shape = [sets, 2, *state[n].shape]
+        units[n] = torch.rand(shape, generator=gen, dtype=torch.float64)
+    units.pop(names[-1])  # the last tensor keeps the scalar coefficients
+    family = AffineFamily(base, directions, coefficients, units)
+    slow = {}
+    for n in names:
+        per_set = []
+        for k in range(sets):
+            value = base[n].clone()
+            for d in range(2):
+                w = units[n][k, d] if n in units else coefficients[k, d]
+                value = value + w * directions[n][d]
+            per_set.append(value)
+        slow[n] = torch.stack(per_set)
+    return family, slow
+
+
+@pytest.mark.parametrize("name", ["mlp-bn", "mlp-no-bn", "lenet5", "conv1d-bias"])
+@pytest.mark.parametrize("zero_base", [False, True])
+def test_a_family_weighed_per_unit_equals_the_stacked_sets(
+    name: str, zero_base: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    make, shape, layer = CASES[name]
+    assert layer is not None
+    reused: list[int] = []
+    original = InputLayerReuse.outputs
+
+    def counted(self: InputLayerReuse, x: torch.Tensor) -> torch.Tensor:
+        reused.append(x.shape[0])
+        return original(self, x)
+
+    monkeypatch.setattr(InputLayerReuse, "outputs", counted)
+    model = make().double().eval()
+    gen = torch.Generator().manual_seed(2)
+    x = torch.randn(48, *shape, generator=gen, dtype=torch.float64)
+    y = torch.randint(0, 3, (48,), generator=gen)
+    options = {
+        "bn": "recompute",
+        "bn_data": (x, y),
+        "bn_samples": 32,
+        "bn_batch_size": 16,
+        "batch_size": 16,
+        "seed": 1,
+        "max_sets": 2,
+    }
+    family, slow = _unit_family(model, zero_base=zero_base, along_inputs=None)
+    torch.testing.assert_close(family.stacked(), slow, rtol=0, atol=1e-13)
+    fast = evaluate_many_parts(model, family, {"data": (x, y)}, **options)["data"]  # type: ignore[arg-type]
+    reference = evaluate_many_parts(model, slow, {"data": (x, y)}, **options)["data"]  # type: ignore[arg-type]
+    assert torch.equal(fast.error, reference.error)
+    torch.testing.assert_close(fast.loss, reference.loss, rtol=1e-10, atol=1e-12)
+    assert fast.loss.unique().numel() > 1
+    assert reused  # per-unit weights keep the input layer's reuse
+
+    reused.clear()
+    family, slow = _unit_family(model, zero_base=zero_base, along_inputs=f"{layer}.weight")
+    fast = evaluate_many_parts(model, family, {"data": (x, y)}, **options)["data"]  # type: ignore[arg-type]
+    reference = evaluate_many_parts(model, slow, {"data": (x, y)}, **options)["data"]  # type: ignore[arg-type]
+    torch.testing.assert_close(fast.loss, reference.loss, rtol=1e-10, atol=1e-12)
+    assert not reused  # weights that vary along the inputs rule reuse out
+
+
+def test_unit_coefficients_are_validated() -> None:
+    base = {"w": torch.ones(3, 2)}
+    directions = {"w": torch.ones(1, 3, 2)}
+    with pytest.raises(InvalidArgumentError, match="broadcastable"):
+        AffineFamily(base, directions, torch.ones(4, 1), {"w": torch.ones(4, 1, 2, 1)})
+    with pytest.raises(InvalidArgumentError, match="no direction"):
+        AffineFamily(base, {}, torch.ones(4, 0), {"w": torch.ones(4, 0, 3, 1)})

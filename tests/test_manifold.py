@@ -14,7 +14,7 @@ import pytest
 import torch
 from torch import nn
 
-from tests.symmetry_models import CASES, one_thread
+from tests.symmetry_models import CASES, CONTINUOUS, one_thread
 from toroid.errors import InvalidArgumentError
 from toroid.manifold import (
     Distance,
@@ -25,7 +25,9 @@ from toroid.manifold import (
     geodesic_midpoint,
     set_cell_matrix_,
     slerp,
+    slerp_coefficients,
     slerp_state,
+    slerp_weights,
 )
 from toroid.manifold.distance import DistanceKind, cell_angles, distances
 from toroid.models import mlp
@@ -513,3 +515,50 @@ def test_cell_angles_of_zero_rows() -> None:
     assert float(cell_angles(zero, zero)[0]) == 0.0
     assert float(cell_angles(zero, unit)[0]) == pytest.approx(math.pi / 2, abs=1e-15)
     assert float(cell_angles(unit, -unit)[0]) == pytest.approx(math.pi, abs=1e-15)
+
+
+@pytest.mark.parametrize("name", CONTINUOUS)
+def test_slerp_weights_reproduce_slerp_state(name: str) -> None:
+    """The geodesic as weights of its ends, w[k, 0] a + w[k, 1] b per tensor, equals
+    slerp_state at every t; exactly at the ends; tensors outside cells are left to the
+    caller's linear weights."""
+    a, b, spec = aligned_pair(name)
+    sa, sb = a.state_dict(), b.state_dict()
+    ts = (0.0, 0.2, 0.5, 0.9, 1.0)
+    weights = slerp_weights(sa, sb, ts, spec)
+    assert weights is not None
+    assert set(weights) == cell_tensors(spec)
+    for k, t in enumerate(ts):
+        expected = slerp_state(sa, sb, t, spec)
+        for tensor, w in weights.items():
+            combined = w[k, 0] * sa[tensor] + w[k, 1] * sb[tensor]
+            if t in (0.0, 1.0):
+                assert torch.equal(combined, expected[tensor]), (tensor, t)
+            else:
+                torch.testing.assert_close(combined, expected[tensor], rtol=0, atol=1e-12)
+    if spec.cells:  # hidden cells: their units move by different angles, so weights differ
+        middle = [w[2, 0] for w in weights.values()]
+        assert any(w.numel() > 1 and not torch.all(w == w.flatten()[0]) for w in middle)
+
+
+def test_slerp_coefficients_of_many_t_equal_one_t_at_a_time() -> None:
+    rows_a = torch.randn(6, 5, generator=gen(0), dtype=torch.float64)
+    rows_b = torch.randn(6, 5, generator=gen(1), dtype=torch.float64)
+    rows_b[1] = rows_a[1]  # identical: (1, 0)
+    rows_a[2] = 0.0  # zero row: linear
+    rows_b[3] = 2.5 * rows_a[3]  # parallel, other norm: the linear fallback
+    ts = (0.0, 0.1, 0.5, 0.75, 1.0)
+    alpha, beta = slerp_coefficients(rows_a, rows_b, ts)
+    assert alpha.shape == beta.shape == (len(ts), 6)
+    for k, t in enumerate(ts):
+        one_a, one_b = slerp_coefficients(rows_a, rows_b, [t])
+        assert torch.equal(alpha[k], one_a[0]) and torch.equal(beta[k], one_b[0])
+    assert alpha[0].eq(1).all() and beta[0].eq(0).all()
+    assert alpha[-1].eq(0).all() and beta[-1].eq(1).all()
+    assert alpha[1:-1, 1].eq(1).all() and beta[1:-1, 1].eq(0).all()
+    torch.testing.assert_close(alpha[:, 2], 1 - torch.tensor(ts, dtype=torch.float64))
+    torch.testing.assert_close(beta[:, 2], torch.tensor(ts, dtype=torch.float64))
+    # parallel rows of norms 1 and 2.5 (in units of |a|): the norm goes linearly from one
+    # to the other, so alpha a + beta b = (1 + 1.5 t) a.
+    scale = alpha[:, 3] + 2.5 * beta[:, 3]
+    torch.testing.assert_close(scale, 1 + 1.5 * torch.tensor(ts, dtype=torch.float64))

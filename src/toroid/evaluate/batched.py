@@ -206,7 +206,7 @@ def evaluate_many_parts(
     reuse = None
     if family is not None:
         layer = input_layer(model)
-        if layer is not None:
+        if layer is not None and InputLayerReuse.applies(family, layer):
             reuse = InputLayerReuse(functional, layer)
     own = set(functional.state_dict())
     shared_state = {k: v for k, v in state.items() if k in own}

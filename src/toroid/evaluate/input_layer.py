@@ -83,11 +83,23 @@ class InputLayerReuse:
         self._weights = torch.empty(0)
         self._biases: torch.Tensor | None = None
         self._coefficients = torch.empty(0)
+        self._unit_weights: torch.Tensor | None = None
+        self._unit_biases: torch.Tensor | None = None
         self._zero_base = False
 
     @property
     def replaced(self) -> frozenset[str]:
         return frozenset({self.weight_name, self.bias_name})
+
+    @staticmethod
+    def applies(family: AffineFamily, name: str) -> bool:
+        """Whether the input layer `name` can be reused for `family`: its weight's and
+        bias's coefficients are scalars or vary only along the output axis (dim 0)."""
+        return all(
+            all(size == 1 for size in family.unit_coefficients[tensor].shape[3:])
+            for tensor in (f"{name}.weight", f"{name}.bias")
+            if tensor in family.unit_coefficients
+        )
 
     def use(self, family: AffineFamily, base: dict[str, torch.Tensor]) -> torch.Tensor:
         """Take one chunk's family (restricted to its directions); returns a placeholder
@@ -105,18 +117,48 @@ class InputLayerReuse:
         self._zero_base = not weight.any() and (bias is None or not bias.any())
         first = [] if self._zero_base else [weight.unsqueeze(0)]
         self._weights = torch.cat([*first, stacked_weight])
-        if bias is None:
-            self._biases = None
-        else:
+        per_unit = any(
+            name in family.unit_coefficients for name in (self.weight_name, self.bias_name)
+        )
+        stacked_bias = None
+        if bias is not None:
             stacked_bias = (
                 directions[self.bias_name]
                 if self.bias_name in directions
                 else bias.new_zeros((count, *bias.shape))
             )
+        self._coefficients = family.coefficients.to(dtype=weight.dtype, device=weight.device)
+        self._unit_weights = self._unit_biases = None
+        if per_unit:
+            # Layer outputs without bias, weighed per unit; the biases of every set added
+            # after (they may have weights of their own).
+            self._biases = None
+            self._unit_weights = self._per_unit(family, self.weight_name, weight)
+            if bias is not None:
+                assert stacked_bias is not None
+                weights = self._per_unit(family, self.bias_name, bias)
+                own = [] if self._zero_base else [bias.unsqueeze(0)]
+                biases = torch.cat([*own, stacked_bias])
+                self._unit_biases = (weights * biases.unsqueeze(0)).sum(dim=1)
+        elif bias is None:
+            self._biases = None
+        else:
+            assert stacked_bias is not None
             first_bias = [] if self._zero_base else [bias.unsqueeze(0)]
             self._biases = torch.cat([*first_bias, stacked_bias])
-        self._coefficients = family.coefficients.to(dtype=weight.dtype, device=weight.device)
         return weight.new_zeros((len(family), 1))
+
+    def _per_unit(self, family: AffineFamily, name: str, like: torch.Tensor) -> torch.Tensor:
+        """(K, 1 + D or D, units): set k's weight of the base (1) and of each direction for
+        every output unit of the layer."""
+        if name in family.directions:
+            weights = family.weights_of(name)
+            weights = weights.reshape(*weights.shape[:3]).to(like.dtype, copy=False)
+        else:
+            weights = like.new_zeros((len(family), family.coefficients.shape[1], 1))
+        if not self._zero_base:
+            weights = torch.cat([weights.new_ones((len(family), 1, weights.shape[2])), weights], 1)
+        return weights.expand(-1, -1, like.shape[0]).to(like.device)
 
     def _layer_input(self, x: torch.Tensor) -> torch.Tensor:
         self.stand_in.capture = True
@@ -151,6 +193,8 @@ class InputLayerReuse:
                     for d in range(sets)
                 ]
             )
+        if self._unit_weights is not None:
+            return self._combine_per_unit(out)
         shape = out.shape[1:]
         flat = out.reshape(sets, -1)
         if self._zero_base:
@@ -158,6 +202,28 @@ class InputLayerReuse:
         else:
             combined = torch.addmm(flat[0], self._coefficients, flat[1:])
         return combined.view(self._coefficients.shape[0], *shape)
+
+    def _combine_per_unit(self, out: torch.Tensor) -> torch.Tensor:
+        """sum_s w[k, s, u] out[s] (+ set k's bias) for every set k: one pass per direction,
+        broadcast along the output-unit axis (last for Linear, 1 for Conv)."""
+        weights = self._unit_weights
+        assert weights is not None
+        axis = out.dim() - 1 if isinstance(self.layer, nn.Linear) else 2
+        shape = [weights.shape[0]] + [1] * (out.dim() - 1)
+        shape[axis] = weights.shape[2]
+        biases = self._unit_biases
+        if out.shape[0] == 0:  # no direction and a zero base: every set's output is its bias
+            empty = torch.zeros((weights.shape[0], *out.shape[1:]), dtype=out.dtype)
+            return empty.to(out.device) + (0 if biases is None else biases.reshape(shape))
+        start = (
+            torch.zeros((), dtype=out.dtype, device=out.device)
+            if biases is None
+            else biases.reshape(shape)
+        )
+        combined = torch.addcmul(start, weights[:, 0].reshape(shape), out[0].unsqueeze(0))
+        for s in range(1, out.shape[0]):
+            combined.addcmul_(weights[:, s].reshape(shape), out[s].unsqueeze(0))
+        return combined
 
     def values(
         self, names: list[str], values: tuple[torch.Tensor, ...], x: torch.Tensor

@@ -4,14 +4,14 @@ cells interpolated linearly (DESIGN.md, Mathematics: geodesic path)."""
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 import torch
 from torch import nn
 
 from toroid.errors import InvalidArgumentError
 from toroid.manifold.cells import cell_families, cell_matrix, cell_tensors, set_cell_matrix_
-from toroid.manifold.distance import cell_angles, check_same_architecture, normalize_rows
+from toroid.manifold.distance import cell_angles, check_same_architecture
 from toroid.symmetry.slots import State
 from toroid.symmetry.transform import with_state
 from toroid.symmetry.types import SymmetrySpec
@@ -28,30 +28,56 @@ def check_t(t: float) -> float:
     return value
 
 
-def slerp_rows(a: torch.Tensor, b: torch.Tensor, t: float) -> torch.Tensor:
-    """Row-wise spherical interpolation (float64) of a's and b's rows at t.
+def slerp_coefficients(
+    a: torch.Tensor, b: torch.Tensor, ts: Sequence[float]
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per t and row, the weights (alpha, beta), float64 (len(ts), rows), of a's and b's
+    rows on the row-wise geodesic: `slerp_rows(a, b, t) = alpha[:, None] * a + beta[:, None]
+    * b` for every t. The point at t is a combination of the two rows; only the weights
+    depend on t, which is what lets many t be evaluated as one affine family.
 
     Directions are slerped with the angle of `cell_angles` (2 atan2(|u - v|, |u + v|)):
     sin((1 - t) theta) / sin theta * u + sin(t theta) / sin theta * v; norms are
     interpolated linearly, so unit rows (canonical cells) stay unit rows. Rows closer than
     `LINEAR_BELOW` are interpolated linearly and renormalized (no division by ~0); rows
-    equal in a and b are returned unchanged; a zero row in either is interpolated linearly.
-    Antipodal rows (theta = pi) have no unique geodesic and are not treated specially."""
+    equal in a and b get (1, 0); a zero row in either is interpolated linearly; t = 0 and
+    t = 1 give (1, 0) and (0, 1) exactly. Antipodal rows (theta = pi) have no unique
+    geodesic and are not treated specially."""
     a, b = a.double(), b.double()
-    norm_a, norm_b = a.norm(dim=1, keepdim=True), b.norm(dim=1, keepdim=True)
+    t = torch.tensor([check_t(v) for v in ts], dtype=torch.float64, device=a.device)[:, None]
+    norm_a, norm_b = a.norm(dim=1), b.norm(dim=1)
     nonzero = (norm_a > 0) & (norm_b > 0)
-    u, v = normalize_rows(a), normalize_rows(b)
-    theta = cell_angles(u, v)[:, None]
+    safe_a = torch.where(norm_a > 0, norm_a, 1.0)
+    safe_b = torch.where(norm_b > 0, norm_b, 1.0)
+    u, v = a / safe_a[:, None], b / safe_b[:, None]
+    theta = cell_angles(u, v)
     norm = torch.lerp(norm_a, norm_b, t)
 
     small = theta < LINEAR_BELOW
     sin_theta = torch.where(small, 1.0, torch.sin(theta))
-    arc = (torch.sin((1 - t) * theta) * u + torch.sin(t * theta) * v) / sin_theta
-    chord = normalize_rows(torch.lerp(u, v, t))
-    direction = torch.where(small, chord, arc)
-    out = torch.where(nonzero, direction * norm, torch.lerp(a, b, t))
-    same = (a == b).all(dim=1, keepdim=True)
-    return torch.where(same, a, out)
+    arc_u, arc_v = torch.sin((1 - t) * theta) / sin_theta, torch.sin(t * theta) / sin_theta
+    # |(1 - t) u + t v| for unit u and v, from their inner product: no (t, row, n_c) tensor.
+    dot = (u * v).sum(dim=1)
+    chord = torch.sqrt(((1 - t) ** 2 + t**2 + 2 * t * (1 - t) * dot).clamp_min(0.0))
+    chord = torch.where(chord > 0, chord, 1.0)
+    along_u = torch.where(small, (1 - t) / chord, arc_u)
+    along_v = torch.where(small, t / chord, arc_v)
+    alpha = torch.where(nonzero, along_u * norm / safe_a, 1 - t)
+    beta = torch.where(nonzero, along_v * norm / safe_b, t.expand_as(along_v))
+    same = (a == b).all(dim=1)
+    alpha = torch.where(same, 1.0, alpha)
+    beta = torch.where(same, 0.0, beta)
+    ends = ((t == 0) | (t == 1)).expand_as(alpha)
+    alpha = torch.where(ends, (t == 0).double().expand_as(alpha), alpha)
+    beta = torch.where(ends, (t == 1).double().expand_as(beta), beta)
+    return alpha, beta
+
+
+def slerp_rows(a: torch.Tensor, b: torch.Tensor, t: float) -> torch.Tensor:
+    """Row-wise spherical interpolation (float64) of a's and b's rows at t, with the weights
+    of `slerp_coefficients`."""
+    alpha, beta = slerp_coefficients(a, b, [t])
+    return alpha[0, :, None] * a.double() + beta[0, :, None] * b.double()
 
 
 def slerp_state(
@@ -91,6 +117,39 @@ def slerp_state(
     return out
 
 
+def slerp_weights(
+    state_a: Mapping[str, torch.Tensor],
+    state_b: Mapping[str, torch.Tensor],
+    ts: Sequence[float],
+    spec: SymmetrySpec,
+) -> dict[str, torch.Tensor] | None:
+    """The geodesic at every t as weights of its ends: for each tensor of a cell, a float64
+    tensor w of shape (len(ts), 2, *s), s broadcastable to the tensor's shape (the unit's
+    weight along the cell's axis), with `slerp_state(a, b, t)[name]` = w[k, 0] * a[name] +
+    w[k, 1] * b[name] up to rounding; tensors outside cells are interpolated linearly,
+    with weights (1 - t, t). None when some tensor belongs to two cells, which this
+    per-tensor form cannot express."""
+    check_same_architecture(state_a, state_b, "state_a and state_b")
+    weights: dict[str, torch.Tensor] = {}
+    for cell, size in cell_families(spec):
+        alpha, beta = slerp_coefficients(
+            cell_matrix(state_a, cell, size), cell_matrix(state_b, cell, size), ts
+        )
+        pair = torch.stack([alpha, beta], dim=1)  # (K, 2, units)
+        for slot in cell.members:
+            if slot.tensor in weights:
+                return None
+            tensor = state_a[slot.tensor]
+            shape = [len(ts), 2] + [1] * tensor.dim()
+            if size == 1:  # one cell for the whole tensor: one weight
+                weights[slot.tensor] = pair.reshape(shape)
+                continue
+            shape[2 + slot.axis] = tensor.shape[slot.axis]
+            per_index = pair.repeat_interleave(tensor.shape[slot.axis] // size, dim=2)
+            weights[slot.tensor] = per_index.reshape(shape)
+    return weights
+
+
 def slerp(a: nn.Module, b: nn.Module, t: float, *, spec: SymmetrySpec | None = None) -> nn.Module:
     """A new model (a copy of `a`) at t in [0, 1] on the geodesic path from a to b: per cell
     spherical interpolation with the same t, parameters outside cells linearly, integer
@@ -112,4 +171,11 @@ def geodesic_midpoint(a: nn.Module, b: nn.Module, *, spec: SymmetrySpec | None =
     return slerp(a, b, 0.5, spec=spec)
 
 
-__all__ = ["geodesic_midpoint", "slerp", "slerp_rows", "slerp_state"]
+__all__ = [
+    "geodesic_midpoint",
+    "slerp",
+    "slerp_coefficients",
+    "slerp_rows",
+    "slerp_state",
+    "slerp_weights",
+]

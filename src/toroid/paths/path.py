@@ -22,7 +22,7 @@ from toroid.errors import InvalidArgumentError
 from toroid.evaluate import AffineFamily
 from toroid.manifold.cells import cell_families, cell_matrix
 from toroid.manifold.distance import cell_angles, check_same_architecture, normalize_rows
-from toroid.manifold.geodesic import check_t, slerp_state
+from toroid.manifold.geodesic import check_t, slerp_state, slerp_weights
 from toroid.symmetry.align import align as align_models
 from toroid.symmetry.canonical import canonical_state
 from toroid.symmetry.slots import State
@@ -151,13 +151,18 @@ class AffinePath(Path):
         )
 
 
+def linear_weights(t: float) -> tuple[float, float]:
+    """Weights of (a, b) on the straight line at t."""
+    return (1.0 - t, t)
+
+
 class LinearPath(AffinePath):
     """(1 - t) a + t b."""
 
     kind = "linear"
 
     def weights(self, t: float) -> tuple[float, ...]:
-        return (1.0 - t, t)
+        return linear_weights(t)
 
 
 class RawLinearPath(LinearPath):
@@ -207,6 +212,24 @@ class GeodesicPath(Path):
 
     def state_at(self, t: float) -> State:
         return slerp_state(self.a, self.b, t, self.spec)
+
+    def sets(self, ts: Sequence[float]) -> AffineFamily | dict[str, torch.Tensor]:
+        """Every t as a combination of the two ends: per cell with its slerp weights
+        (`slerp_weights`), elsewhere (1 - t, t); the stacked states where some tensor
+        belongs to two cells."""
+        weights = slerp_weights(self.a, self.b, ts, self.spec)
+        if weights is None:
+            return super().sets(ts)
+        names = _floating(self.a)
+        linear = torch.tensor(
+            [linear_weights(check_t(t)) for t in ts], dtype=torch.float64
+        ).reshape(len(ts), 2)
+        return AffineFamily(
+            {k: torch.zeros_like(self.a[k]) for k in names},
+            {k: torch.stack([self.a[k], self.b[k]]) for k in names},
+            linear,
+            {k: w for k, w in weights.items() if k in names},
+        )
 
     def length(self) -> float:
         """sqrt(sum_c theta_c^2) over every cell: the Riemannian length of the path (the
