@@ -4,7 +4,9 @@
 Straight lines, single-bend chains and quadratic Bezier curves are affine combinations of
 their anchors, `sum_j w_j(t) theta_j` with weights summing to one; the weights are exact at
 the ends (t = 0 gives the first anchor, t = 1 the last, bit for bit), and many t at once go
-to `evaluate_many` as an `AffineFamily`. The geodesic slerps every cell (DESIGN.md).
+to `evaluate_many` as an `AffineFamily`. The geodesic slerps every cell (DESIGN.md), which
+is a combination of its two ends too, with weights per cell: it goes as a family weighed
+per unit.
 """
 
 from __future__ import annotations
@@ -71,6 +73,23 @@ def endpoints(
 
 def _floating(state: Mapping[str, torch.Tensor]) -> list[str]:
     return [k for k, v in state.items() if v.is_floating_point()]
+
+
+def anchor_family(
+    anchors: Sequence[State],
+    coefficients: torch.Tensor,
+    unit_coefficients: Mapping[str, torch.Tensor] | None = None,
+) -> AffineFamily:
+    """The sets sum_j coefficients[k, j] anchor_j of the anchors' floating tensors (a zero
+    base and one direction per anchor), with per-unit weights where given."""
+    names = _floating(anchors[0])
+    units = unit_coefficients or {}
+    return AffineFamily(
+        {k: torch.zeros_like(anchors[0][k]) for k in names},
+        {k: torch.stack([anchor[k] for anchor in anchors]) for k in names},
+        coefficients,
+        {k: w for k, w in units.items() if k in names},
+    )
 
 
 class Path:
@@ -140,15 +159,10 @@ class AffinePath(Path):
         return out
 
     def sets(self, ts: Sequence[float]) -> AffineFamily:
-        names = _floating(self.a)
         coefficients = torch.tensor(
             [self.weights(check_t(t)) for t in ts], dtype=torch.float64
         ).reshape(len(ts), len(self.anchors))
-        return AffineFamily(
-            {k: torch.zeros_like(self.a[k]) for k in names},
-            {k: torch.stack([anchor[k] for anchor in self.anchors]) for k in names},
-            coefficients,
-        )
+        return anchor_family(self.anchors, coefficients)
 
 
 def linear_weights(t: float) -> tuple[float, float]:
@@ -220,16 +234,10 @@ class GeodesicPath(Path):
         weights = slerp_weights(self.a, self.b, ts, self.spec)
         if weights is None:
             return super().sets(ts)
-        names = _floating(self.a)
         linear = torch.tensor(
             [linear_weights(check_t(t)) for t in ts], dtype=torch.float64
         ).reshape(len(ts), 2)
-        return AffineFamily(
-            {k: torch.zeros_like(self.a[k]) for k in names},
-            {k: torch.stack([self.a[k], self.b[k]]) for k in names},
-            linear,
-            {k: w for k, w in weights.items() if k in names},
-        )
+        return anchor_family(self.anchors, linear, weights)
 
     def length(self) -> float:
         """sqrt(sum_c theta_c^2) over every cell: the Riemannian length of the path (the
