@@ -1,4 +1,5 @@
-"""Shared fixtures: small files in the formats toroid reads, written by the tests."""
+"""Shared fixtures: small files in the formats toroid reads, written by the tests; a record
+of when `evaluate_many` took its input-layer fast path."""
 
 from __future__ import annotations
 
@@ -7,6 +8,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
+
+from toroid.evaluate.input_layer import InputLayerReuse
 
 
 def idx_bytes(array: np.ndarray) -> bytes:
@@ -67,3 +71,18 @@ def cifar10_dir(tmp_path: Path) -> Path:
         )
     write_cifar_file(directory / "test_batch.bin", 20, label_bytes=1, num_classes=10, seed=9)
     return tmp_path / "cifar10"
+
+
+@pytest.fixture
+def input_layer_reuses(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """The minibatch sizes on which `InputLayerReuse` computed the input layer, in order:
+    empty unless the fast path ran."""
+    reused: list[int] = []
+    original = InputLayerReuse.outputs
+
+    def counted(self: InputLayerReuse, x: torch.Tensor) -> torch.Tensor:
+        reused.append(x.shape[0])
+        return original(self, x)
+
+    monkeypatch.setattr(InputLayerReuse, "outputs", counted)
+    return reused

@@ -15,7 +15,7 @@ from toroid.evaluate import (
     evaluate_many_parts,
     multiplicative_family,
 )
-from toroid.evaluate.input_layer import InputLayerReuse, input_layer
+from toroid.evaluate.input_layer import input_layer
 from toroid.manifold.perturb import draw_noise, perturbed_state
 from toroid.models import build
 
@@ -104,18 +104,8 @@ def _family(model: nn.Module, samples: int, sigmas: list[float]) -> tuple[Affine
 
 @pytest.mark.parametrize("name", list(CASES))
 @pytest.mark.parametrize("bn", ["recompute", "keep"])
-def test_family_equals_the_stacked_sets(
-    name: str, bn: str, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_family_equals_the_stacked_sets(name: str, bn: str, input_layer_reuses: list[int]) -> None:
     make, shape, layer = CASES[name]
-    reused: list[int] = []
-    original = InputLayerReuse.outputs
-
-    def counted(self: InputLayerReuse, x: torch.Tensor) -> torch.Tensor:
-        reused.append(x.shape[0])
-        return original(self, x)
-
-    monkeypatch.setattr(InputLayerReuse, "outputs", counted)
     model = make().double().eval()
     gen = torch.Generator().manual_seed(2)
     x = torch.randn(60, *shape, generator=gen, dtype=torch.float64)
@@ -149,7 +139,7 @@ def test_family_equals_the_stacked_sets(
     assert torch.equal(fast.error, slow.error)
     torch.testing.assert_close(fast.loss, slow.loss, rtol=1e-10, atol=1e-12)
     assert fast.loss.unique().numel() > 1  # the sets really differ
-    assert bool(reused) == (layer is not None)  # the fast path ran where it applies
+    assert bool(input_layer_reuses) == (layer is not None)  # the fast path ran where it applies
 
 
 def test_family_rows_keep_only_the_directions_they_use() -> None:
@@ -230,18 +220,10 @@ def _unit_family(
 @pytest.mark.parametrize("name", ["mlp-bn", "mlp-no-bn", "lenet5", "conv1d-bias"])
 @pytest.mark.parametrize("zero_base", [False, True])
 def test_a_family_weighed_per_unit_equals_the_stacked_sets(
-    name: str, zero_base: bool, monkeypatch: pytest.MonkeyPatch
+    name: str, zero_base: bool, input_layer_reuses: list[int]
 ) -> None:
     make, shape, layer = CASES[name]
     assert layer is not None
-    reused: list[int] = []
-    original = InputLayerReuse.outputs
-
-    def counted(self: InputLayerReuse, x: torch.Tensor) -> torch.Tensor:
-        reused.append(x.shape[0])
-        return original(self, x)
-
-    monkeypatch.setattr(InputLayerReuse, "outputs", counted)
     model = make().double().eval()
     gen = torch.Generator().manual_seed(2)
     x = torch.randn(48, *shape, generator=gen, dtype=torch.float64)
@@ -262,14 +244,14 @@ def test_a_family_weighed_per_unit_equals_the_stacked_sets(
     assert torch.equal(fast.error, reference.error)
     torch.testing.assert_close(fast.loss, reference.loss, rtol=1e-10, atol=1e-12)
     assert fast.loss.unique().numel() > 1
-    assert reused  # per-unit weights keep the input layer's reuse
+    assert input_layer_reuses  # per-unit weights keep the input layer's reuse
 
-    reused.clear()
+    input_layer_reuses.clear()
     family, slow = _unit_family(model, zero_base=zero_base, along_inputs=f"{layer}.weight")
     fast = evaluate_many_parts(model, family, {"data": (x, y)}, **options)["data"]  # type: ignore[arg-type]
     reference = evaluate_many_parts(model, slow, {"data": (x, y)}, **options)["data"]  # type: ignore[arg-type]
     torch.testing.assert_close(fast.loss, reference.loss, rtol=1e-10, atol=1e-12)
-    assert not reused  # weights that vary along the inputs rule reuse out
+    assert not input_layer_reuses  # weights that vary along the inputs rule reuse out
 
 
 def test_unit_coefficients_are_validated() -> None:

@@ -14,7 +14,6 @@ from torch import nn
 from toroid.data import Split, TensorData, load
 from toroid.errors import InvalidArgumentError
 from toroid.evaluate import AffineFamily, evaluate, recompute_bn
-from toroid.evaluate.input_layer import InputLayerReuse
 from toroid.manifold.cells import cell_families, cell_matrix
 from toroid.models import build
 from toroid.paths import (
@@ -299,7 +298,10 @@ def test_a_path_moved_to_a_device_is_a_copy(
 
 
 def test_geodesic_profiles_reuse_the_input_layer(
-    minimizers: tuple[nn.Module, nn.Module], data: Split, monkeypatch: pytest.MonkeyPatch
+    minimizers: tuple[nn.Module, nn.Module],
+    data: Split,
+    input_layer_reuses: list[int],
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """The geodesic reaches evaluate_many as a family weighed per cell, so its input layer
     is computed once per end, not once per t, and the profile equals the one from the
@@ -308,17 +310,9 @@ def test_geodesic_profiles_reuse_the_input_layer(
     path = geodesic(a, b)
     ts = (0.0, 0.25, 0.5, 1.0)
     assert isinstance(path.sets(ts), AffineFamily)
-    reused: list[int] = []
-    original = InputLayerReuse.outputs
-
-    def counted(self: InputLayerReuse, x: torch.Tensor) -> torch.Tensor:
-        reused.append(x.shape[0])
-        return original(self, x)
-
-    monkeypatch.setattr(InputLayerReuse, "outputs", counted)
     split = _double(data)
     fast = profile(path, split, ts=ts, progress=False, **BN)  # type: ignore[arg-type]
-    assert reused
+    assert input_layer_reuses
     monkeypatch.setattr(type(path), "sets", Path.sets)  # the stacked states
     slow = profile(path, split, ts=ts, progress=False, **BN)  # type: ignore[arg-type]
     assert fast.train_error == slow.train_error and fast.test_error == slow.test_error
