@@ -14,7 +14,7 @@ import subprocess
 import time
 import urllib.request
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +27,7 @@ from toroid.study.config import StudyConfig, validate_config
 from toroid.study.evidence import gather
 from toroid.study.graph import BINARY, MAIN, Task, build_graph, networks
 from toroid.study.report import write_report
+from toroid.study.rows import BendRow, DistanceRow, EnergyRow, NetworkRow, ProfileRow, Row
 from toroid.study.run import save_config
 from toroid.study.statistics import (
     bootstrap_spearman,
@@ -36,6 +37,16 @@ from toroid.study.statistics import (
     summary_level,
 )
 from toroid.study.store import Store
+from toroid.study.tasks import (
+    BendParams,
+    DistanceParams,
+    EnergyParams,
+    FlipChainParams,
+    FlipEnergyParams,
+    FlipPathParams,
+    ProfileParams,
+    TrainParams,
+)
 from toroid.study.verdicts import Verdict, verdicts
 
 REPS = 400  # fewer bootstrap resamples than the report's 2000 keep the tests quick
@@ -128,11 +139,12 @@ def planted_config(**over: Any) -> StudyConfig:
         "optimizers": ["sgd", "adam", "sam", "esgd"],
         "seeds": [0, 1],
         "analyses": {
-            "local_energy": {"sigmas": [0.0, 0.1, 0.2], "summary_sigmas": [0.1]},
+            "local_energy": {"sigmas": [0.0, 0.1, 0.2]},
             "distances": {"kinds": ["geodesic"]},
             "paths": {"kinds": ["linear", "geodesic", "raw-linear"], "pairs": "all"},
             "bends": {"pairs": "first-seeds"},
         },
+        "report": {"summary_sigmas": [0.1]},
     }
     raw.update(over)
     return validate_config(raw, source="test")
@@ -158,41 +170,34 @@ def planted_flatness(config: StudyConfig) -> Flat:
     }
 
 
-def _energy_rows(task: Task, flat: float, levels: list[float], noise: str) -> list[dict[str, Any]]:
+def _energy_rows(task: Task, flat: float, levels: list[float], noise: str) -> list[Row]:
     positive = [v for v in levels if v > 0]
-    unit = 0.1 if task.params["block"] == MAIN else sorted(positive)[(len(positive) - 1) // 2]
+    unit = 0.1 if task.block == MAIN else sorted(positive)[(len(positive) - 1) // 2]
+    p = task.params
+    assert isinstance(p, EnergyParams | FlipEnergyParams)
     return [
-        {
-            "network": task.params["network"],
-            "block": task.params["block"],
-            "split": split,
-            "noise": noise,
-            "sigma": level,
-            "mean": flat * level / unit,
-            "stderr": 0.001,
-            "base": 0.0,
-            "raw": [flat * level / unit] * 2,
-        }
+        EnergyRow(p.network, p.block, split, noise, level, flat * level / unit, 0.001, 0.0,
+                  (flat * level / unit,) * 2)
         for split in ("train", "test")
         for level in levels
-    ]
+    ]  # fmt: skip
 
 
-def _profile(a: str, b: str, block: str, path: str, peak: float) -> dict[str, Any]:
-    return {
-        "a": a,
-        "b": b,
-        "block": block,
-        "path": path,
-        "ts": [0.0, 0.5, 1.0],
-        "train_error": [0.0, peak, 0.0],
-        "train_loss": [0.1, 0.2, 0.1],
-        "test_error": [0.1, 0.1 + peak, 0.1],
-        "test_loss": [0.2, 0.3, 0.2],
-        "barrier_train": peak,
-        "barrier_test": peak,
-        "max_train_error": peak,
-    }
+def _profile(a: str, b: str, block: str, path: str, peak: float) -> ProfileRow:
+    return ProfileRow(
+        a=a,
+        b=b,
+        block=block,
+        path=path,
+        ts=(0.0, 0.5, 1.0),
+        train_error=(0.0, peak, 0.0),
+        train_loss=(0.1, 0.2, 0.1),
+        test_error=(0.1, 0.1 + peak, 0.1),
+        test_loss=(0.2, 0.3, 0.2),
+        barrier_train=peak,
+        barrier_test=peak,
+        max_train_error=peak,
+    )
 
 
 @dataclass(frozen=True)
@@ -221,56 +226,38 @@ def fill(
         for task in build_graph(config):
             if not skip(task):
                 rows = _rows(task, flat, config, plant or Plant())
-                store.record(task.key, task.kind, task.config_hash, rows, 0.0)
+                store.record(task.key, task.kind, task.hash, rows, 0.0)
     return flat
 
 
-def _rows(
-    task: Task, flat: Flat, config: StudyConfig, plant: Plant
-) -> dict[str, list[dict[str, Any]]]:
+def _rows(task: Task, flat: Flat, config: StudyConfig, plant: Plant) -> list[Row]:
     p = task.params
-    block = p["block"]
-    if task.kind == "train":
-        name = p["network"]
-        zero = plant.minimizer(name)
-        row = {
-            "network": name, "block": block, "optimizer": p["optimizer_label"],
-            "seed": p["seed"], "epochs": 10, "reached_zero_train_error": zero,
-            "train_error": 0.0 if zero else 0.05, "train_loss": 0.01,
-            "test_error": plant.test_error(flat[name]), "test_loss": 0.3, "grad_evals": 100,
-            "wall_time": 1.5, "weights": "none",
-        }  # fmt: skip
-        return {"networks": [row]}
-    if task.kind == "energy":
-        assert config.analyses.local_energy is not None
-        levels = list(config.analyses.local_energy.sigmas)
-        return {"local_energy": _energy_rows(task, flat[p["network"]], levels, "multiplicative")}
-    if task.kind == "flip_energy":
-        assert config.binary is not None
-        levels = list(config.binary.flip_probs)
-        return {"local_energy": _energy_rows(task, flat[p["network"]], levels, "flip")}
-    if task.kind == "distance":
-        a, b = p["a"], p["b"]
-        value = plant.distance(flat[a], flat[b])
-        rows = [
-            {"a": a, "b": b, "block": block, "kind": k, "value": value, "aligned": True}
-            for k in p["kinds"]
-        ]
-        return {"distances": rows}
-    if task.kind in ("profile", "flip_path"):
-        a, b = p["a"], p["b"]
-        path = p["path"] if task.kind == "profile" else "flip"
-        peak = plant.barrier(flat[a], flat[b]) * (3.0 if path == "raw-linear" else 1.0)
-        return {"profiles": [_profile(a, b, block, path, peak)]}
-    if task.kind in ("bend", "flip_chain"):
-        a, b = p["a"], p["b"]
-        path = "polychain" if task.kind == "bend" else "flip-chain"
-        bend = {
-            "a": a, "b": b, "block": block, "method": "retrain", "kind": path, "epochs": 3,
-            "grad_evals": 30, "wall_time": 0.5, "weights": "none",
-        }  # fmt: skip
-        return {"bends": [bend], "profiles": [_profile(a, b, block, path, plant.chain_max(a, b))]}
-    return {}
+    if isinstance(p, TrainParams):
+        zero = plant.minimizer(p.network)
+        return [
+            NetworkRow(
+                network=p.network, block=p.block, optimizer=p.optimizer_label, seed=p.seed,
+                epochs=10, reached_zero_train_error=zero, train_error=0.0 if zero else 0.05,
+                train_loss=0.01, test_error=plant.test_error(flat[p.network]), test_loss=0.3,
+                grad_evals=100, wall_time=1.5, weights="none",
+            )
+        ]  # fmt: skip
+    if isinstance(p, EnergyParams):
+        return _energy_rows(task, flat[p.network], list(p.levels), "multiplicative")
+    if isinstance(p, FlipEnergyParams):
+        return _energy_rows(task, flat[p.network], list(p.levels), "flip")
+    if isinstance(p, DistanceParams):
+        value = plant.distance(flat[p.a], flat[p.b])
+        return [DistanceRow(p.a, p.b, p.block, k, value, True) for k in p.kinds]
+    if isinstance(p, ProfileParams | FlipPathParams):
+        path = p.path if isinstance(p, ProfileParams) else "flip"
+        peak = plant.barrier(flat[p.a], flat[p.b]) * (3.0 if path == "raw-linear" else 1.0)
+        return [_profile(p.a, p.b, p.block, path, peak)]
+    if isinstance(p, BendParams | FlipChainParams):
+        path = "polychain" if isinstance(p, BendParams) else "flip-chain"
+        bend = BendRow(p.a, p.b, p.block, "retrain", path, 3, 30, 0.5, "none")
+        return [bend, _profile(p.a, p.b, p.block, path, plant.chain_max(p.a, p.b))]
+    return []
 
 
 def _verdicts(directory: Path, config: StudyConfig) -> dict[str, Verdict]:
@@ -355,11 +342,10 @@ def test_rows_of_other_configs_are_ignored(tmp_path: Path) -> None:
     config = planted_config()
     fill(tmp_path, config)
     with Store(tmp_path) as store:
-        row = store.rows("networks", network="main/sgd/s0")[0]
-        stale = {k: v for k, v in row.items() if k not in ("task", "config_hash")}
-        store.record("train/main/sgd/s0", "train", "stale-hash", {"networks": [stale]}, 0.0)
-        stale["network"] = "main/sgd/s9"
-        store.record("train/main/sgd/s9", "train", "whatever", {"networks": [stale]}, 0.0)
+        row = store.rows(NetworkRow, task="train/main/sgd/s0")[0].row
+        store.record("train/main/sgd/s0", "train", "stale-hash", [row], 0.0)
+        stale = replace(row, network="main/sgd/s9")
+        store.record("train/main/sgd/s9", "train", "whatever", [stale], 0.0)
     evidence = gather(tmp_path, config)
     assert "main/sgd/s0" not in evidence.main.names()
     assert "main/sgd/s9" not in evidence.main.names()

@@ -15,7 +15,7 @@ from toroid.cli.commands import _choice
 from toroid.errors import InvalidArgumentError
 from toroid.study import PRESETS, load_config, run_study, status
 from toroid.study.executors import EXECUTORS
-from toroid.study.run import StudyStatus
+from toroid.study.run import INCOMPLETE_EXIT, StudyStatus
 
 console = Console()
 study_app = typer.Typer(
@@ -33,12 +33,29 @@ def _status_table(result: StudyStatus) -> Table:
     table = Table(title=f"study {result.directory}")
     table.add_column("stage")
     table.add_column("done", justify="right")
+    table.add_column("failed", justify="right")
+    table.add_column("skipped", justify="right")
     table.add_column("pending", justify="right")
     table.add_column("seconds", justify="right")
     for stage, done in result.done.items():
-        pending = result.pending.get(stage, 0)
-        table.add_row(stage, str(done), str(pending), f"{result.seconds.get(stage, 0.0):.1f}")
+        counts = (result.failed, result.blocked, result.pending)
+        table.add_row(
+            stage,
+            str(done),
+            *(str(c.get(stage, 0)) for c in counts),
+            f"{result.seconds.get(stage, 0.0):.1f}",
+        )
     return table
+
+
+def _failures(result: StudyStatus) -> None:
+    """One line per failed task, and the count of tasks skipped because of them."""
+    for failure in result.failures:
+        retried = "" if failure.deterministic else " (retried by the next run)"
+        _print(f"failed: {failure.task}: {failure.error}: {failure.reason}{retried}")
+    if result.blocked_tasks:
+        count = len(result.blocked_tasks)
+        _print(f"skipped: {count} task{'s' if count != 1 else ''} that depend on a failed task")
 
 
 @study_app.command("run")
@@ -58,9 +75,21 @@ def run_command(
         str | None, typer.Option(help="Address of a running Ray cluster (ray executor).")
     ] = None,
     quiet: Annotated[bool, typer.Option(help="No progress bars.")] = False,
+    force: Annotated[
+        bool,
+        typer.Option(
+            help="Drop the finished results in --out that this config or executor would not "
+            "reproduce (refused without it)."
+        ),
+    ] = False,
+    retry_failed: Annotated[
+        bool, typer.Option(help="Run again the tasks that failed for a reason of their own.")
+    ] = False,
 ) -> None:
     """Run a study, or finish an interrupted one: finished tasks are skipped; then the
-    report is written (report.html, summary.md, csv/)."""
+    report is written (report.html, summary.md, csv/). A task that fails is recorded with
+    its reason and the tasks that depend on it are skipped; the rest runs. Exit status 3
+    when some tasks failed or were skipped."""
     if preset is not None:
         _choice("--preset", preset, PRESETS)
     _choice("--executor", executor, EXECUTORS)
@@ -68,8 +97,6 @@ def run_command(
         raise InvalidArgumentError(f"--workers must be at least 1, got {workers}")
     study = load_config(config, preset=preset)
     directory = out if out is not None else Path("runs") / f"study-{study.name}"
-    if directory.exists() and not directory.is_dir():
-        raise InvalidArgumentError(f"--out {directory} exists and is not a directory")
     from toroid.study.report import write_report
 
     started = time.perf_counter()
@@ -81,6 +108,8 @@ def run_command(
         address=address,
         progress=not quiet,
         report=False,
+        force=force,
+        retry_failed=retry_failed,
     )
     report = write_report(directory)
     console.print(_status_table(result))
@@ -88,6 +117,10 @@ def run_command(
     for verdict in report.verdicts:
         _print(verdict.line())
     _print(f"report: {report.html}")
+    if not result.complete:
+        _failures(result)
+        _print(f"study {study.name} is incomplete (exit status {INCOMPLETE_EXIT})")
+        raise typer.Exit(INCOMPLETE_EXIT)
 
 
 @study_app.command("status")
@@ -99,7 +132,10 @@ def status_command(
     result = status(directory)
     console.print(_status_table(result))
     state = "complete" if result.complete else f"{len(result.pending_tasks)} tasks pending"
+    if result.failures:
+        state += f", {len(result.failures)} failed, {len(result.blocked_tasks)} skipped"
     _print(f"{directory}: {state}")
+    _failures(result)
     if pending:
         for key in result.pending_tasks:
             _print(f"  {key}")

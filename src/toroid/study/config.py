@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import re
 from importlib import resources
 from itertools import pairwise
 from pathlib import Path
@@ -17,7 +18,7 @@ from typing import Any, Literal
 
 import torch
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from toroid.data import DATASETS
 from toroid.errors import InvalidArgumentError, ToroidError
@@ -27,6 +28,9 @@ PRESETS: tuple[str, ...] = ("quick", "default")
 DistanceName = Literal["geodesic", "mean_angle", "overlap"]
 StudyPathKind = Literal["linear", "geodesic", "raw-linear"]
 PairScope = Literal["all", "within", "first-seeds", "within+first-seeds", "none"]
+# A label names networks, task keys and weight files: keep it to a safe file-name part.
+LABEL = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,39}")
+MAX_SEED = 2**63 - 1
 
 
 class StudyConfigError(ToroidError):
@@ -69,6 +73,16 @@ class OptimizerSpec(_Strict):
     label: str | None = None
     epochs: int | None = Field(default=None, gt=0)
     hparams: dict[str, Any] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _safe_label(self) -> OptimizerSpec:
+        if not LABEL.fullmatch(self.key):
+            raise ValueError(
+                f"optimizer label {self.key!r} must be 1-40 letters, digits, '_', '.' or '-' "
+                "(starting with a letter or digit): it names files and task keys; give the "
+                "entry a `label`"
+            )
+        return self
 
     def resolved(self) -> dict[str, Any]:
         return resolve_optimizer({"name": self.name, **self.hparams})
@@ -124,7 +138,16 @@ class LocalEnergySpec(_Strict):
     noise: Literal["multiplicative", "spherical"] = "multiplicative"
     split: Literal["train", "test", "both"] = "both"
     bn_samples: int = Field(default=2000, gt=1)
-    summary_sigmas: list[float] = Field(default_factory=lambda: [0.3, 0.1])
+
+    @model_validator(mode="before")
+    @classmethod
+    def _moved(cls, value: Any) -> Any:
+        if isinstance(value, dict) and "summary_sigmas" in value:
+            raise ValueError(
+                "summary_sigmas is a report setting (it changes no measurement): move it to "
+                "report.summary_sigmas"
+            )
+        return value
 
     _grid = field_validator("sigmas", mode="before")(parse_grid)
 
@@ -166,6 +189,25 @@ class AnalysesSpec(_Strict):
     bends: BendSpec | None = Field(default_factory=BendSpec)
 
 
+def _seeds(value: list[int]) -> list[int]:
+    if len(set(value)) != len(value):
+        raise ValueError(f"seeds must be distinct, got {value}")
+    outside = [s for s in value if not 0 <= s <= MAX_SEED]
+    if outside:
+        raise ValueError(f"seeds must lie in 0..2**63-1, got {outside[0]}")
+    return value
+
+
+def _distinct_labels(optimizers: list[OptimizerSpec]) -> list[OptimizerSpec]:
+    labels = [spec.key for spec in optimizers]
+    twice = sorted({label for label in labels if labels.count(label) > 1})
+    if twice:
+        raise ValueError(
+            f"labels must be distinct, got {twice[0]!r} twice; give repeated optimizers a label"
+        )
+    return optimizers
+
+
 class BinarySpec(_Strict):
     """Binary networks trained and analysed alongside: flip local energy, overlap
     distances, flip paths and the two-segment chain through a re-trained midpoint."""
@@ -183,6 +225,8 @@ class BinarySpec(_Strict):
     bn_samples: int = Field(default=2000, gt=1)
 
     _optimizers = field_validator("optimizers", mode="before")(_optimizer_list)
+    _labels = field_validator("optimizers")(_distinct_labels)
+    _seed_range = field_validator("seeds")(_seeds)
 
     @field_validator("flip_probs")
     @classmethod
@@ -200,6 +244,14 @@ class BinarySpec(_Strict):
         return value
 
 
+class ReportSpec(_Strict):
+    """Settings that only the report reads: changing them re-runs no task.
+    `summary_sigmas`: the report summarizes flatness at the first of these inside the
+    measured sigmas."""
+
+    summary_sigmas: list[float] = Field(default_factory=lambda: [0.3, 0.1])
+
+
 class StudyConfig(_Strict):
     name: str = "study"
     data: DataSpec
@@ -208,18 +260,14 @@ class StudyConfig(_Strict):
     seeds: list[int] = Field(min_length=1)
     training: TrainingSpec = Field(default_factory=TrainingSpec)
     analyses: AnalysesSpec = Field(default_factory=AnalysesSpec)
+    report: ReportSpec = Field(default_factory=ReportSpec)
     binary: BinarySpec | None = None
     device: str = "cpu"
     needs_gpu: bool = False
 
     _optimizers = field_validator("optimizers", mode="before")(_optimizer_list)
-
-    @field_validator("seeds")
-    @classmethod
-    def _distinct(cls, value: list[int]) -> list[int]:
-        if len(set(value)) != len(value):
-            raise ValueError(f"seeds must be distinct, got {value}")
-        return value
+    _labels = field_validator("optimizers")(_distinct_labels)
+    _seed_range = field_validator("seeds")(_seeds)
 
     def digest(self, *parts: str) -> str:
         """A short hash of the named top-level parts (all when none are named)."""
@@ -273,12 +321,6 @@ def validate_config(raw: Any, *, source: str = "config") -> StudyConfig:
             make_optimizer(spec.resolved(), [torch.nn.Parameter(torch.zeros(1))])
         except InvalidArgumentError as exc:
             raise StudyConfigError(f"{source}: optimizers: {exc}") from None
-    labels = [spec.key for spec in config.optimizers]
-    if len(set(labels)) != len(labels):
-        raise StudyConfigError(
-            f"{source}: optimizers: labels must be distinct, got {labels}; give repeated "
-            "optimizers a label"
-        )
     return config
 
 

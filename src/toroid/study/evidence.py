@@ -14,38 +14,21 @@ from pathlib import Path
 from typing import Any
 
 from toroid.study.config import StudyConfig
-from toroid.study.graph import BINARY, MAIN, Task, build_graph, networks
+from toroid.study.graph import Block, Task, blocks, build_graph, standing_of
+from toroid.study.rows import DistanceRow, EnergyRow, NetworkRow, ProfileRow, Row
 from toroid.study.statistics import interpolate, summary_level
-from toroid.study.store import Store
+from toroid.study.store import Store, TaskRecord
+from toroid.study.tasks import KINDS
 
-# The stages a block's tasks go through, in order, with the words the report uses.
-STAGES: dict[str, str] = {
-    "train": "training",
-    "canonical": "canonical form",
-    "align": "alignment",
-    "energy": "local energy",
-    "flip_energy": "flip local energy",
-    "distance": "distances",
-    "profile": "path profiles",
-    "flip_path": "flip-path profiles",
-    "bend": "single-bend chains",
-    "flip_chain": "two-segment flip chains",
-}
+# The report's words for each stage (task kind), in the order a block goes through them.
+STAGES: dict[str, str] = {name: kind.words for name, kind in KINDS.items()}
+ORDER = ("train", "canonical", "align", "energy", "flip_energy", "distance", "profile",
+         "flip_path", "bend", "flip_chain")  # fmt: skip
 
-
-@dataclass(frozen=True)
-class NetworkRecord:
-    name: str
-    optimizer: str
-    seed: int
-    epochs: int
-    reached_zero_train_error: bool
-    train_error: float
-    train_loss: float
-    test_error: float | None
-    test_loss: float | None
-    grad_evals: int
-    wall_time: float
+# The report reads rows as the store holds them.
+NetworkRecord = NetworkRow
+DistanceRecord = DistanceRow
+ProfileRecord = ProfileRow
 
 
 @dataclass(frozen=True)
@@ -63,31 +46,12 @@ class EnergyCurve:
 
 
 @dataclass(frozen=True)
-class DistanceRecord:
-    a: str
-    b: str
-    kind: str
-    value: float
-    aligned: bool
-
-
-@dataclass(frozen=True)
-class ProfileRecord:
-    a: str
-    b: str
-    path: str
-    ts: tuple[float, ...]
-    train_error: tuple[float, ...]
-    test_error: tuple[float, ...] | None
-    barrier_train: float
-    barrier_test: float | None
-    max_train_error: float
-
-
-@dataclass(frozen=True)
 class StageProgress:
+    """Tasks of one stage: finished, of which in all, and how many failed."""
+
     done: int
     total: int
+    failed: int = 0
 
     @property
     def missing(self) -> int:
@@ -117,13 +81,12 @@ class BlockEvidence:
     barrier_paths: tuple[str, ...]
     chain_path: str
     configured: frozenset[str]
+    steps: Mapping[str, str] = field(default_factory=dict)
     progress: Mapping[str, StageProgress] = field(default_factory=dict)
 
     def stage(self, step: str) -> str:
         """The task kind of a generic step (energy, path, chain) in this block."""
-        if self.block == MAIN:
-            return {"energy": "energy", "path": "profile", "chain": "bend"}.get(step, step)
-        return {"energy": "flip_energy", "path": "flip_path", "chain": "flip_chain"}.get(step, step)
+        return self.steps.get(step, step)
 
     def why_missing(self, analysis: str | None, steps: Sequence[str]) -> str | None:
         """Why results of `analysis` may be absent or partial: not configured, or the
@@ -134,8 +97,10 @@ class BlockEvidence:
         for step in steps:
             progress = self.progress.get(self.stage(step))
             if progress is not None and progress.missing:
+                failed = f", {progress.failed} failed" if progress.failed else ""
                 return (
-                    f"{progress.done} of {progress.total} {STAGES[self.stage(step)]} tasks finished"
+                    f"{progress.done} of {progress.total} {STAGES[self.stage(step)]} tasks "
+                    f"finished{failed}"
                 )
         return None
 
@@ -158,11 +123,16 @@ class BlockEvidence:
 
 @dataclass(frozen=True)
 class Evidence:
+    """A study's evidence; `failures` are the failed tasks of the current config with
+    their reasons, `blocked` the tasks skipped because they depend on one."""
+
     name: str
     directory: Path
     config: StudyConfig
     main: BlockEvidence
     binary: BlockEvidence | None
+    failures: tuple[TaskRecord, ...] = ()
+    blocked: tuple[str, ...] = ()
 
     @property
     def complete(self) -> bool:
@@ -170,58 +140,43 @@ class Evidence:
         return all(p.missing == 0 for b in blocks for p in b.progress.values())
 
 
-def current_rows(store: Store, table: str, graph: Mapping[str, str]) -> list[dict[str, Any]]:
-    """Rows of `table` written by a task of the current graph with its current hash."""
-    return [r for r in store.rows(table) if graph.get(r["task"]) == r["config_hash"]]
+def current_rows(store: Store, row_type: type[Row], graph: Mapping[str, str]) -> list[Row]:
+    """Rows of `row_type` written by a task of the current graph with its current hash."""
+    return [s.row for s in store.rows(row_type) if graph.get(s.task) == s.hash]
 
 
 def _progress(
-    tasks: Sequence[Task], finished: Mapping[str, str], block: str
+    tasks: Sequence[Task], records: Mapping[str, TaskRecord], block: str
 ) -> dict[str, StageProgress]:
     out: dict[str, StageProgress] = {}
-    for kind in STAGES:
-        mine = [t for t in tasks if t.kind == kind and t.params.get("block") == block]
+    for kind in ORDER:
+        mine = [t for t in tasks if t.kind == kind and t.block == block]
         if mine:
-            done = sum(finished.get(t.key) == t.config_hash for t in mine)
-            out[kind] = StageProgress(done, len(mine))
+            found = [records.get(t.key) for t in mine]
+            current = [r for r, t in zip(found, mine, strict=True) if r and r.hash == t.hash]
+            done = sum(not r.failed for r in current)
+            out[kind] = StageProgress(done, len(mine), sum(r.failed for r in current))
     return out
 
 
-def _network(row: Mapping[str, Any]) -> NetworkRecord:
-    return NetworkRecord(
-        name=row["network"],
-        optimizer=row["optimizer"],
-        seed=int(row["seed"]),
-        epochs=int(row["epochs"]),
-        reached_zero_train_error=bool(row["reached_zero_train_error"]),
-        train_error=float(row["train_error"]),
-        train_loss=float(row["train_loss"]),
-        test_error=None if row["test_error"] is None else float(row["test_error"]),
-        test_loss=None if row["test_loss"] is None else float(row["test_loss"]),
-        grad_evals=int(row["grad_evals"]),
-        wall_time=float(row["wall_time"]),
-    )
-
-
-def energy_curves(rows: Sequence[Mapping[str, Any]]) -> tuple[EnergyCurve, ...]:
+def energy_curves(rows: Sequence[EnergyRow]) -> tuple[EnergyCurve, ...]:
     """One curve per (network, split), levels increasing, in the rows' first-seen order."""
-    grouped: dict[tuple[str, str], list[Mapping[str, Any]]] = {}
+    grouped: dict[tuple[str, str], list[EnergyRow]] = {}
     for row in rows:
-        grouped.setdefault((row["network"], row["split"]), []).append(row)
+        grouped.setdefault((row.network, row.split), []).append(row)
     curves = []
     for (network, split), group in grouped.items():
-        group = sorted(group, key=lambda r: float(r["sigma"]))
-        raw = group[0]["raw"]
+        group = sorted(group, key=lambda r: r.level)
         curves.append(
             EnergyCurve(
                 network=network,
                 split=split,
-                noise=str(group[0]["noise"]),
-                levels=tuple(float(r["sigma"]) for r in group),
-                mean=tuple(float(r["mean"]) for r in group),
-                stderr=tuple(float(r["stderr"]) for r in group),
-                base=float(group[0]["base"]),
-                samples=len(raw) if isinstance(raw, list) else 0,
+                noise=group[0].noise,
+                levels=tuple(r.level for r in group),
+                mean=tuple(r.mean for r in group),
+                stderr=tuple(r.stderr for r in group),
+                base=group[0].base,
+                samples=len(group[0].raw),
             )
         )
     return tuple(curves)
@@ -241,93 +196,36 @@ def _flatness(
     return level, split, {k: v for k, v in values.items() if not math.isnan(v)}
 
 
-def _number(value: Any) -> float:
-    return math.nan if value is None else float(value)
-
-
-def _profile(row: Mapping[str, Any]) -> ProfileRecord:
-    test = row["test_error"]
-    return ProfileRecord(
-        a=row["a"],
-        b=row["b"],
-        path=row["path"],
-        ts=tuple(float(t) for t in row["ts"]),
-        train_error=tuple(float(v) for v in row["train_error"]),
-        test_error=None if test is None else tuple(float(v) for v in test),
-        barrier_train=_number(row["barrier_train"]),
-        barrier_test=None if row["barrier_test"] is None else float(row["barrier_test"]),
-        max_train_error=_number(row["max_train_error"]),
-    )
-
-
-def _in_block(rows: Sequence[Mapping[str, Any]], block: str) -> list[Mapping[str, Any]]:
-    return [r for r in rows if r["block"] == block]
-
-
 def _block(
-    *,
-    block: str,
-    config: StudyConfig,
-    tables: Mapping[str, list[dict[str, Any]]],
-    progress: Mapping[str, StageProgress],
+    block: Block, tables: Mapping[Any, Sequence[Row]], progress: Mapping[str, StageProgress]
 ) -> BlockEvidence:
-    order = {net.name: i for i, net in enumerate(networks(config, block))}
+    order = {net.name: i for i, net in enumerate(block.networks)}
+
+    def mine(row_type: type[Row]) -> list[Row]:
+        return [r for r in tables[row_type] if r.block == block.name]
+
     nets = sorted(
-        (_network(r) for r in _in_block(tables["networks"], block) if r["network"] in order),
-        key=lambda n: order[n.name],
+        (r for r in mine(NetworkRow) if isinstance(r, NetworkRow) and r.network in order),
+        key=lambda n: order[n.network],
     )
-    curves = energy_curves(_in_block(tables["local_energy"], block))
-    if block == MAIN:
-        energy = config.analyses.local_energy
-        preferred: Sequence[float] = energy.summary_sigmas if energy is not None else ()
-        analyses = config.analyses
-        configured = {
-            name
-            for name, spec in (
-                ("local_energy", analyses.local_energy),
-                ("distances", analyses.distances),
-                ("paths", analyses.paths),
-                ("bends", analyses.bends),
-            )
-            if spec is not None
-        }
-        path_kinds = tuple(analyses.paths.kinds) if analyses.paths is not None else ()
-        optimizers = tuple(o.key for o in config.optimizers)
-        kinds = tuple(analyses.distances.kinds) if analyses.distances is not None else ()
-        distance_kind = "geodesic" if "geodesic" in kinds or not kinds else kinds[0]
-        level_name = "sigma"
-        barrier_paths: tuple[str, ...] = tuple(k for k in ("geodesic", "linear") if k in path_kinds)
-        chain_path: str = (
-            "polychain"
-            if analyses.bends is None or analyses.bends.method == "retrain"
-            else analyses.bends.kind
-        )
-    else:
-        assert config.binary is not None
-        preferred = ()
-        configured = {"local_energy", "distances", "paths", "bends"}
-        optimizers = tuple(o.key for o in config.binary.optimizers)
-        distance_kind, level_name = "overlap", "p"
-        barrier_paths, chain_path = ("flip",), "flip-chain"
-    level, split, flatness = _flatness(curves, preferred)
+    curves = energy_curves([r for r in mine(EnergyRow) if isinstance(r, EnergyRow)])
+    level, split, flatness = _flatness(curves, block.summary_levels)
     return BlockEvidence(
-        block=block,
-        optimizers=optimizers,
+        block=block.name,
+        optimizers=tuple(o.key for o in block.optimizers),
         networks=tuple(nets),
         energy=curves,
-        distances=tuple(
-            DistanceRecord(r["a"], r["b"], r["kind"], float(r["value"]), bool(r["aligned"]))
-            for r in _in_block(tables["distances"], block)
-        ),
-        profiles=tuple(_profile(r) for r in _in_block(tables["profiles"], block)),
+        distances=tuple(r for r in mine(DistanceRow) if isinstance(r, DistanceRow)),
+        profiles=tuple(r for r in mine(ProfileRow) if isinstance(r, ProfileRow)),
         level=level,
-        level_name=level_name,
+        level_name=block.level_name,
         flatness_split=split,
         flatness={k: flatness[k] for k in sorted(flatness, key=lambda k: order.get(k, 0))},
-        distance_kind=distance_kind,
-        barrier_paths=barrier_paths,
-        chain_path=chain_path,
-        configured=frozenset(configured),
+        distance_kind=block.distance_kind,
+        barrier_paths=block.barrier_paths,
+        chain_path=block.chain_path,
+        configured=block.configured,
+        steps=block.steps,
         progress=progress,
     )
 
@@ -336,22 +234,21 @@ def gather(directory: str | Path, config: StudyConfig) -> Evidence:
     """The evidence of the study in `directory` run with `config`, as far as it got."""
     directory = Path(directory)
     tasks = build_graph(config)
-    graph = {t.key: t.config_hash for t in tasks}
+    graph = {t.key: t.hash for t in tasks}
     with Store(directory) as store:
-        finished = store.finished()
+        records = store.tasks()
         tables = {
-            table: current_rows(store, table, graph)
-            for table in ("networks", "local_energy", "distances", "profiles")
+            row_type: current_rows(store, row_type, graph)
+            for row_type in (NetworkRow, EnergyRow, DistanceRow, ProfileRow)
         }
-    main = _block(
-        block=MAIN, config=config, tables=tables, progress=_progress(tasks, finished, MAIN)
+    found = [_block(b, tables, _progress(tasks, records, b.name)) for b in blocks(config)]
+    standing = standing_of(tasks, records, lambda record: False)
+    return Evidence(
+        config.name,
+        directory,
+        config,
+        found[0],
+        found[1] if len(found) > 1 else None,
+        tuple(standing.failed.values()),
+        standing.blocked,
     )
-    binary = None
-    if config.binary is not None:
-        binary = _block(
-            block=BINARY,
-            config=config,
-            tables=tables,
-            progress=_progress(tasks, finished, BINARY),
-        )
-    return Evidence(config.name, directory, config, main, binary)

@@ -1,12 +1,18 @@
 """Where study tasks run: in this process, in N local worker processes (torch threads
 split among them), or as Ray tasks with their CPU/GPU needs. Every executor runs
-`toroid.study.tasks.execute` and hands back (results, seconds); the coordinator alone
-writes the database."""
+`toroid.study.tasks.execute` and hands back (rows, seconds); the coordinator alone
+writes the database. Worker processes exit when their coordinator dies (kill -9 included).
+
+Results differ in the last bits across executors and torch thread counts (BLAS reductions
+split differently), so `numerics` names what a run computes with; the study records it and
+refuses to resume with another."""
 
 from __future__ import annotations
 
 import multiprocessing
 import os
+import threading
+import time
 from collections.abc import Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from pathlib import Path
@@ -16,11 +22,38 @@ import torch
 
 from toroid.errors import InvalidArgumentError
 from toroid.study.graph import Task
-from toroid.study.tasks import Results, execute
+from toroid.study.rows import Row
+from toroid.study.tasks import execute
 
 ExecutorName = Literal["local", "ray"]
 EXECUTORS: tuple[str, ...] = ("local", "ray")
-Outcome = tuple[Task, Results | None, float, BaseException | None]
+Outcome = tuple[Task, list[Row] | None, float, BaseException | None]
+Result = tuple[list[Row], float]
+# How often a worker checks that its coordinator is alive.
+ORPHAN_POLL_SECONDS = 0.5
+
+
+def run_task(task: Task, directory: str | Path) -> Result:
+    """Run `task` against the store in `directory`; its rows and seconds."""
+    return execute(task.kind, task.params, task.key, task.hash, directory)
+
+
+def threads_per_task(name: str, *, workers: int) -> int:
+    if name == "ray":
+        return 1  # each Ray task asks for one CPU and uses one thread
+    if workers == 1:
+        return torch.get_num_threads()
+    return max(1, (os.cpu_count() or 1) // workers)
+
+
+def numerics(name: str, *, workers: int = 1, device: str = "cpu") -> str:
+    """What a run's numbers depend on besides its tasks' settings: the executor, torch
+    threads per task, torch's version and the device."""
+    threads = threads_per_task(name, workers=workers)
+    return (
+        f"the {name} executor with {threads} torch thread{'s' if threads != 1 else ''} per "
+        f"task (torch {torch.__version__}, {device})"
+    )
 
 
 class Executor(Protocol):
@@ -44,8 +77,8 @@ class InProcess:
 
     def submit(self, task: Task) -> None:
         try:
-            results, seconds = execute(task, self.directory)
-            self._done.append((task, results, seconds, None))
+            rows, seconds = run_task(task, self.directory)
+            self._done.append((task, rows, seconds, None))
         except Exception as exc:  # reported by the coordinator with the task's key
             self._done.append((task, None, 0.0, exc))
 
@@ -57,8 +90,15 @@ class InProcess:
         pass
 
 
-def _init_worker(threads: int) -> None:
+def _exit_with(parent: int) -> None:
+    while os.getppid() == parent:
+        time.sleep(ORPHAN_POLL_SECONDS)
+    os._exit(1)  # the coordinator is gone: nobody will read this worker's results
+
+
+def _init_worker(threads: int, parent: int) -> None:
     torch.set_num_threads(threads)
+    threading.Thread(target=_exit_with, args=(parent,), daemon=True).start()
 
 
 class LocalPool:
@@ -67,17 +107,16 @@ class LocalPool:
     def __init__(self, directory: Path, workers: int) -> None:
         self.directory = directory
         self.slots = workers
-        threads = max(1, (os.cpu_count() or 1) // workers)
         self._pool = ProcessPoolExecutor(
             max_workers=workers,
             mp_context=multiprocessing.get_context("spawn"),
             initializer=_init_worker,
-            initargs=(threads,),
+            initargs=(threads_per_task("local", workers=workers), os.getpid()),
         )
-        self._running: dict[Future[tuple[Results, float]], Task] = {}
+        self._running: dict[Future[Result], Task] = {}
 
     def submit(self, task: Task) -> None:
-        self._running[self._pool.submit(execute, task, self.directory)] = task
+        self._running[self._pool.submit(run_task, task, self.directory)] = task
 
     def wait(self) -> list[Outcome]:
         done, _ = wait(list(self._running), return_when=FIRST_COMPLETED)
@@ -86,8 +125,8 @@ class LocalPool:
             task = self._running.pop(future)
             exc = future.exception()
             if exc is None:
-                results, seconds = future.result()
-                out.append((task, results, seconds, None))
+                rows, seconds = future.result()
+                out.append((task, rows, seconds, None))
             else:
                 out.append((task, None, 0.0, exc))
         return out
@@ -137,8 +176,8 @@ class RayExecutor:
         for handle in ready:
             task = self._running.pop(handle)
             try:
-                results, seconds = self._ray.get(handle)
-                out.append((task, results, seconds, None))
+                rows, seconds = self._ray.get(handle)
+                out.append((task, rows, seconds, None))
             except Exception as exc:  # RayTaskError wraps the task's own exception
                 cause = getattr(exc, "cause", None)
                 out.append((task, None, 0.0, cause if isinstance(cause, Exception) else exc))
@@ -151,9 +190,9 @@ class RayExecutor:
             self._ray.shutdown()
 
 
-def _ray_execute(task: Task, directory: str) -> tuple[Results, float]:
-    torch.set_num_threads(max(1, int(task.cpus)))
-    return execute(task, directory)
+def _ray_execute(task: Task, directory: str) -> Result:
+    torch.set_num_threads(threads_per_task("ray", workers=1))
+    return run_task(task, directory)
 
 
 def check_executor(name: str, *, workers: int = 1, address: str | None = None) -> None:
@@ -174,4 +213,4 @@ def make_executor(
     return InProcess(directory) if workers == 1 else LocalPool(directory, workers)
 
 
-__all__: Sequence[str] = ["EXECUTORS", "Executor", "make_executor"]
+__all__: Sequence[str] = ["EXECUTORS", "Executor", "make_executor", "numerics", "run_task"]

@@ -1,21 +1,41 @@
-"""The study as a graph of idempotent, keyed tasks.
+"""The study as a graph of keyed tasks, built the same way for every block of networks.
 
-train(i) -> canonical(i) -> align(i, reference) and local energy(i), distance(i, j),
-profile(i, j, kind) for every path kind, bend(i, j) (a re-trained or fitted bend and the
-chain through it); the binary block likewise with flip energy, overlap distances, flip
-paths and the two-segment chain. Every task has a config hash over exactly the settings
-it depends on and its dependencies' hashes: changing one analysis re-runs only it.
-"""
+A block (the main networks; the binary networks when configured) trains its networks,
+puts each in canonical form, aligns it to the block's first network, and runs its
+analyses: per network (local energy) or per pair (distances, path profiles, chains). Each
+task carries the frozen `Params` of its kind and a hash over those `Params` and the hashes
+of the tasks it reads, nothing more: a change re-runs exactly the tasks whose settings or
+inputs changed."""
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
-from dataclasses import dataclass, field
+from collections import Counter
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from itertools import combinations
 from typing import Any
 
-from toroid.study.config import OptimizerSpec, PairScope, StudyConfig, TrainingSpec
+from toroid.study.config import OptimizerSpec, PairScope, StudyConfig, StudyConfigError
+from toroid.study.store import StoreError, TaskRecord, check_key
+from toroid.study.tasks import (
+    AlignParams,
+    BendParams,
+    CanonicalParams,
+    DataParams,
+    DistanceParams,
+    EnergyParams,
+    FlipChainParams,
+    FlipEnergyParams,
+    FlipPathParams,
+    ProfileParams,
+    TaskParams,
+    TrainParams,
+    canonical_key,
+    train_key,
+)
 
 MAIN, BINARY = "main", "binary"
 
@@ -33,14 +53,16 @@ class Network:
 
 @dataclass(frozen=True)
 class Task:
-    """One unit of work: `key` names it (and its results), `kind` says what runs,
-    `deps` must finish first, `params` is everything the runner needs besides the data."""
+    """One unit of work: `key` names it (and its results and weights), `kind` says what
+    runs, `deps` must finish first, `params` is everything the runner reads besides the
+    weights of `deps`, and `hash` covers both."""
 
     key: str
     kind: str
+    block: str
+    params: TaskParams
     deps: tuple[str, ...]
-    params: dict[str, Any] = field(hash=False)
-    config_hash: str
+    hash: str
     cpus: float = 1.0
     gpus: float = 0.0
 
@@ -49,18 +71,261 @@ class Task:
         return self.kind
 
 
-def _hash(*parts: Any) -> str:
-    text = json.dumps(parts, sort_keys=True, default=str)
+def task_hash(kind: str, params: TaskParams, inputs: Sequence[tuple[str, str]]) -> str:
+    """The hash of a task: its kind, its `Params`, and (key, hash) of every input."""
+    text = json.dumps(
+        {"kind": kind, "params": dataclasses.asdict(params), "inputs": [list(i) for i in inputs]},
+        sort_keys=True,
+    )
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
+PerNetwork = Callable[[Network], TaskParams]
+PerPair = Callable[[Network, Network], TaskParams]
+
+
+@dataclass(frozen=True)
+class Analysis:
+    """One analysis of a block: a task per network (`pairs` None) or per pair of networks
+    in `pairs`, keyed `prefix/<network>` or `prefix/<a>/<b>`."""
+
+    kind: str
+    prefix: str
+    make: PerNetwork | PerPair
+    pairs: PairScope | None = None
+    heavy: bool = True  # asks for the GPU when the study runs on one
+
+
+@dataclass(frozen=True)
+class Block:
+    """A block of networks: how they are trained, which analyses run on them, and what the
+    report reads from them (the flatness level's name and preferred values, the distance
+    kind of claim 2, the path kinds of claim 3, the chain of claim 4)."""
+
+    name: str
+    model: Mapping[str, Any]
+    optimizers: tuple[OptimizerSpec, ...]
+    seeds: tuple[int, ...]
+    epochs: int
+    schedule: str
+    batch_size: int | None
+    stop_at_zero_train_error: bool
+    augment: bool
+    analyses: tuple[Analysis, ...]
+    configured: frozenset[str]
+    level_name: str
+    summary_levels: tuple[float, ...]
+    distance_kind: str
+    barrier_paths: tuple[str, ...]
+    chain_path: str
+    steps: Mapping[str, str]  # a generic step (energy, path, chain) -> its task kind here
+
+    @property
+    def networks(self) -> list[Network]:
+        return [Network(self.name, o.key, s) for o in self.optimizers for s in self.seeds]
+
+
+def _data(config: StudyConfig) -> DataParams:
+    d = config.data
+    return DataParams(d.name, d.train_size, d.test_size, d.seed, d.root)
+
+
+def main_block(config: StudyConfig) -> Block:
+    data, device, analyses = _data(config), config.device, config.analyses
+    found: list[Analysis] = []
+    if (energy := analyses.local_energy) is not None:
+        found.append(
+            Analysis(
+                "energy",
+                "energy",
+                lambda n: EnergyParams(
+                    n.name,
+                    MAIN,
+                    data,
+                    tuple(energy.sigmas),
+                    energy.samples,
+                    energy.noise,
+                    energy.split,
+                    energy.bn_samples,
+                    device,
+                ),
+            )
+        )
+    if (distance := analyses.distances) is not None:
+        found.append(
+            Analysis(
+                "distance",
+                "distance",
+                lambda a, b: DistanceParams(a.name, b.name, MAIN, tuple(distance.kinds)),
+                pairs="all",
+                heavy=False,
+            )
+        )
+    if (paths := analyses.paths) is not None:
+        for kind in paths.kinds:
+            found.append(
+                Analysis(
+                    "profile",
+                    f"profile/{kind}",
+                    lambda a, b, kind=kind: ProfileParams(
+                        a.name,
+                        b.name,
+                        MAIN,
+                        kind,
+                        data,
+                        paths.points,
+                        paths.refine,
+                        paths.bn_samples,
+                        device,
+                    ),
+                    pairs=paths.pairs,
+                )
+            )
+    if (bends := analyses.bends) is not None:
+        found.append(
+            Analysis(
+                "bend",
+                "bend",
+                lambda a, b: BendParams(
+                    a.name,
+                    b.name,
+                    MAIN,
+                    data,
+                    bends.method,
+                    bends.kind,
+                    bends.epochs,
+                    bends.lr,
+                    bends.points,
+                    device,
+                ),
+                pairs=bends.pairs,
+            )
+        )
+    kinds = tuple(distance.kinds) if distance is not None else ()
+    path_kinds = tuple(paths.kinds) if paths is not None else ()
+    t = config.training
+    return Block(
+        name=MAIN,
+        model=config.model,
+        optimizers=tuple(config.optimizers),
+        seeds=tuple(config.seeds),
+        epochs=t.epochs,
+        schedule=t.schedule,
+        batch_size=t.batch_size,
+        stop_at_zero_train_error=t.stop_at_zero_train_error,
+        augment=t.augment,
+        analyses=tuple(found),
+        configured=frozenset(
+            name
+            for name, spec in (
+                ("local_energy", energy),
+                ("distances", distance),
+                ("paths", paths),
+                ("bends", bends),
+            )
+            if spec is not None
+        ),
+        level_name="sigma",
+        summary_levels=tuple(config.report.summary_sigmas),
+        distance_kind="geodesic" if "geodesic" in kinds or not kinds else kinds[0],
+        barrier_paths=tuple(k for k in ("geodesic", "linear") if k in path_kinds),
+        chain_path="polychain" if bends is None or bends.method == "retrain" else bends.kind,
+        steps={"energy": "energy", "path": "profile", "chain": "bend"},
+    )
+
+
+def binary_block(config: StudyConfig) -> Block | None:
+    binary = config.binary
+    if binary is None:
+        return None
+    data, device, t = _data(config), config.device, binary.training
+    chain_optimizer = binary.optimizers[0].resolved()
+    analyses = (
+        Analysis(
+            "flip_energy",
+            "energy",
+            lambda n: FlipEnergyParams(
+                n.name,
+                BINARY,
+                data,
+                tuple(binary.flip_probs),
+                binary.samples,
+                binary.bn_samples,
+                device,
+            ),
+        ),
+        Analysis(
+            "distance",
+            "distance",
+            lambda a, b: DistanceParams(a.name, b.name, BINARY, ("overlap",)),
+            pairs="all",
+            heavy=False,
+        ),
+        Analysis(
+            "flip_path",
+            "profile/flip",
+            lambda a, b: FlipPathParams(
+                a.name,
+                b.name,
+                BINARY,
+                data,
+                binary.flip_orders,
+                binary.flip_points,
+                binary.bn_samples,
+                device,
+            ),
+            pairs=binary.pairs,
+        ),
+        Analysis(
+            "flip_chain",
+            "bend",
+            lambda a, b: FlipChainParams(
+                a.name,
+                b.name,
+                BINARY,
+                data,
+                chain_optimizer,
+                t.epochs,
+                t.batch_size,
+                t.schedule,
+                binary.flip_orders,
+                binary.flip_points,
+                binary.bn_samples,
+                device,
+            ),
+            pairs=binary.chain_pairs,
+        ),
+    )
+    return Block(
+        name=BINARY,
+        model=binary.model,
+        optimizers=tuple(binary.optimizers),
+        seeds=tuple(binary.seeds),
+        epochs=t.epochs,
+        schedule=t.schedule,
+        batch_size=t.batch_size,
+        stop_at_zero_train_error=t.stop_at_zero_train_error,
+        augment=t.augment,
+        analyses=analyses,
+        configured=frozenset({"local_energy", "distances", "paths", "bends"}),
+        level_name="p",
+        summary_levels=(),
+        distance_kind="overlap",
+        barrier_paths=("flip",),
+        chain_path="flip-chain",
+        steps={"energy": "flip_energy", "path": "flip_path", "chain": "flip_chain"},
+    )
+
+
+def blocks(config: StudyConfig) -> list[Block]:
+    """The study's blocks: main, then binary when configured."""
+    binary = binary_block(config)
+    return [main_block(config)] + ([binary] if binary is not None else [])
+
+
 def networks(config: StudyConfig, block: str = MAIN) -> list[Network]:
-    if block == MAIN:
-        return [Network(MAIN, o.key, s) for o in config.optimizers for s in config.seeds]
-    assert config.binary is not None
-    return [
-        Network(BINARY, o.key, s) for o in config.binary.optimizers for s in config.binary.seeds
-    ]
+    found = next((b for b in blocks(config) if b.name == block), None)
+    return [] if found is None else found.networks
 
 
 def pairs(nets: list[Network], scope: PairScope) -> list[tuple[Network, Network]]:
@@ -84,218 +349,133 @@ def pairs(nets: list[Network], scope: PairScope) -> list[tuple[Network, Network]
     return chosen
 
 
-def build_graph(config: StudyConfig) -> list[Task]:
-    """Every task of the study, dependencies before dependents."""
-    data = config.data.model_dump(mode="json")
-    device = config.device
-    gpus = 1.0 if device.startswith("cuda") else 0.0
-    tasks: list[Task] = []
-    canonical_hash: dict[Network, str] = {}
+def _optimizer(block: Block, label: str) -> OptimizerSpec:
+    return next(o for o in block.optimizers if o.key == label)
 
-    def add_block(
-        block: str,
-        nets: list[Network],
-        model: dict[str, Any],
-        optimizers: list[OptimizerSpec],
-        training: TrainingSpec,
-    ) -> None:
-        by_label = {o.key: o for o in optimizers}
+
+def build_graph(config: StudyConfig) -> list[Task]:
+    """Every task of the study, dependencies before dependents; keys are checked to be safe
+    file names and distinct."""
+    data = _data(config)
+    gpus = 1.0 if config.device.startswith("cuda") else 0.0
+    tasks: list[Task] = []
+    hashes: dict[str, str] = {}
+
+    def add(key: str, kind: str, block: str, params: TaskParams, deps: Sequence[str],
+            heavy: bool = True) -> None:  # fmt: skip
+        value = task_hash(kind, params, [(d, hashes[d]) for d in deps])
+        hashes.setdefault(key, value)
+        tasks.append(Task(key, kind, block, params, tuple(deps), value, gpus=gpus if heavy else 0))
+
+    for block in blocks(config):
+        nets = block.networks
         for net in nets:
-            spec = by_label[net.optimizer]
-            optimizer = spec.resolved()
-            budget = training.model_dump(mode="json")
-            if spec.epochs is not None:
-                budget["epochs"] = spec.epochs
-            train_params = {
-                "network": net.name,
-                "block": block,
-                "optimizer_label": net.optimizer,
-                "optimizer": optimizer,
-                "seed": net.seed,
-                "model": model,
-                "data": data,
-                "training": budget,
-                "device": device,
-            }
-            train_hash = _hash("train", train_params)
-            tasks.append(
-                Task(f"train/{net.name}", "train", (), train_params, train_hash, gpus=gpus)
+            spec = _optimizer(block, net.optimizer)
+            train = TrainParams(
+                network=net.name,
+                block=block.name,
+                optimizer_label=net.optimizer,
+                optimizer=spec.resolved(),
+                seed=net.seed,
+                model=block.model,
+                data=data,
+                epochs=spec.epochs if spec.epochs is not None else block.epochs,
+                schedule=block.schedule,
+                batch_size=block.batch_size,
+                stop_at_zero_train_error=block.stop_at_zero_train_error,
+                augment=block.augment,
+                device=config.device,
             )
-            canonical = _hash("canonical", train_hash)
-            canonical_hash[net] = canonical
-            tasks.append(
-                Task(
-                    f"canonical/{net.name}",
-                    "canonical",
-                    (f"train/{net.name}",),
-                    {"network": net.name, "block": block, "model": model},
-                    canonical,
-                )
+            add(train_key(net.name), "train", block.name, train, ())
+            add(
+                canonical_key(net.name),
+                "canonical",
+                block.name,
+                CanonicalParams(net.name, block.name),
+                (train_key(net.name),),
+                heavy=False,
             )
         reference = nets[0]
         for net in nets:
-            tasks.append(
-                Task(
-                    f"align/{net.name}",
-                    "align",
-                    (f"canonical/{net.name}", f"canonical/{reference.name}"),
-                    {"network": net.name, "reference": reference.name, "block": block},
-                    _hash("align", canonical_hash[net], canonical_hash[reference]),
-                )
+            add(
+                f"align/{net.name}",
+                "align",
+                block.name,
+                AlignParams(net.name, reference.name, block.name),
+                (canonical_key(net.name), canonical_key(reference.name)),
+                heavy=False,
             )
-
-    main = networks(config)
-    add_block(MAIN, main, config.model, config.optimizers, config.training)
-    analyses = config.analyses
-    if analyses.local_energy is not None:
-        spec = analyses.local_energy.model_dump(mode="json")
-        for net in main:
-            tasks.append(
-                Task(
-                    f"energy/{net.name}",
-                    "energy",
-                    (f"canonical/{net.name}",),
-                    {
-                        "network": net.name,
-                        "block": MAIN,
-                        "data": data,
-                        "spec": spec,
-                        "device": device,
-                    },
-                    _hash("energy", canonical_hash[net], spec, data),
-                    gpus=gpus,
-                )
-            )
-    if analyses.distances is not None:
-        kinds = list(analyses.distances.kinds)
-        for a, b in pairs(main, "all"):
-            tasks.append(
-                Task(
-                    f"distance/{a.name}/{b.name}",
-                    "distance",
-                    (f"canonical/{a.name}", f"canonical/{b.name}"),
-                    {"a": a.name, "b": b.name, "block": MAIN, "kinds": kinds},
-                    _hash("distance", canonical_hash[a], canonical_hash[b], kinds),
-                )
-            )
-    if analyses.paths is not None:
-        spec = analyses.paths.model_dump(mode="json")
-        for a, b in pairs(main, analyses.paths.pairs):
-            for kind in analyses.paths.kinds:
-                tasks.append(
-                    Task(
-                        f"profile/{kind}/{a.name}/{b.name}",
-                        "profile",
-                        (f"canonical/{a.name}", f"canonical/{b.name}"),
-                        {
-                            "a": a.name,
-                            "b": b.name,
-                            "block": MAIN,
-                            "path": kind,
-                            "data": data,
-                            "spec": spec,
-                            "device": device,
-                        },
-                        _hash("profile", canonical_hash[a], canonical_hash[b], kind, spec, data),
-                        gpus=gpus,
+        for analysis in block.analyses:
+            if analysis.pairs is None:
+                make_one: Any = analysis.make
+                for net in nets:
+                    add(
+                        f"{analysis.prefix}/{net.name}",
+                        analysis.kind,
+                        block.name,
+                        make_one(net),
+                        (canonical_key(net.name),),
+                        analysis.heavy,
                     )
-                )
-    if analyses.bends is not None:
-        spec = analyses.bends.model_dump(mode="json")
-        for a, b in pairs(main, analyses.bends.pairs):
-            tasks.append(
-                Task(
-                    f"bend/{a.name}/{b.name}",
-                    "bend",
-                    (f"canonical/{a.name}", f"canonical/{b.name}"),
-                    {
-                        "a": a.name,
-                        "b": b.name,
-                        "block": MAIN,
-                        "data": data,
-                        "spec": spec,
-                        "training": config.training.model_dump(mode="json"),
-                        "device": device,
-                    },
-                    _hash("bend", canonical_hash[a], canonical_hash[b], spec, data),
-                    gpus=gpus,
-                )
-            )
-    if config.binary is not None:
-        binary = config.binary
-        nets = networks(config, BINARY)
-        add_block(BINARY, nets, binary.model, binary.optimizers, binary.training)
-        spec = binary.model_dump(mode="json", exclude={"model", "optimizers", "seeds", "training"})
-        for net in nets:
-            tasks.append(
-                Task(
-                    f"energy/{net.name}",
-                    "flip_energy",
-                    (f"canonical/{net.name}",),
-                    {
-                        "network": net.name,
-                        "block": BINARY,
-                        "data": data,
-                        "spec": spec,
-                        "device": device,
-                    },
-                    _hash("flip_energy", canonical_hash[net], spec, data),
-                    gpus=gpus,
-                )
-            )
-        for a, b in pairs(nets, "all"):
-            tasks.append(
-                Task(
-                    f"distance/{a.name}/{b.name}",
-                    "distance",
-                    (f"canonical/{a.name}", f"canonical/{b.name}"),
-                    {"a": a.name, "b": b.name, "block": BINARY, "kinds": ["overlap"]},
-                    _hash("distance", canonical_hash[a], canonical_hash[b], ["overlap"]),
-                )
-            )
-        for a, b in pairs(nets, binary.pairs):
-            tasks.append(
-                Task(
-                    f"profile/flip/{a.name}/{b.name}",
-                    "flip_path",
-                    (f"canonical/{a.name}", f"canonical/{b.name}"),
-                    {
-                        "a": a.name,
-                        "b": b.name,
-                        "block": BINARY,
-                        "data": data,
-                        "spec": spec,
-                        "device": device,
-                    },
-                    _hash("flip_path", canonical_hash[a], canonical_hash[b], spec, data),
-                    gpus=gpus,
-                )
-            )
-        for a, b in pairs(nets, binary.chain_pairs):
-            tasks.append(
-                Task(
-                    f"bend/{a.name}/{b.name}",
-                    "flip_chain",
-                    (f"canonical/{a.name}", f"canonical/{b.name}"),
-                    {
-                        "a": a.name,
-                        "b": b.name,
-                        "block": BINARY,
-                        "data": data,
-                        "spec": spec,
-                        "optimizer": binary.optimizers[0].resolved(),
-                        "training": binary.training.model_dump(mode="json"),
-                        "device": device,
-                    },
-                    _hash(
-                        "flip_chain",
-                        canonical_hash[a],
-                        canonical_hash[b],
-                        spec,
-                        data,
-                        binary.training.model_dump(mode="json"),
-                    ),
-                    gpus=gpus,
-                )
-            )
+            else:
+                make_two: Any = analysis.make
+                for a, b in pairs(nets, analysis.pairs):
+                    add(
+                        f"{analysis.prefix}/{a.name}/{b.name}",
+                        analysis.kind,
+                        block.name,
+                        make_two(a, b),
+                        (canonical_key(a.name), canonical_key(b.name)),
+                        analysis.heavy,
+                    )
+    _check_keys(tasks)
     return tasks
+
+
+def _check_keys(tasks: Sequence[Task]) -> None:
+    twice = [key for key, n in Counter(t.key for t in tasks).items() if n > 1]
+    if twice:
+        raise StudyConfigError(
+            f"the study would run {len(twice)} tasks twice under one key (e.g. {twice[0]}): "
+            "optimizer labels and seeds must be distinct within a block"
+        )
+    for task in tasks:
+        try:
+            check_key(task.key)
+        except StoreError as exc:
+            raise StudyConfigError(str(exc)) from None
+
+
+@dataclass(frozen=True)
+class Standing:
+    """Where each task of the graph stands given the store's records."""
+
+    finished: frozenset[str]
+    failed: Mapping[str, TaskRecord]
+    blocked: tuple[str, ...]
+    pending: tuple[Task, ...]
+
+
+def standing_of(
+    tasks: Sequence[Task], records: Mapping[str, TaskRecord], retry: Callable[[TaskRecord], bool]
+) -> Standing:
+    """Finished and failed tasks with their current hash; failed tasks are pending again
+    when `retry` says so; tasks that depend on a failed or blocked one are blocked."""
+    finished, failed, blocked, pending = set(), {}, [], []
+    stuck: set[str] = set()
+    for task in tasks:  # dependencies come first
+        record = records.get(task.key)
+        if record is not None and record.hash == task.hash:
+            if not record.failed:
+                finished.add(task.key)
+                continue
+            if not retry(record):
+                failed[task.key] = record
+                stuck.add(task.key)
+                continue
+        if any(d in stuck for d in task.deps):
+            blocked.append(task.key)
+            stuck.add(task.key)
+        else:
+            pending.append(task)
+    return Standing(frozenset(finished), failed, tuple(blocked), tuple(pending))

@@ -9,42 +9,57 @@ from __future__ import annotations
 
 import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
+from concurrent.futures.process import BrokenProcessPool
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import torch
 import yaml
 
+import toroid
 from toroid.errors import InvalidArgumentError, ToroidError
 from toroid.storage import atomic_write_bytes
-from toroid.study.config import StudyConfig, validate_config
-from toroid.study.executors import check_executor, make_executor
-from toroid.study.graph import Task, build_graph
-from toroid.study.store import Store
+from toroid.study.config import StudyConfig, StudyConfigError, validate_config
+from toroid.study.executors import check_executor, make_executor, numerics
+from toroid.study.graph import Task, build_graph, standing_of
+from toroid.study.store import DB_FILE, Store, TaskRecord
 
 CONFIG_FILE = "config.yaml"
+# Exit status of `toroid study run` when some tasks failed or were skipped.
+INCOMPLETE_EXIT = 3
 
 
 class StudyTaskError(ToroidError):
-    """A task of the study failed; the message names it."""
+    """The study cannot go on (a worker process died); the message names the task."""
+
+
+class StudyDirectoryError(ToroidError):
+    """A study directory whose finished results this run would drop; `--force` allows it."""
 
 
 @dataclass(frozen=True)
 class StudyStatus:
-    """Per stage: tasks finished and pending; the pending task keys."""
+    """Per stage (task kind): tasks finished, failed, blocked (waiting on a failed task)
+    and pending; the failures with their reasons, the blocked and pending task keys, and
+    the tasks this run executed (`ran`)."""
 
     directory: Path
     done: dict[str, int]
     pending: dict[str, int]
     pending_tasks: tuple[str, ...]
     seconds: dict[str, float]
+    failed: dict[str, int] = field(default_factory=dict)
+    blocked: dict[str, int] = field(default_factory=dict)
+    failures: tuple[TaskRecord, ...] = ()
+    blocked_tasks: tuple[str, ...] = ()
+    ran: tuple[str, ...] = ()
 
     @property
     def complete(self) -> bool:
-        return not self.pending_tasks
+        return not (self.pending_tasks or self.failures or self.blocked_tasks)
 
 
 def save_config(config: StudyConfig, directory: Path) -> None:
@@ -56,39 +71,86 @@ def read_config(directory: str | Path) -> StudyConfig:
     path = Path(directory) / CONFIG_FILE
     if not path.is_file():
         raise InvalidArgumentError(f"{directory} is not a study directory (no {CONFIG_FILE})")
-    return validate_config(yaml.safe_load(path.read_text()), source=str(path))
-
-
-def _pending(tasks: list[Task], finished: dict[str, str]) -> list[Task]:
-    return [t for t in tasks if finished.get(t.key) != t.config_hash]
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except (yaml.YAMLError, UnicodeDecodeError, OSError) as exc:
+        raise StudyConfigError(
+            f"{path}: not a readable YAML config ({type(exc).__name__})"
+        ) from None
+    return validate_config(raw, source=str(path))
 
 
 def status(directory: str | Path) -> StudyStatus:
-    """What is finished and what is pending in the study at `directory`."""
+    """What is finished, failed, blocked and pending in the study at `directory`."""
     directory = Path(directory)
     config = read_config(directory)
     tasks = build_graph(config)
     with Store(directory) as store:
-        finished = store.finished()
-        seconds: dict[str, float] = {}
-        for _, kind, spent in store.task_rows():
-            seconds[kind] = seconds.get(kind, 0.0) + (spent or 0.0)
-    pending = _pending(tasks, finished)
-    pending_keys = {t.key for t in pending}
-    done = Counter(t.kind for t in tasks if t.key not in pending_keys)
+        records = store.tasks()
+    seconds: dict[str, float] = {}
+    for record in records.values():
+        seconds[record.kind] = seconds.get(record.kind, 0.0) + record.seconds
+    standing = standing_of(tasks, records, lambda record: False)
+    kind = {t.key: t.kind for t in tasks}
     return StudyStatus(
         directory,
-        {t.kind: done[t.kind] for t in tasks},
-        dict(Counter(t.kind for t in pending)),
-        tuple(t.key for t in pending),
+        {k: sum(kind[key] == k for key in standing.finished) for k in dict.fromkeys(kind.values())},
+        dict(Counter(t.kind for t in standing.pending)),
+        tuple(t.key for t in standing.pending),
         seconds,
+        dict(Counter(kind[key] for key in standing.failed)),
+        dict(Counter(kind[key] for key in standing.blocked)),
+        tuple(standing.failed.values()),
+        standing.blocked,
     )
+
+
+def _dropped(tasks: Sequence[Task], store: Store, identity: str) -> tuple[list[str], str | None]:
+    """The finished tasks this run would drop, and why in words (None: nothing dropped)."""
+    current = {t.key: t.hash for t in tasks}
+    finished = store.finished()
+    before = store.meta("numerics")
+    if finished and before is not None and before != identity:
+        return sorted(finished), (
+            f"its {len(finished)} finished tasks were computed with {before}; this run would "
+            f"use {identity} (results differ in the last bits across executors and thread "
+            "counts): resume with the same executor and --workers"
+        )
+    stale = sorted(k for k, h in finished.items() if current.get(k) != h)
+    if not stale:
+        return [], None
+    name = store.meta("study")
+    held = f"study {name!r}" if name is not None else "a study"
+    return stale, (
+        f"it holds {held} whose results this config would drop: {len(stale)} of "
+        f"{len(finished)} finished tasks (e.g. {', '.join(stale[:3])}) have other settings "
+        "or are not in this config"
+    )
+
+
+def _prepare(
+    config: StudyConfig, directory: Path, tasks: Sequence[Task], store: Store, identity: str,
+    *, force: bool,
+) -> None:  # fmt: skip
+    stale, why = _dropped(tasks, store, identity)
+    if why is not None and not force:
+        raise StudyDirectoryError(
+            f"--out {directory}: {why}; pass --force to drop them, or choose another --out"
+        )
+    current = {t.key: t.hash for t in tasks}
+    gone = [k for k, r in store.tasks().items() if current.get(k) != r.hash]
+    store.drop(sorted(set(stale) | set(gone)))
+    save_config(config, directory)
+    store.set_meta("study", config.name)
+    store.set_meta("numerics", identity)
+    store.set_meta("toroid_version", toroid.__version__)
+    store.set_meta("started_at", time.time())
 
 
 class _Progress:
     """One rich progress bar per stage (task kind), on stderr; silent when disabled."""
 
-    def __init__(self, tasks: list[Task], pending: list[Task], enabled: bool) -> None:
+    def __init__(self, tasks: Sequence[Task], pending: Sequence[Task], enabled: bool) -> None:
         self._bars: dict[str, Any] = {}
         self._progress: Any = None
         if not enabled:
@@ -138,10 +200,17 @@ def run_study(
     address: str | None = None,
     progress: bool = True,
     report: bool = True,
+    force: bool = False,
+    retry_failed: bool = False,
 ) -> StudyStatus:
-    """Run (or finish) the study of `config` in `directory`. A directory that holds
-    another study's config is refused unless the new config differs only in ways its
-    finished tasks do not depend on (their hashes decide what re-runs)."""
+    """Run (or finish) the study of `config` in `directory`.
+
+    A directory whose finished results this run would drop (another config's study, or
+    results computed by another executor or thread count) is refused unless `force`. A
+    task that fails is recorded with its reason and the tasks that depend on it are
+    skipped; the rest of the study runs. A failure raised by toroid itself (a
+    `ToroidError`: a diverging network, a chain without zero-error ends) is deterministic
+    and is not retried by a later run unless `retry_failed`; any other error is retried."""
     check_executor(executor, workers=workers, address=address)
     if config.device.startswith("cuda") and executor == "local" and not torch.cuda.is_available():
         raise InvalidArgumentError(
@@ -149,40 +218,65 @@ def run_study(
             "run it on a GPU machine or cluster (--executor ray --address ...)"
         )
     directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
+    if directory.exists() and not directory.is_dir():
+        raise InvalidArgumentError(f"--out {directory} exists and is not a directory")
     tasks = build_graph(config)
-    save_config(config, directory)
+    identity = numerics(executor, workers=workers, device=config.device)
+    ran: list[str] = []
     with Store(directory) as store:
-        store.set_meta("started_at", time.time())
-        store.keep_only({t.key: t.config_hash for t in tasks})
-        pending = _pending(tasks, store.finished())
-        finished = {t.key for t in tasks} - {t.key for t in pending}
-        bars = _Progress(tasks, pending, progress)
+        _prepare(config, directory, tasks, store, identity, force=force)
+        standing = standing_of(
+            tasks, store.tasks(), lambda record: retry_failed or not record.deterministic
+        )
+        finished = set(standing.finished)
+        stuck = set(standing.failed) | set(standing.blocked)
+        by_key = {t.key: t for t in tasks}
+        bars = _Progress(tasks, standing.pending, progress)
         runner = make_executor(executor, directory, workers=workers, address=address)
-        waiting = list(pending)
+        waiting = list(standing.pending)
         running: set[str] = set()
         try:
             with bars.shown():
                 while waiting or running:
+                    for task in [t for t in waiting if any(d in stuck for d in t.deps)]:
+                        waiting.remove(task)
+                        stuck.add(task.key)
+                        bars.advance(task.kind)
                     ready = [t for t in waiting if all(d in finished for d in t.deps)]
                     for task in ready[: max(0, runner.slots - len(running))]:
                         waiting.remove(task)
                         running.add(task.key)
                         runner.submit(task)
                     if not running:
-                        raise StudyTaskError(
-                            f"tasks {[t.key for t in waiting][:3]} wait on unfinished tasks"
-                        )
-                    for task, results, seconds, error in runner.wait():
-                        running.discard(task.key)
-                        if error is not None:
+                        if waiting:
                             raise StudyTaskError(
-                                f"task {task.key} failed: {type(error).__name__}: {error}"
-                            ) from error
-                        assert results is not None
-                        store.record(task.key, task.kind, task.config_hash, results, seconds)
-                        finished.add(task.key)
+                                f"tasks {[t.key for t in waiting][:3]} wait on unfinished tasks"
+                            )
+                        break
+                    for task, rows, seconds, error in runner.wait():
+                        running.discard(task.key)
+                        ran.append(task.key)
                         bars.advance(task.kind)
+                        if error is None:
+                            assert rows is not None
+                            store.record(task.key, task.kind, task.hash, rows, seconds)
+                            finished.add(task.key)
+                            continue
+                        if isinstance(error, BrokenProcessPool):
+                            raise StudyTaskError(
+                                f"task {task.key}: a worker process died ({error}); re-run to "
+                                "resume"
+                            ) from error
+                        store.record_failure(
+                            task.key,
+                            task.kind,
+                            by_key[task.key].hash,
+                            error=type(error).__name__,
+                            reason=" ".join(str(error).split()) or type(error).__name__,
+                            deterministic=isinstance(error, ToroidError),
+                            seconds=seconds,
+                        )
+                        stuck.add(task.key)
         finally:
             runner.close()
         store.set_meta("finished_at", time.time())
@@ -190,4 +284,18 @@ def run_study(
         from toroid.study.report import write_report
 
         write_report(directory)
-    return status(directory)
+    return replace(status(directory), ran=tuple(ran))
+
+
+__all__ = [
+    "CONFIG_FILE",
+    "DB_FILE",
+    "INCOMPLETE_EXIT",
+    "StudyDirectoryError",
+    "StudyStatus",
+    "StudyTaskError",
+    "read_config",
+    "run_study",
+    "save_config",
+    "status",
+]

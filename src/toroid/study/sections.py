@@ -90,16 +90,36 @@ def overview(evidence: Evidence) -> Section:
     ]
     blocks = [evidence.main] + ([evidence.binary] if evidence.binary is not None else [])
     rows = [
-        (b.block, STAGES[kind], str(p.done), str(p.total))
+        (b.block, STAGES[kind], str(p.done), str(p.failed), str(p.total))
         for b in blocks
         for kind, p in b.progress.items()
     ]
-    if not evidence.complete:
-        pending = sum(p.missing for b in blocks for p in b.progress.values())
+    pending = sum(p.missing - p.failed for b in blocks for p in b.progress.values())
+    pending -= len(evidence.blocked)
+    if pending > 0:
         items.append(
             _note(
                 f"This study is not finished: {pending} task{'s' if pending != 1 else ''} "
                 "pending. Every section uses the results finished so far."
+            )
+        )
+    if evidence.failures:
+        skipped = len(evidence.blocked)
+        items.append(
+            _note(
+                f"{len(evidence.failures)} task{'s' if len(evidence.failures) != 1 else ''} "
+                f"failed; {skipped} task{'s' if skipped != 1 else ''} that depend on them "
+                f"{'were' if skipped != 1 else 'was'} skipped. Every section uses the other "
+                "networks' results."
+            )
+        )
+        items.append(
+            Table(
+                ("failed task", "error", "reason", "retried by a re-run"),
+                tuple(
+                    (f.task, f.error or "", f.reason or "", "no" if f.deterministic else "yes")
+                    for f in evidence.failures
+                ),
             )
         )
     off = sorted({"local_energy", "distances", "paths", "bends"} - evidence.main.configured)
@@ -107,7 +127,7 @@ def overview(evidence: Evidence) -> Section:
         items.append(_note(f"Not configured: {', '.join(f'analyses.{a}' for a in off)}."))
     if evidence.binary is None:
         items.append(Paragraph("No binary block is configured."))
-    items.append(Table(("block", "stage", "finished", "tasks"), tuple(rows)))
+    items.append(Table(("block", "stage", "finished", "failed", "tasks"), tuple(rows)))
     return Section("Study", tuple(items))
 
 

@@ -1,89 +1,154 @@
 """The results store of a study: `study.db` (SQLite) and weights as safetensors bundles.
 
-Each result kind has its own table keyed by (task, config_hash); a task's result rows and
-its row in `tasks` are written in one transaction, so after a crash a task is either
-finished with all its rows or absent. Weights are written (atomically, content-addressed)
-before that transaction, so a finished task's weights always exist.
+Each row type of `toroid.study.rows` has its own table with typed columns derived from the
+dataclass (curves are JSON arrays, decoded because the field says so, never by guessing);
+every table also carries the `task` and `hash` that wrote the row. A task's rows and its
+entry in `tasks` (finished, or failed with its reason) are written in one transaction, so
+after a crash a task is either recorded whole or absent. Weights are written (atomically,
+content-addressed) before that transaction, so a finished task's weights always exist.
+
+The database carries a schema version (`PRAGMA user_version`); a store of another version
+is refused in one line that says what to do.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import json
+import math
+import re
 import sqlite3
 import time
+import types
+import typing
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 import torch
 
+from toroid.errors import ToroidError
 from toroid.storage import has_bundle, read_bundle, write_bundle
+from toroid.study.rows import TABLES, Row
 
-# One table per result kind; every table also has `task` and `config_hash` first. Values
-# that are curves or matrices are JSON text.
-TABLES: dict[str, tuple[str, ...]] = {
-    "networks": (
-        "network",
-        "block",
-        "optimizer",
-        "seed",
-        "epochs",
-        "reached_zero_train_error",
-        "train_error",
-        "train_loss",
-        "test_error",
-        "test_loss",
-        "grad_evals",
-        "wall_time",
-        "weights",
-    ),
-    "canonical": ("network", "block", "weights"),
-    "alignments": (
-        "network",
-        "block",
-        "reference",
-        "similarity_before",
-        "similarity_after",
-        "weights",
-    ),
-    "local_energy": (
-        "network",
-        "block",
-        "split",
-        "noise",
-        "sigma",
-        "mean",
-        "stderr",
-        "base",
-        "raw",
-    ),
-    "distances": ("a", "b", "block", "kind", "value", "aligned"),
-    "profiles": (
-        "a",
-        "b",
-        "block",
-        "path",
-        "ts",
-        "train_error",
-        "train_loss",
-        "test_error",
-        "test_loss",
-        "barrier_train",
-        "barrier_test",
-        "max_train_error",
-    ),
-    "bends": ("a", "b", "block", "method", "kind", "epochs", "grad_evals", "wall_time", "weights"),
-}
-Row = Mapping[str, Any]
+SCHEMA_VERSION = 2
+DB_FILE = "study.db"
+R = TypeVar("R", bound=Row)
+
+# Task keys are parts joined by "/"; a part holds letters, digits, "_", "." and "-".
+_KEY = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*(/[A-Za-z0-9][A-Za-z0-9_.-]*)*")
 
 
-def _json(value: Any) -> Any:
-    if isinstance(value, list | tuple | dict):
-        return json.dumps(value)
-    if isinstance(value, bool):
-        return int(value)
-    return value
+class StoreError(ToroidError):
+    """A study store that cannot be used as it is; the message says what to do."""
+
+
+def check_key(key: str) -> str:
+    if not _KEY.fullmatch(key):
+        raise StoreError(
+            f"task key {key!r} is not safe in a file name: its parts (separated by '/') may "
+            "hold letters, digits, '_', '.' and '-', and start with a letter or digit"
+        )
+    return key
+
+
+def stem_of(key: str) -> str:
+    """The file stem of a task key: readable (its parts joined by `_`) and unique (a hash of
+    the key follows, since `_` may occur inside a part too)."""
+    digest = hashlib.sha256(check_key(key).encode()).hexdigest()[:8]
+    return f"{key.replace('/', '_')}-{digest}"
+
+
+# Typed columns -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Column:
+    name: str
+    kind: type  # float, int, bool, str, or tuple (a JSON array of floats)
+    optional: bool
+
+    @property
+    def sql(self) -> str:
+        base = {float: "REAL", int: "INTEGER", bool: "INTEGER", str: "TEXT", tuple: "TEXT"}
+        return f"{self.name} {base[self.kind]}{'' if self.optional else ' NOT NULL'}"
+
+    def encode(self, value: Any) -> Any:
+        if value is None:
+            if not self.optional and self.kind is not float:
+                raise StoreError(f"column {self.name} cannot be empty")
+            return None
+        if self.kind is tuple:
+            return json.dumps([float(v) for v in value])
+        if self.kind is float:
+            number = float(value)
+            # SQLite stores NaN as NULL; a non-optional float decodes NULL back to NaN.
+            return None if math.isnan(number) else number
+        if self.kind is bool:
+            return int(bool(value))
+        return self.kind(value)
+
+    def decode(self, value: Any) -> Any:
+        if value is None:
+            return math.nan if self.kind is float and not self.optional else None
+        if self.kind is tuple:
+            return tuple(float(v) for v in json.loads(value))
+        if self.kind is bool:
+            return bool(value)
+        return self.kind(value)
+
+
+def _column(name: str, annotation: Any) -> Column:
+    args = typing.get_args(annotation)
+    optional = isinstance(annotation, types.UnionType) and type(None) in args
+    if optional:
+        (annotation,) = [a for a in args if a is not type(None)]
+    kind = typing.get_origin(annotation) or annotation
+    if kind not in (float, int, bool, str, tuple):
+        raise TypeError(f"row field {name} has a type the store cannot hold: {annotation}")
+    return Column(name, kind, optional)
+
+
+def columns(row_type: type) -> tuple[Column, ...]:
+    """The typed columns of a row type, in field order."""
+    hints = typing.get_type_hints(row_type)
+    return tuple(_column(f.name, hints[f.name]) for f in dataclasses.fields(row_type))
+
+
+COLUMNS: dict[type, tuple[Column, ...]] = {t: columns(t) for t in TABLES}
+
+
+@dataclass(frozen=True)
+class Stored(Generic[R]):
+    """A row as stored: the task that wrote it and that task's hash."""
+
+    task: str
+    hash: str
+    row: R
+
+
+@dataclass(frozen=True)
+class TaskRecord:
+    """A task's entry: `finished`, or `failed` with the error's type and message;
+    `deterministic` failures (raised by toroid itself: a diverging network, a chain with
+    no zero-error ends) are not retried unless asked."""
+
+    task: str
+    kind: str
+    hash: str
+    outcome: str
+    error: str | None
+    reason: str | None
+    deterministic: bool
+    seconds: float
+    finished_at: float
+
+    @property
+    def failed(self) -> bool:
+        return self.outcome == "failed"
 
 
 class Weights:
@@ -95,17 +160,17 @@ class Weights:
         self.weights_dir = self.directory / "weights"
         self.weights_dir.mkdir(parents=True, exist_ok=True)
 
-    def save(self, name: str, state: Mapping[str, torch.Tensor], meta: Row) -> str:
-        """Write `state` under the stem derived from `name`; returns the stem."""
-        stem = name.replace("/", "_")
+    def save(self, key: str, state: Mapping[str, torch.Tensor], meta: Mapping[str, Any]) -> str:
+        """Write `state` under the stem of task key `key`; returns the stem."""
+        stem = stem_of(key)
         write_bundle(self.weights_dir, stem, dict(state), dict(meta))
         return stem
 
-    def load(self, stem: str) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-        return read_bundle(self.weights_dir, stem)
+    def load(self, key: str) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+        return read_bundle(self.weights_dir, stem_of(key))
 
-    def has(self, stem: str) -> bool:
-        return has_bundle(self.weights_dir, stem)
+    def has(self, key: str) -> bool:
+        return has_bundle(self.weights_dir, stem_of(key))
 
 
 class Store:
@@ -116,19 +181,40 @@ class Store:
         self.directory = Path(directory)
         self.directory.mkdir(parents=True, exist_ok=True)
         self.weights = Weights(self.directory)
-        self.path = self.directory / "study.db"
-        self._db = sqlite3.connect(self.path, timeout=60, isolation_level=None)
+        self.path = self.directory / DB_FILE
+        try:
+            self._db = sqlite3.connect(self.path, timeout=60, isolation_level=None)
+            self._open()
+        except sqlite3.DatabaseError as exc:
+            raise StoreError(f"{self.path} is not a study database ({exc})") from None
+
+    def _open(self) -> None:
+        version = self._db.execute("PRAGMA user_version").fetchone()[0]
+        tables = self._db.execute("SELECT count(*) FROM sqlite_master").fetchone()[0]
+        if tables and version != SCHEMA_VERSION:
+            self._db.close()
+            raise StoreError(
+                f"{self.path} has schema version {version}; this toroid reads version "
+                f"{SCHEMA_VERSION}: run the study into a new --out directory, or delete "
+                f"{self.path} to recompute its results"
+            )
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=FULL")
-        self._db.execute(
-            "CREATE TABLE IF NOT EXISTS tasks (task TEXT PRIMARY KEY, kind TEXT, "
-            "config_hash TEXT, seconds REAL, finished_at REAL)"
-        )
-        self._db.execute("CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT)")
-        for table, columns in TABLES.items():
-            cols = ", ".join(("task TEXT", "config_hash TEXT", *columns))
-            self._db.execute(f"CREATE TABLE IF NOT EXISTS {table} ({cols})")
-            self._db.execute(f"CREATE INDEX IF NOT EXISTS {table}_task ON {table} (task)")
+        if tables:
+            return
+        with self._transaction() as db:
+            db.execute(
+                "CREATE TABLE tasks (task TEXT PRIMARY KEY, kind TEXT NOT NULL, hash TEXT "
+                "NOT NULL, outcome TEXT NOT NULL, error TEXT, reason TEXT, deterministic "
+                "INTEGER NOT NULL, seconds REAL NOT NULL, finished_at REAL NOT NULL)"
+            )
+            db.execute("CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
+            for row_type, table in TABLES.items():
+                sql = [c.sql for c in COLUMNS[row_type]]
+                cols = ", ".join(["task TEXT NOT NULL", "hash TEXT NOT NULL", *sql])
+                db.execute(f"CREATE TABLE {table} ({cols})")
+                db.execute(f"CREATE INDEX {table}_task ON {table} (task)")
+            db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
 
     def close(self) -> None:
         self._db.close()
@@ -161,62 +247,82 @@ class Store:
         return None if row is None else json.loads(row[0])
 
     # Tasks ----------------------------------------------------------------------------
+    def tasks(self) -> dict[str, TaskRecord]:
+        """Every recorded task, finished or failed, by key."""
+        query = (
+            "SELECT task, kind, hash, outcome, error, reason, deterministic, seconds, "
+            "finished_at FROM tasks ORDER BY task"
+        )
+        out = {}
+        for values in self._db.execute(query):
+            task, kind, hash, outcome, error, reason, deterministic, seconds, at = values
+            record = TaskRecord(
+                task, kind, hash, outcome, error, reason, bool(deterministic), seconds, at
+            )
+            out[record.task] = record
+        return out
+
     def finished(self) -> dict[str, str]:
-        """Finished tasks and the config hash each was run with."""
-        return dict(self._db.execute("SELECT task, config_hash FROM tasks").fetchall())
+        """Finished tasks and the hash each was run with."""
+        query = "SELECT task, hash FROM tasks WHERE outcome = 'finished'"
+        return dict(self._db.execute(query).fetchall())
 
-    def task_rows(self) -> list[tuple[str, str, float]]:
-        return self._db.execute("SELECT task, kind, seconds FROM tasks ORDER BY task").fetchall()
+    def record(self, task: str, kind: str, hash: str, rows: Sequence[Row], seconds: float) -> None:
+        """Replace `task`'s rows with `rows` and mark it finished, in one transaction."""
+        with self._transaction() as db:
+            self._delete(db, task)
+            for row in rows:
+                row_type = type(row)
+                cols = COLUMNS[row_type]
+                values = [task, hash, *(c.encode(getattr(row, c.name)) for c in cols)]
+                marks = ", ".join("?" * len(values))
+                db.execute(f"INSERT INTO {TABLES[row_type]} VALUES ({marks})", values)
+            db.execute(
+                "INSERT INTO tasks VALUES (?, ?, ?, 'finished', NULL, NULL, 0, ?, ?)",
+                (task, kind, hash, seconds, time.time()),
+            )
 
-    def record(
+    def record_failure(
         self,
         task: str,
         kind: str,
-        config_hash: str,
-        results: Mapping[str, Sequence[Row]],
+        hash: str,
+        *,
+        error: str,
+        reason: str,
+        deterministic: bool,
         seconds: float,
     ) -> None:
-        """Replace `task`'s rows in every table of `results` and mark it finished, in one
-        transaction."""
+        """Mark `task` failed (its rows, if any, go) with the error's type and message."""
         with self._transaction() as db:
-            for table in TABLES:
-                db.execute(f"DELETE FROM {table} WHERE task = ?", (task,))
-            for table, rows in results.items():
-                columns = TABLES[table]
-                for row in rows:
-                    unknown = set(row) - set(columns)
-                    if unknown:
-                        raise KeyError(f"table {table} has no column {sorted(unknown)}")
-                    values = [task, config_hash, *(_json(row.get(c)) for c in columns)]
-                    marks = ", ".join("?" * len(values))
-                    db.execute(f"INSERT INTO {table} VALUES ({marks})", values)
+            self._delete(db, task)
             db.execute(
-                "INSERT OR REPLACE INTO tasks VALUES (?, ?, ?, ?, ?)",
-                (task, kind, config_hash, seconds, time.time()),
+                "INSERT INTO tasks VALUES (?, ?, ?, 'failed', ?, ?, ?, ?, ?)",
+                (task, kind, hash, error, reason, int(deterministic), seconds, time.time()),
             )
 
-    def keep_only(self, current: Mapping[str, str]) -> list[str]:
-        """Delete the results of every task that is not in `current` (task -> config hash)
-        with that hash: results of an older config must not mix with this one's. Returns
-        the deleted task keys."""
-        stale = [k for k, h in self.finished().items() if current.get(k) != h]
-        with self._transaction() as db:
-            for key in stale:
-                for table in TABLES:
-                    db.execute(f"DELETE FROM {table} WHERE task = ?", (key,))
-                db.execute("DELETE FROM tasks WHERE task = ?", (key,))
-        return stale
+    @staticmethod
+    def _delete(db: sqlite3.Connection, task: str) -> None:
+        for table in TABLES.values():
+            db.execute(f"DELETE FROM {table} WHERE task = ?", (task,))
+        db.execute("DELETE FROM tasks WHERE task = ?", (task,))
 
-    def rows(self, table: str, **where: Any) -> list[dict[str, Any]]:
-        """Rows of `table` (matching `where`), JSON columns decoded, in insertion order."""
-        columns = ("task", "config_hash", *TABLES[table])
-        clause = " AND ".join(f"{k} = ?" for k in where)
-        query = f"SELECT * FROM {table}" + (f" WHERE {clause}" if where else "") + " ORDER BY rowid"
+    def drop(self, keys: Sequence[str]) -> None:
+        """Delete the records and rows of the tasks `keys`, in one transaction."""
+        with self._transaction() as db:
+            for key in keys:
+                self._delete(db, key)
+
+    def rows(self, row_type: type[R], *, task: str | None = None) -> list[Stored[R]]:
+        """The stored rows of `row_type` (of one task when given), in insertion order."""
+        cols = COLUMNS[row_type]
+        names = ", ".join(("task", "hash", *(c.name for c in cols)))
+        query = f"SELECT {names} FROM {TABLES[row_type]}"
+        args: tuple[str, ...] = ()
+        if task is not None:
+            query, args = query + " WHERE task = ?", (task,)
         out = []
-        for values in self._db.execute(query, tuple(where.values())):
-            row = dict(zip(columns, values, strict=True))
-            for k, v in row.items():
-                if isinstance(v, str) and v[:1] in "[{":
-                    row[k] = json.loads(v)
-            out.append(row)
+        for values in self._db.execute(query + " ORDER BY rowid", args):
+            fields = {c.name: c.decode(v) for c, v in zip(cols, values[2:], strict=True)}
+            out.append(Stored(values[0], values[1], row_type(**fields)))
         return out

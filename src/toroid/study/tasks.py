@@ -1,253 +1,432 @@
-"""What each kind of study task does. A runner reads its inputs from the store's weights,
-computes, writes its own weights (atomically) and returns its result rows; only the
-coordinator writes the database. Runners are deterministic: a task re-run after a crash
+"""The kinds of study task. Each kind has a frozen `Params` holding exactly what its runner
+reads, the `Row` types it writes (`toroid.study.rows`) and `run(params, inputs) -> rows`.
+A task's hash is computed from its `Params` and the hashes of the tasks whose weights it
+reads (`toroid.study.graph`), so the hash and the runner cannot drift apart: a setting that
+is not in `Params` cannot change a result, and one that is re-runs the task.
+
+Runners read upstream weights and write their own through `TaskInputs` (atomically); only
+the coordinator writes the database. Runners are deterministic: a task re-run after a crash
 gives the same numbers."""
 
 from __future__ import annotations
 
 import functools
-import json
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 import torch
 from torch import nn
 
 from toroid.data import Split, load
 from toroid.manifold.distance import distances
-from toroid.models import build
+from toroid.models import build, model_config
 from toroid.paths import fit_bend, make_path, profile, retrain_midpoint
 from toroid.paths.profile import Profile
-from toroid.study.graph import Task
-from toroid.study.store import Weights
+from toroid.study.rows import (
+    AlignmentRow,
+    BendRow,
+    CanonicalRow,
+    DistanceRow,
+    EnergyRow,
+    NetworkRow,
+    ProfileRow,
+    Row,
+)
+from toroid.study.store import Weights, stem_of
 from toroid.symmetry import spec_for
 from toroid.symmetry.align import align
 from toroid.symmetry.canonical import canonical_state
 from toroid.symmetry.transform import transform_state
 from toroid.train import derive_seed, fit
 
-Results = dict[str, list[dict[str, Any]]]
+# Parameters --------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class DataParams:
+    """Which dataset and subset; `toroid.data.load`'s arguments."""
+
+    name: str
+    train_size: int | None
+    test_size: int | None
+    seed: int
+    root: str | None
+
+
+@dataclass(frozen=True)
+class TrainParams:
+    network: str
+    block: str
+    optimizer_label: str  # names the network and seeds its initialization
+    optimizer: Mapping[str, Any]  # resolved: every hyperparameter spelled out
+    seed: int
+    model: Mapping[str, Any]
+    data: DataParams
+    epochs: int
+    schedule: str
+    batch_size: int | None
+    stop_at_zero_train_error: bool
+    augment: bool
+    device: str
+
+
+@dataclass(frozen=True)
+class CanonicalParams:
+    network: str
+    block: str
+
+
+@dataclass(frozen=True)
+class AlignParams:
+    network: str
+    reference: str
+    block: str
+
+
+@dataclass(frozen=True)
+class EnergyParams:
+    """Local energy with Gaussian noise (multiplicative or spherical) at `levels` sigmas."""
+
+    network: str
+    block: str
+    data: DataParams
+    levels: tuple[float, ...]
+    samples: int
+    noise: str
+    split: str
+    bn_samples: int
+    device: str
+
+
+@dataclass(frozen=True)
+class FlipEnergyParams:
+    """Local energy of a binary network: each weight flipped with probability `levels`."""
+
+    network: str
+    block: str
+    data: DataParams
+    levels: tuple[float, ...]
+    samples: int
+    bn_samples: int
+    device: str
+
+
+@dataclass(frozen=True)
+class DistanceParams:
+    a: str
+    b: str
+    block: str
+    kinds: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class ProfileParams:
+    a: str
+    b: str
+    block: str
+    path: str
+    data: DataParams
+    points: int
+    refine: int
+    bn_samples: int
+    device: str
+
+
+@dataclass(frozen=True)
+class BendParams:
+    a: str
+    b: str
+    block: str
+    data: DataParams
+    method: str
+    kind: str
+    epochs: int
+    lr: float
+    points: int
+    device: str
+
+
+@dataclass(frozen=True)
+class FlipPathParams:
+    a: str
+    b: str
+    block: str
+    data: DataParams
+    orders: int
+    points: int
+    bn_samples: int
+    device: str
+
+
+@dataclass(frozen=True)
+class FlipChainParams:
+    a: str
+    b: str
+    block: str
+    data: DataParams
+    optimizer: Mapping[str, Any]
+    epochs: int
+    batch_size: int | None
+    schedule: str
+    orders: int
+    points: int
+    bn_samples: int
+    device: str
+
+
+TaskParams = (
+    TrainParams
+    | CanonicalParams
+    | AlignParams
+    | EnergyParams
+    | FlipEnergyParams
+    | DistanceParams
+    | ProfileParams
+    | BendParams
+    | FlipPathParams
+    | FlipChainParams
+)
+
+
+# Keys: what a task is called, and so which weights it reads -----------------------------
+
+
+def train_key(network: str) -> str:
+    return f"train/{network}"
+
+
+def canonical_key(network: str) -> str:
+    return f"canonical/{network}"
+
+
+# Inputs and outputs -------------------------------------------------------------------------
+
+
+class TaskInputs:
+    """What a runner may touch besides its `Params`: the weights of the tasks it reads, and
+    a place for its own weights and resumable state (both named after its key)."""
+
+    def __init__(self, weights: Weights, key: str, hash: str) -> None:
+        self._weights = weights
+        self.key = key
+        self.hash = hash
+
+    def model(self, key: str) -> nn.Module:
+        state, meta = self._weights.load(key)
+        model = build(meta["model"])
+        model.load_state_dict(state)
+        return model.eval()
+
+    def canonical(self, network: str) -> nn.Module:
+        return self.model(canonical_key(network))
+
+    def save(self, model: nn.Module, **meta: Any) -> str:
+        """Write this task's weights; returns their stem."""
+        return self._weights.save(
+            self.key, model.state_dict(), {"model": model_config(model), **meta}
+        )
+
+    @property
+    def state_dir(self) -> Path:
+        return self._weights.directory / "train-state" / f"{stem_of(self.key)}-{self.hash}"
 
 
 @functools.lru_cache(maxsize=4)
-def _data(spec_json: str, device: str) -> Split:
-    spec = json.loads(spec_json)
+def data_for(spec: DataParams, device: str = "cpu") -> Split:
+    """The study's dataset, loaded once per process."""
     split = load(
-        spec["name"],
-        root=spec.get("root"),
-        train_size=spec.get("train_size"),
-        test_size=spec.get("test_size"),
-        seed=int(spec.get("seed", 0)),
+        spec.name,
+        root=spec.root,
+        train_size=spec.train_size,
+        test_size=spec.test_size,
+        seed=spec.seed,
     )
     return split.to(device) if device != "cpu" else split
 
 
-def data_for(spec: Mapping[str, Any], device: str = "cpu") -> Split:
-    """The study's dataset, loaded once per process."""
-    return _data(json.dumps(dict(spec), sort_keys=True), device)
+# Runners ------------------------------------------------------------------------------------
 
 
-def _stem(name: str) -> str:
-    return name.replace("/", "_")
-
-
-def _model(store: Weights, stem: str) -> nn.Module:
-    state, meta = store.load(stem)
-    model = build(meta["model"])
-    model.load_state_dict(state)
-    return model.eval()
-
-
-def _save(store: Weights, key: str, model: nn.Module, **meta: Any) -> str:
-    from toroid.models import model_config
-
-    return store.save(key, model.state_dict(), {"model": model_config(model), **meta})
-
-
-def run_train(task: Task, store: Weights) -> Results:
-    p = task.params
-    training = p["training"]
-    split = data_for(p["data"])
-    state_dir = store.directory / "train-state" / f"{_stem(p['network'])}-{task.config_hash}"
+def run_train(p: TrainParams, inputs: TaskInputs) -> list[Row]:
+    split = data_for(p.data)
     # Each network starts from its own initialization: with one init per seed, minimizers
     # of different optimizers would share a basin by construction.
-    init_seed = derive_seed(p["seed"], f"init/{p['optimizer_label']}")
+    init_seed = derive_seed(p.seed, f"init/{p.optimizer_label}")
     result = fit(
-        build(p["model"], seed=init_seed),
+        build(dict(p.model), seed=init_seed),
         split,
-        optimizer=p["optimizer"],
-        epochs=training["epochs"],
-        batch_size=training["batch_size"],
-        schedule=training["schedule"],
-        seed=p["seed"],
-        device=p["device"],
-        stop_at_zero_train_error=training["stop_at_zero_train_error"],
-        augment=training["augment"],
-        checkpoint_dir=state_dir,
+        optimizer=dict(p.optimizer),
+        epochs=p.epochs,
+        batch_size=p.batch_size,
+        schedule=p.schedule,  # type: ignore[arg-type]
+        seed=p.seed,
+        device=p.device,
+        stop_at_zero_train_error=p.stop_at_zero_train_error,
+        augment=p.augment,
+        checkpoint_dir=inputs.state_dir,
         resume=True,
         progress=False,
     )
-    model = result.model.cpu()
-    weights = _save(store, task.key, model, optimizer=p["optimizer"], seed=p["seed"])
+    weights = inputs.save(result.model.cpu(), optimizer=dict(p.optimizer), seed=p.seed)
     test = result.test
-    row = {
-        "network": p["network"],
-        "block": p["block"],
-        "optimizer": p["optimizer_label"],
-        "seed": p["seed"],
-        "epochs": result.epochs,
-        "reached_zero_train_error": result.reached_zero_train_error,
-        "train_error": result.train.error,
-        "train_loss": result.train.loss,
-        "test_error": None if test is None else test.error,
-        "test_loss": None if test is None else test.loss,
-        "grad_evals": result.grad_evals,
-        "wall_time": result.wall_time,
-        "weights": weights,
-    }
-    return {"networks": [row]}
+    return [
+        NetworkRow(
+            network=p.network,
+            block=p.block,
+            optimizer=p.optimizer_label,
+            seed=p.seed,
+            epochs=result.epochs,
+            reached_zero_train_error=result.reached_zero_train_error,
+            train_error=result.train.error,
+            train_loss=result.train.loss,
+            test_error=None if test is None else test.error,
+            test_loss=None if test is None else test.loss,
+            grad_evals=result.grad_evals,
+            wall_time=result.wall_time,
+            weights=weights,
+        )
+    ]
 
 
-def run_canonical(task: Task, store: Weights) -> Results:
-    p = task.params
-    model = _model(store, _stem(f"train/{p['network']}"))
-    state = canonical_state(model.state_dict(), spec_for(model), output="keep")
-    model.load_state_dict(state)
-    weights = _save(store, task.key, model)
-    return {"canonical": [{"network": p["network"], "block": p["block"], "weights": weights}]}
+def run_canonical(p: CanonicalParams, inputs: TaskInputs) -> list[Row]:
+    model = inputs.model(train_key(p.network))
+    model.load_state_dict(canonical_state(model.state_dict(), spec_for(model), output="keep"))
+    return [CanonicalRow(network=p.network, block=p.block, weights=inputs.save(model))]
 
 
-def _canonical(store: Weights, network: str) -> nn.Module:
-    return _model(store, _stem(f"canonical/{network}"))
-
-
-def run_align(task: Task, store: Weights) -> Results:
-    p = task.params
-    model, reference = _canonical(store, p["network"]), _canonical(store, p["reference"])
+def run_align(p: AlignParams, inputs: TaskInputs) -> list[Row]:
+    model, reference = inputs.canonical(p.network), inputs.canonical(p.reference)
     spec = spec_for(reference)
     result = align(model, reference, spec=spec)
     aligned = transform_state(
         canonical_state(model.state_dict(), spec, output="keep"), spec, result.transform()
     )
     model.load_state_dict(aligned)
-    weights = _save(store, task.key, model, reference=p["reference"])
-    row = {
-        "network": p["network"],
-        "block": p["block"],
-        "reference": p["reference"],
-        "similarity_before": result.total_before,
-        "similarity_after": result.total_after,
-        "weights": weights,
-    }
-    return {"alignments": [row]}
-
-
-def _energy_rows(
-    params: Mapping[str, Any], noise: str, levels: Sequence[float], result: Any
-) -> list[dict[str, Any]]:
-    """One row per split and noise level (sigma, or flip probability) of a local energy."""
     return [
-        {
-            "network": params["network"],
-            "block": params["block"],
-            "split": split,
-            "noise": noise,
-            "sigma": level,
-            "mean": result.mean[split][i],
-            "stderr": result.stderr[split][i],
-            "base": result.base[split],
-            "raw": list(result.raw[split][i]),
-        }
-        for split in result.mean
-        for i, level in enumerate(levels)
+        AlignmentRow(
+            network=p.network,
+            block=p.block,
+            reference=p.reference,
+            similarity_before=result.total_before,
+            similarity_after=result.total_after,
+            weights=inputs.save(model, reference=p.reference),
+        )
     ]
 
 
-def run_energy(task: Task, store: Weights) -> Results:
+def _energy_rows(network: str, block: str, result: Any) -> list[Row]:
+    """One row per split and noise level of a local energy result."""
+    return [
+        EnergyRow(
+            network=network,
+            block=block,
+            split=split,
+            noise=result.noise,
+            level=level,
+            mean=result.mean[split][i],
+            stderr=result.stderr[split][i],
+            base=result.base[split],
+            raw=tuple(result.raw[split][i]),
+        )
+        for split in result.mean
+        for i, level in enumerate(result.levels)
+    ]
+
+
+def run_energy(p: EnergyParams, inputs: TaskInputs) -> list[Row]:
     from toroid.flatness import local_energy
 
-    p, spec = task.params, task.params["spec"]
-    model = _canonical(store, p["network"])
     result = local_energy(
-        model,
-        data_for(p["data"]),
-        sigmas=spec["sigmas"],
-        samples=spec["samples"],
-        noise=spec["noise"],
-        split=spec["split"],
-        bn_samples=spec["bn_samples"],
-        device=p["device"],
+        inputs.canonical(p.network),
+        data_for(p.data),
+        sigmas=p.levels,
+        samples=p.samples,
+        noise=p.noise,  # type: ignore[arg-type]
+        split=p.split,  # type: ignore[arg-type]
+        bn_samples=p.bn_samples,
+        device=p.device,
         progress=False,
     )
-    return {"local_energy": _energy_rows(p, result.noise, result.sigmas, result)}
+    return _energy_rows(p.network, p.block, result)
 
 
-def run_distance(task: Task, store: Weights) -> Results:
-    p = task.params
-    a, b = _canonical(store, p["a"]), _canonical(store, p["b"])
+def run_flip_energy(p: FlipEnergyParams, inputs: TaskInputs) -> list[Row]:
+    from toroid.flatness.flip_energy import flip_energy
+
+    result = flip_energy(
+        inputs.canonical(p.network),
+        data_for(p.data),
+        ps=p.levels,
+        samples=p.samples,
+        split="both",
+        bn_samples=p.bn_samples,
+        device=p.device,
+        progress=False,
+    )
+    return _energy_rows(p.network, p.block, result)
+
+
+def run_distance(p: DistanceParams, inputs: TaskInputs) -> list[Row]:
+    a, b = inputs.canonical(p.a), inputs.canonical(p.b)
     # One alignment for every kind.
-    results = distances(a, b, kinds=p["kinds"], spec=spec_for(a))
-    rows = [
-        {
-            "a": p["a"],
-            "b": p["b"],
-            "block": p["block"],
-            "kind": kind,
-            "value": r.value,
-            "aligned": True,
-        }
+    results = distances(a, b, kinds=list(p.kinds), spec=spec_for(a))  # type: ignore[arg-type]
+    return [
+        DistanceRow(a=p.a, b=p.b, block=p.block, kind=kind, value=r.value, aligned=True)
         for kind, r in results.items()
     ]
-    return {"distances": rows}
 
 
-def _profile_row(a: str, b: str, block: str, path: str, curve: Profile) -> dict[str, Any]:
+def _profile_row(
+    a: str, b: str, block: str, path: str, curve: Profile, *, over_orders: bool = False
+) -> ProfileRow:
+    """The row of a profile. Barriers are `max_minus_mean` of the error: of the (mean)
+    curve, or with `over_orders` the mean over orders of each order's barrier; the largest
+    training error is taken over every point of every order."""
+    of = curve.mean_barrier if over_orders else curve.barrier
     has_test = curve.test_error is not None
-    return {
-        "a": a,
-        "b": b,
-        "block": block,
-        "path": path,
-        "ts": list(curve.ts),
-        "train_error": list(curve.train_error),
-        "train_loss": list(curve.train_loss),
-        "test_error": list(curve.test_error) if curve.test_error is not None else None,
-        "test_loss": list(curve.test_loss) if curve.test_loss is not None else None,
-        "barrier_train": curve.barrier("max_minus_mean", "train_error"),
-        "barrier_test": curve.barrier("max_minus_mean", "test_error") if has_test else None,
-        "max_train_error": max(curve.train_error),
-    }
+    return ProfileRow(
+        a=a,
+        b=b,
+        block=block,
+        path=path,
+        ts=curve.ts,
+        train_error=curve.train_error,
+        train_loss=curve.train_loss,
+        test_error=curve.test_error,
+        test_loss=curve.test_loss,
+        barrier_train=of("max_minus_mean", "train_error"),
+        barrier_test=of("max_minus_mean", "test_error") if has_test else None,
+        max_train_error=curve.max_barrier("max", "train_error"),
+    )
 
 
-def run_profile(task: Task, store: Weights) -> Results:
-    p, spec = task.params, task.params["spec"]
-    a, b = _canonical(store, p["a"]), _canonical(store, p["b"])
+def run_profile(p: ProfileParams, inputs: TaskInputs) -> list[Row]:
     curve = profile(
-        make_path(p["path"], a, b),
-        data_for(p["data"]),
-        points=spec["points"],
-        refine=spec["refine"],
-        bn_samples=spec["bn_samples"],
-        device=p["device"],
+        make_path(p.path, inputs.canonical(p.a), inputs.canonical(p.b)),
+        data_for(p.data),
+        points=p.points,
+        refine=p.refine,
+        bn_samples=p.bn_samples,
+        device=p.device,
         progress=False,
     )
-    return {"profiles": [_profile_row(p["a"], p["b"], p["block"], p["path"], curve)]}
+    return [_profile_row(p.a, p.b, p.block, p.path, curve)]
 
 
-def run_bend(task: Task, store: Weights) -> Results:
-    p, spec = task.params, task.params["spec"]
-    a, b = _canonical(store, p["a"]), _canonical(store, p["b"])
-    data = data_for(p["data"])
-    if spec["method"] == "retrain":
+def run_bend(p: BendParams, inputs: TaskInputs) -> list[Row]:
+    a, b = inputs.canonical(p.a), inputs.canonical(p.b)
+    data = data_for(p.data)
+    if p.method == "retrain":
         fitted = retrain_midpoint(
             a,
             b,
             data,
-            optimizer={"name": "sgd", "lr": spec["lr"]},
-            epochs=spec["epochs"],
-            device=p["device"],
+            optimizer={"name": "sgd", "lr": p.lr},
+            epochs=p.epochs,
+            device=p.device,
             progress=False,
         )
     else:
@@ -255,148 +434,120 @@ def run_bend(task: Task, store: Weights) -> Results:
             a,
             b,
             data,
-            kind=spec["kind"],
-            epochs=spec["epochs"],
-            lr=spec["lr"],
-            device=p["device"],
+            kind=p.kind,  # type: ignore[arg-type]
+            epochs=p.epochs,
+            lr=p.lr,
+            device=p.device,
             progress=False,
         )
-    weights = _save(store, task.key, fitted.bend, method=spec["method"])
-    curve = profile(fitted.path, data, points=spec["points"], device=p["device"], progress=False)
-    path_kind = "polychain" if spec["method"] == "retrain" else spec["kind"]
-    bend_row = {
-        "a": p["a"],
-        "b": p["b"],
-        "block": p["block"],
-        "method": spec["method"],
-        "kind": path_kind,
-        "epochs": fitted.epochs,
-        "grad_evals": fitted.grad_evals,
-        "wall_time": fitted.wall_time,
-        "weights": weights,
-    }
-    return {
-        "bends": [bend_row],
-        "profiles": [_profile_row(p["a"], p["b"], p["block"], path_kind, curve)],
-    }
+    weights = inputs.save(fitted.bend, method=p.method)
+    curve = profile(fitted.path, data, points=p.points, device=p.device, progress=False)
+    path_kind = "polychain" if p.method == "retrain" else p.kind
+    return [
+        BendRow(
+            a=p.a,
+            b=p.b,
+            block=p.block,
+            method=p.method,
+            kind=path_kind,
+            epochs=fitted.epochs,
+            grad_evals=fitted.grad_evals,
+            wall_time=fitted.wall_time,
+            weights=weights,
+        ),
+        _profile_row(p.a, p.b, p.block, path_kind, curve),
+    ]
 
 
-def run_flip_energy(task: Task, store: Weights) -> Results:
-    from toroid.flatness.flip_energy import flip_energy
-
-    p, spec = task.params, task.params["spec"]
-    model = _canonical(store, p["network"])
-    result = flip_energy(
-        model,
-        data_for(p["data"]),
-        ps=spec["flip_probs"],
-        samples=spec["samples"],
-        split="both",
-        bn_samples=spec["bn_samples"],
-        device=p["device"],
-        progress=False,
-    )
-    return {"local_energy": _energy_rows(p, "flip", result.ps, result)}
-
-
-def _flip_row(a: str, b: str, block: str, path: str, ts: Any, curves: Any) -> dict[str, Any]:
-    """A profile row from mean curves; barriers as for continuous paths, of the mean."""
-    from toroid.paths.profile import barrier
-
-    row: dict[str, Any] = {"a": a, "b": b, "block": block, "path": path, "ts": list(ts)}
-    for split in ("train", "test"):
-        curve = curves.get(split)
-        row[f"{split}_error"] = None if curve is None else list(curve)
-        row[f"{split}_loss"] = None
-        row[f"barrier_{split}"] = None if curve is None else barrier(ts, curve)
-    row["max_train_error"] = max(curves["train"])
-    return row
-
-
-def run_flip_path(task: Task, store: Weights) -> Results:
+def run_flip_path(p: FlipPathParams, inputs: TaskInputs) -> list[Row]:
     from toroid.paths.flip import flip_path
 
-    p, spec = task.params, task.params["spec"]
-    a, b = _canonical(store, p["a"]), _canonical(store, p["b"])
-    result = flip_path(
-        a,
-        b,
-        data=data_for(p["data"]),
-        orders=spec["flip_orders"],
-        points=spec["flip_points"],
+    curve = flip_path(
+        inputs.canonical(p.a),
+        inputs.canonical(p.b),
+        data=data_for(p.data),
+        orders=p.orders,
+        points=p.points,
         split="both",
-        bn_samples=spec["bn_samples"],
-        device=p["device"],
+        bn_samples=p.bn_samples,
+        device=p.device,
         progress=False,
     )
-    curves = {split: result.mean_profile(split) for split in result.error}
-    row = _flip_row(p["a"], p["b"], p["block"], "flip", result.t, curves)
-    # The mean barrier over orders, not the barrier of the mean profile.
-    row["barrier_train"] = result.mean_barrier("train")
-    if "test" in result.error:
-        row["barrier_test"] = result.mean_barrier("test")
-    row["max_train_error"] = result.max_barrier("train", kind="max")
-    return {"profiles": [row]}
+    return [_profile_row(p.a, p.b, p.block, "flip", curve, over_orders=True)]
 
 
-def run_flip_chain(task: Task, store: Weights) -> Results:
+def run_flip_chain(p: FlipChainParams, inputs: TaskInputs) -> list[Row]:
     from toroid.paths.flip_chain import flip_chain
 
-    p, spec, training = task.params, task.params["spec"], task.params["training"]
-    a, b = _canonical(store, p["a"]), _canonical(store, p["b"])
     chain = flip_chain(
-        a,
-        b,
-        data_for(p["data"]),
-        optimizer=p["optimizer"],
-        epochs=training["epochs"],
-        batch_size=training["batch_size"],
-        schedule=training["schedule"],
-        orders=spec["flip_orders"],
-        points=spec["flip_points"],
-        bn_samples=spec["bn_samples"],
-        device=p["device"],
+        inputs.canonical(p.a),
+        inputs.canonical(p.b),
+        data_for(p.data),
+        optimizer=dict(p.optimizer),
+        epochs=p.epochs,
+        batch_size=p.batch_size,
+        schedule=p.schedule,  # type: ignore[arg-type]
+        orders=p.orders,
+        points=p.points,
+        bn_samples=p.bn_samples,
+        device=p.device,
         progress=False,
     )
-    weights = _save(store, task.key, chain.bend, method="retrain")
-    curves = {}
-    ts: tuple[float, ...] = ()
-    for split in chain.first.error:
-        ts, curves[split] = chain.mean_profile(split)
-    row = _flip_row(p["a"], p["b"], p["block"], "flip-chain", ts, curves)
-    row["max_train_error"] = chain.max_error("train")
-    bend_row = {
-        "a": p["a"],
-        "b": p["b"],
-        "block": p["block"],
-        "method": "retrain",
-        "kind": "flip-chain",
-        "epochs": chain.epochs,
-        "grad_evals": None,
-        "wall_time": None,
-        "weights": weights,
-    }
-    return {"bends": [bend_row], "profiles": [row]}
+    bend = BendRow(
+        a=p.a,
+        b=p.b,
+        block=p.block,
+        method="retrain",
+        kind="flip-chain",
+        epochs=chain.epochs,
+        grad_evals=None,
+        wall_time=None,
+        weights=inputs.save(chain.bend, method="retrain"),
+    )
+    return [bend, _profile_row(p.a, p.b, p.block, "flip-chain", chain.profile())]
 
 
-RUNNERS: dict[str, Callable[[Task, Weights], Results]] = {
-    "train": run_train,
-    "canonical": run_canonical,
-    "align": run_align,
-    "energy": run_energy,
-    "distance": run_distance,
-    "profile": run_profile,
-    "bend": run_bend,
-    "flip_energy": run_flip_energy,
-    "flip_path": run_flip_path,
-    "flip_chain": run_flip_chain,
+# The registry -------------------------------------------------------------------------------
+
+P = TypeVar("P", bound=TaskParams)
+
+
+@dataclass(frozen=True)
+class TaskKind(Generic[P]):
+    """A kind of task: its `Params` type, its runner, and the words the report uses."""
+
+    name: str
+    params: type[P]
+    run: Callable[[P, TaskInputs], list[Row]]
+    words: str
+
+
+KINDS: dict[str, TaskKind[Any]] = {
+    kind.name: kind
+    for kind in (
+        TaskKind("train", TrainParams, run_train, "training"),
+        TaskKind("canonical", CanonicalParams, run_canonical, "canonical form"),
+        TaskKind("align", AlignParams, run_align, "alignment"),
+        TaskKind("energy", EnergyParams, run_energy, "local energy"),
+        TaskKind("flip_energy", FlipEnergyParams, run_flip_energy, "flip local energy"),
+        TaskKind("distance", DistanceParams, run_distance, "distances"),
+        TaskKind("profile", ProfileParams, run_profile, "path profiles"),
+        TaskKind("flip_path", FlipPathParams, run_flip_path, "flip-path profiles"),
+        TaskKind("bend", BendParams, run_bend, "single-bend chains"),
+        TaskKind("flip_chain", FlipChainParams, run_flip_chain, "two-segment flip chains"),
+    )
 }
 
 
-def execute(task: Task, directory: str | Path) -> tuple[Results, float]:
+def execute(
+    kind: str, params: TaskParams, key: str, hash: str, directory: str | Path
+) -> tuple[list[Row], float]:
     """Run one task against the store in `directory` (any process); its rows and seconds."""
+    task_kind = KINDS[kind]
+    if not isinstance(params, task_kind.params):
+        raise TypeError(f"task {key}: {kind} takes {task_kind.params.__name__}")
     started = time.perf_counter()
     with torch.random.fork_rng():
         torch.manual_seed(0)
-        results = RUNNERS[task.kind](task, Weights(directory))
-    return results, time.perf_counter() - started
+        rows = task_kind.run(params, TaskInputs(Weights(directory), key, hash))
+    return rows, time.perf_counter() - started
