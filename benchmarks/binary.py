@@ -100,7 +100,7 @@ def main() -> None:
             split="train",
             progress=False,
         )
-        pair_rows.append((a, b, overlap, path.mean_barrier("train")))
+        pair_rows.append((a, b, overlap, path.mean_barrier()))
     chains = {}
     for label in OPTIMIZERS:
         for s, t in combinations(range(args.seeds), 2):

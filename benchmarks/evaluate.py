@@ -1,4 +1,4 @@
-"""Batched evaluation benchmark: local energy through `evaluate_many` against the plain
+"""Batched evaluation benchmark: local energy through `evaluate_sets` against the plain
 loop peers use (deepcopy, perturb, recompute BatchNorm, evaluate), measured in one run.
 
 Local energy with --samples x --sigmas perturbations of a 784-512-512-10 BatchNorm MLP on
@@ -96,7 +96,7 @@ def main() -> None:
         f"data: {source}; {args.samples} samples x {args.sigmas} sigmas = "
         f"{perturbed_sets} networks; {torch.get_num_threads()} threads"
     )
-    print(f"local energy via evaluate_many   {batched:8.1f} s")
+    print(f"local energy via evaluate_sets   {batched:8.1f} s")
     print(f"plain loop, same settings        {loop:8.1f} s  (from {args.loop_sets} networks)")
     print(
         f"plain loop, peer settings        {peer:8.1f} s  (from {peer_sets} networks: "
@@ -116,7 +116,7 @@ def main() -> None:
     print(
         "local energy (train):",
         ", ".join(
-            f"{s:.2f}: {m:.4f}" for s, m in zip(energy.sigmas, energy.mean["train"], strict=True)
+            f"{s:.2f}: {m:.4f}" for s, m in zip(energy.levels, energy.mean["train"], strict=True)
         ),
     )
 

@@ -4,7 +4,7 @@ Two SGD-trained 784-500-500-10 BatchNorm MLPs on 10k Fashion-MNIST (zero trainin
 the train-error barrier (max_minus_mean) of the raw linear path, the aligned linear path,
 the geodesic, and the single-bend chain through a fitted bend (and through the re-trained
 geodesic midpoint). Then 21-point profiles of the aligned linear path and of the geodesic,
-BatchNorm recomputed at every point, through `evaluate_many` against the point-by-point
+BatchNorm recomputed at every point, through `evaluate_sets` against the point-by-point
 loop (load the point, recompute BatchNorm, evaluate) with the same settings and with the
 settings of typical peer code (statistics over all training inputs, as Garipov et al.'s
 `bn_update` does, and batches of 128). Target: >= 3x. The timings alternate between the
@@ -199,10 +199,10 @@ def main() -> None:
         ratio = p_s / b_s
         ratios.append(ratio)
         print(f"{name}:")
-        print(f"  evaluate_many (affine family)   {b_s:6.2f} s  rounds {_fmt(batched)}")
+        print(f"  evaluate_sets (affine family)   {b_s:6.2f} s  rounds {_fmt(batched)}")
         if plain:
             print(
-                f"  evaluate_many (stacked states)  {statistics.median(plain):6.2f} s  rounds "
+                f"  evaluate_sets (stacked states)  {statistics.median(plain):6.2f} s  rounds "
                 f"{_fmt(plain)}  (the per-cell family is "
                 f"{statistics.median(plain) / b_s:.2f}x faster)"
             )

@@ -1,5 +1,5 @@
 """Shared fixtures: small files in the formats toroid reads, written by the tests; a record
-of when `evaluate_many` took its input-layer fast path."""
+of when `evaluate_sets` took its input-layer fast path."""
 
 from __future__ import annotations
 

@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from toroid import checkpoint
 from toroid.data import Split, load
 from toroid.errors import InvalidArgumentError
-from toroid.evaluate import evaluate, evaluate_many, stack_states
+from toroid.evaluate import EvalPlan, evaluate, evaluate_sets, stack_states
 from toroid.models import (
     BinaryConv2d,
     BinaryLinear,
@@ -184,7 +184,7 @@ def test_bad_binary_arguments_are_refused(kwargs: dict[str, object], message: st
         lenet5(**arguments)  # type: ignore[arg-type]
 
 
-def test_evaluate_many_equals_evaluate_on_binary_networks(small: Split) -> None:
+def test_evaluate_sets_equals_evaluate_on_binary_networks(small: Split) -> None:
     """The vmap path (batched sign activations and weights) against the one-at-a-time loop,
     BatchNorm statistics recomputed."""
     model = binary_mlp(widths=(16, 8))
@@ -197,14 +197,13 @@ def test_evaluate_many_equals_evaluate_on_binary_networks(small: Split) -> None:
                 state[name] = value + 0.5 * torch.randn(value.shape, generator=gen)
         states.append(state)
     names = [n for n, _ in model.named_parameters()]
-    many = evaluate_many(
+    many = evaluate_sets(
         model,
         stack_states([{n: s[n] for n in names} for s in states]),
-        small.test,
+        {"test": small.test},
         bn_data=small.train,
-        bn_samples=None,
-        bn_batch_size=120,
-    )
+        plan=EvalPlan(bn_samples=None, bn_batch_size=120),
+    )["test"]
     for k, state in enumerate(states):
         one = build(model_config(model))
         one.load_state_dict(state)

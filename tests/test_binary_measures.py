@@ -17,7 +17,8 @@ from toroid.flatness import flip_energy
 from toroid.manifold import distance, slerp_state
 from toroid.manifold.cells import binary_vector, set_binary_vector_
 from toroid.models import build, mlp
-from toroid.paths.flip import FlipPath, flip_counts, flip_path
+from toroid.paths import Profile
+from toroid.paths.flip import flip_counts, flip_path
 from toroid.symmetry import align, canonicalize, random_symmetry, spec_for
 from toroid.symmetry.transform import with_state
 from toroid.train import fit
@@ -113,6 +114,7 @@ def test_flip_energy_is_zero_at_p0_and_matches_a_plain_loop(
     canonical = canonicalize(trained, spec=spec, output="keep")
     base = recomputed(canonical, small)
     assert result.weights == 12 * 32 + 32 * 3
+    assert result.noise == "flip" and result.levels == ps and result.samples == samples
     for split in ("train", "test"):
         assert result.base[split] == base[split][0]
         assert result.mean[split][0] == 0.0 and result.stderr[split][0] == 0.0
@@ -159,9 +161,12 @@ def test_flip_paths_start_and_end_at_the_endpoints_errors(small: Split) -> None:
     path = flip_path(a, b, data=small, orders=3, points=6, seed=1, progress=False, **BN)
     ends = recomputed(a, small), recomputed(b, small)
     assert ends[0]["test"][0] != ends[1]["test"][0]
+    assert path.kind == "flip" and path.orders == 3 and path.bn == "recompute"
+    assert path.per_order is not None
     for split in ("train", "test"):
         for order in range(path.orders):
-            errors, losses = path.error[split][order], path.loss[split][order]
+            errors = path.per_order[f"{split}_error"][order]
+            losses = path.per_order[f"{split}_loss"][order]
             assert (errors[0], errors[-1]) == (ends[0][split][0], ends[1][split][0])
             assert losses[0] == pytest.approx(ends[0][split][1], rel=1e-5)
             assert losses[-1] == pytest.approx(ends[1][split][1], rel=1e-5)
@@ -169,8 +174,13 @@ def test_flip_paths_start_and_end_at_the_endpoints_errors(small: Split) -> None:
     assert path.weights == 12 * 16 + 16 * 8 + 8 * 3
     assert path.differing == round(overlap.value * path.weights)
     assert path.flips == flip_counts(path.differing, 6) and path.flips[-1] == path.differing
-    assert path.t[0] == 0.0 and path.t[-1] == 1.0
-    assert all(x < y for x, y in zip(path.t, path.t[1:], strict=False))
+    assert path.ts[0] == 0.0 and path.ts[-1] == 1.0
+    assert all(x < y for x, y in zip(path.ts, path.ts[1:], strict=False))
+    # The profile's curves are the means over orders, point by point.
+    for metric in ("train_error", "test_error", "train_loss", "test_loss"):
+        curves = path.per_order[metric]
+        mean = tuple(sum(column) / len(column) for column in zip(*curves, strict=True))
+        assert path.values(metric) == mean  # type: ignore[arg-type]
 
 
 def test_an_interior_point_matches_a_network_built_by_hand(small: Split) -> None:
@@ -192,20 +202,25 @@ def test_an_interior_point_matches_a_network_built_by_hand(small: Split) -> None
         set_binary_vector_(state, spec, vector)
         errors = recomputed(with_state(a, state), small)
         for split in ("train", "test"):
-            assert path.error[split][o][1] == errors[split][0]
-            assert path.loss[split][o][1] == pytest.approx(errors[split][1], rel=1e-5)
+            assert path.curves(f"{split}_error")[o][1] == errors[split][0]  # type: ignore[arg-type]
+            loss = path.curves(f"{split}_loss")[o][1]  # type: ignore[arg-type]
+            assert loss == pytest.approx(errors[split][1], rel=1e-5)
 
 
 def test_a_flip_path_between_symmetric_copies_is_flat(small: Split) -> None:
     a = binary_mlp(9)
     b, _ = random_symmetry(a, seed=3)
     path = flip_path(a, b, data=small, orders=2, points=4, split="test", progress=False, **BN)
-    assert path.differing == 0 and path.flips == (0, 0) and path.t == (0.0, 1.0)
+    assert path.differing == 0 and path.flips == (0, 0) and path.ts == (0.0, 1.0)
+    assert path.splits == ("train", "test")  # a Profile always has the training curves
     error = recomputed(a, small)["test"][0]
-    assert all(e == error for profile in path.error["test"] for e in profile)
-    assert path.barriers("test") == (0.0, 0.0)
+    assert all(e == error for profile in path.curves("test_error") for e in profile)
+    assert path.barriers(metric="test_error") == (0.0, 0.0)
+    train_only = flip_path(a, b, data=small, orders=2, points=4, split="train", progress=False)
+    assert train_only.splits == ("train",) and train_only.per_order is not None
+    assert set(train_only.per_order) == {"train_error", "train_loss"}
     with pytest.raises(InvalidArgumentError, match="not measured"):
-        path.barriers("train")
+        train_only.barriers(metric="test_error")
 
 
 def test_flip_path_refuses_bad_input(small: Split) -> None:
@@ -231,13 +246,18 @@ def test_flip_counts_are_distinct_and_evenly_spaced() -> None:
 def test_named_barriers_and_their_summaries_over_orders() -> None:
     t = (0.0, 1 / 3, 2 / 3, 1.0)
     first, second = (0.0, 0.3, 0.6, 0.2), (0.0, 0.1, 0.1, 0.2)
-    path = FlipPath(
-        t=t,
+    path = Profile(
+        kind="flip",
+        ts=t,
+        train_error=(0.0, 0.2, 0.35, 0.2),
+        train_loss=(0.0, 0.2, 0.35, 0.2),
+        test_error=None,
+        test_loss=None,
+        bn="recompute",
+        per_order={"train_error": (first, second), "train_loss": (second, first)},
         flips=(0, 1, 2, 3),
         differing=3,
         weights=10,
-        error={"train": (first, second)},
-        loss={"train": (second, first)},
     )
     assert path.orders == 2
     assert path.barriers(kind="max_minus_linear") == pytest.approx(
@@ -249,5 +269,11 @@ def test_named_barriers_and_their_summaries_over_orders() -> None:
     assert path.barriers() == pytest.approx((0.5, 0.1))
     assert path.mean_barrier() == pytest.approx(0.3)
     assert path.max_barrier() == pytest.approx(0.5)
-    assert path.max_barrier(metric="loss") == pytest.approx(0.5)
-    assert path.mean_profile() == pytest.approx((0.0, 0.2, 0.35, 0.2))
+    assert path.max_barrier(metric="train_loss") == pytest.approx(0.5)
+    assert path.max_barrier("max") == pytest.approx(0.6)  # the largest error of any order
+    assert path.barrier() == pytest.approx(0.35 - 0.1)  # of the mean curve
+    spread = [abs(a - b) / 2 for a, b in zip(first, second, strict=True)]
+    assert path.stderr() == pytest.approx(spread)  # std of two values / sqrt(2)
+    record = path.to_dict()
+    assert record["per_order"]["train_error"] == [list(first), list(second)]
+    assert (record["flips"], record["differing"], record["weights"]) == ([0, 1, 2, 3], 3, 10)

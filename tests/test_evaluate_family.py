@@ -1,4 +1,4 @@
-"""Affine families of parameter sets and input-layer reuse in `evaluate_many`: the fast
+"""Affine families of parameter sets and input-layer reuse in `evaluate_sets`: the fast
 path against the same sets materialized and stacked (the checked slow path), in float64."""
 
 from __future__ import annotations
@@ -12,7 +12,8 @@ from torch import nn
 from toroid.errors import InvalidArgumentError
 from toroid.evaluate import (
     AffineFamily,
-    evaluate_many_parts,
+    EvalPlan,
+    evaluate_sets,
     multiplicative_family,
 )
 from toroid.evaluate.input_layer import input_layer
@@ -124,17 +125,16 @@ def test_family_equals_the_stacked_sets(name: str, bn: str, input_layer_reuses: 
         )
         for n in family.directions
     }
-    options = {
-        "bn": bn,
-        "bn_data": (x, y),
-        "bn_samples": 40,
-        "bn_batch_size": 16,
-        "batch_size": 16,
-        "seed": 1,
-        "max_sets": 3,  # chunks that cut through the sets of one noise draw
-    }
-    fast = evaluate_many_parts(model, family, {"data": (x, y)}, **options)["data"]  # type: ignore[arg-type]
-    slow = evaluate_many_parts(model, stacked, {"data": (x, y)}, **options)["data"]  # type: ignore[arg-type]
+    plan = EvalPlan(
+        bn=bn,  # type: ignore[arg-type]
+        bn_samples=40,
+        bn_batch_size=16,
+        batch_size=16,
+        seed=1,
+        max_sets=3,  # chunks that cut through the sets of one noise draw
+    )
+    fast = evaluate_sets(model, family, {"data": (x, y)}, bn_data=(x, y), plan=plan)["data"]
+    slow = evaluate_sets(model, stacked, {"data": (x, y)}, bn_data=(x, y), plan=plan)["data"]
     assert len(fast) == len(sets) == 7
     assert torch.equal(fast.error, slow.error)
     torch.testing.assert_close(fast.loss, slow.loss, rtol=1e-10, atol=1e-12)
@@ -168,10 +168,10 @@ def test_family_validates_its_shapes() -> None:
     x, y = torch.randn(8, 6), torch.randint(0, 3, (8,))
     wrong = AffineFamily({"1.weight": torch.ones(2, 2)}, {}, torch.zeros(1, 0))
     with pytest.raises(InvalidArgumentError, match="shape"):
-        evaluate_many_parts(model, wrong, {"data": (x, y)}, bn="keep")
+        evaluate_sets(model, wrong, {"data": (x, y)}, plan=EvalPlan(bn="keep"))
     empty = AffineFamily({}, {}, torch.zeros(0, 0))
     with pytest.raises(InvalidArgumentError, match="no parameter sets"):
-        evaluate_many_parts(model, empty, {"data": (x, y)}, bn="keep")
+        evaluate_sets(model, empty, {"data": (x, y)}, plan=EvalPlan(bn="keep"))
 
 
 def _unit_family(
@@ -228,19 +228,11 @@ def test_a_family_weighed_per_unit_equals_the_stacked_sets(
     gen = torch.Generator().manual_seed(2)
     x = torch.randn(48, *shape, generator=gen, dtype=torch.float64)
     y = torch.randint(0, 3, (48,), generator=gen)
-    options = {
-        "bn": "recompute",
-        "bn_data": (x, y),
-        "bn_samples": 32,
-        "bn_batch_size": 16,
-        "batch_size": 16,
-        "seed": 1,
-        "max_sets": 2,
-    }
+    plan = EvalPlan(bn_samples=32, bn_batch_size=16, batch_size=16, seed=1, max_sets=2)
     family, slow = _unit_family(model, zero_base=zero_base, along_inputs=None)
     torch.testing.assert_close(family.stacked(), slow, rtol=0, atol=1e-13)
-    fast = evaluate_many_parts(model, family, {"data": (x, y)}, **options)["data"]  # type: ignore[arg-type]
-    reference = evaluate_many_parts(model, slow, {"data": (x, y)}, **options)["data"]  # type: ignore[arg-type]
+    fast = evaluate_sets(model, family, {"data": (x, y)}, bn_data=(x, y), plan=plan)["data"]
+    reference = evaluate_sets(model, slow, {"data": (x, y)}, bn_data=(x, y), plan=plan)["data"]
     assert torch.equal(fast.error, reference.error)
     torch.testing.assert_close(fast.loss, reference.loss, rtol=1e-10, atol=1e-12)
     assert fast.loss.unique().numel() > 1
@@ -248,8 +240,8 @@ def test_a_family_weighed_per_unit_equals_the_stacked_sets(
 
     input_layer_reuses.clear()
     family, slow = _unit_family(model, zero_base=zero_base, along_inputs=f"{layer}.weight")
-    fast = evaluate_many_parts(model, family, {"data": (x, y)}, **options)["data"]  # type: ignore[arg-type]
-    reference = evaluate_many_parts(model, slow, {"data": (x, y)}, **options)["data"]  # type: ignore[arg-type]
+    fast = evaluate_sets(model, family, {"data": (x, y)}, bn_data=(x, y), plan=plan)["data"]
+    reference = evaluate_sets(model, slow, {"data": (x, y)}, bn_data=(x, y), plan=plan)["data"]
     torch.testing.assert_close(fast.loss, reference.loss, rtol=1e-10, atol=1e-12)
     assert not input_layer_reuses  # weights that vary along the inputs rule reuse out
 

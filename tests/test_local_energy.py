@@ -3,12 +3,14 @@ slow perturb-recompute-evaluate loop, determinism, and the curve summaries."""
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 import torch
 
 from toroid.data import Split, TensorData, load
 from toroid.errors import InvalidArgumentError
-from toroid.evaluate import evaluate
+from toroid.evaluate import EvalPlan, evaluate
 from toroid.flatness import LocalEnergy, local_energy
 from toroid.manifold.perturb import draw_noise, perturbed_state
 from toroid.models import build
@@ -117,7 +119,7 @@ def test_seeded(trained: tuple[torch.nn.Module, Split]) -> None:
 
 def test_summaries_on_a_hand_made_curve() -> None:
     energy = LocalEnergy(
-        sigmas=(0.0, 0.1, 0.2, 0.4),
+        levels=(0.0, 0.1, 0.2, 0.4),
         noise="multiplicative",
         samples=2,
         base={"train": 0.0},
@@ -127,9 +129,9 @@ def test_summaries_on_a_hand_made_curve() -> None:
     )
     assert energy.at(0.15) == pytest.approx(0.04)
     assert energy.at(0.4) == pytest.approx(0.3)
-    assert energy.sigma_at(0.04) == pytest.approx(0.15)
-    assert energy.sigma_at(0.0) == 0.0
-    assert energy.sigma_at(0.5) is None
+    assert energy.level_at(0.04) == pytest.approx(0.15)
+    assert energy.level_at(0.0) == 0.0
+    assert energy.level_at(0.5) is None
     with pytest.raises(InvalidArgumentError, match="outside the measured range"):
         energy.at(0.5)
     with pytest.raises(InvalidArgumentError, match="'test' was not measured"):
@@ -158,3 +160,20 @@ def test_spherical_noise_needs_the_canonical_network(
         measure(model, split, noise="spherical", canonical=False)
     with pytest.raises(InvalidArgumentError, match="strictly increasing"):
         measure(model, split, sigmas=(0.0, 0.1, 0.1))
+
+
+def test_a_plan_equals_the_loose_arguments_and_is_not_mixed_with_them(
+    trained: tuple[torch.nn.Module, Split],
+) -> None:
+    model, split = trained
+    loose = measure(model, split, seed=3)
+    plan = EvalPlan(bn_samples=100, bn_batch_size=32, batch_size=64, seed=3, max_sets=32)
+    options = {"sigmas": SIGMAS, "samples": 4, "split": "both", "seed": 3, "progress": False}
+    assert local_energy(model, split, plan=plan, **options) == loose  # type: ignore[arg-type]
+    with pytest.raises(InvalidArgumentError, match="not both; got plan= and max_sets=4"):
+        local_energy(model, split, plan=plan, max_sets=4, **options)  # type: ignore[arg-type]
+    with pytest.raises(InvalidArgumentError, match=r"plan\.bn must be 'recompute'"):
+        local_energy(model, split, plan=EvalPlan(bn="keep"), **options)  # type: ignore[arg-type]
+    # The seed draws the noise; with a plan, the BatchNorm subset follows plan.seed.
+    other = local_energy(model, split, plan=replace(plan, seed=0), **options)  # type: ignore[arg-type]
+    assert other.levels == loose.levels and other.noise == "multiplicative"

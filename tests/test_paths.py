@@ -13,7 +13,7 @@ from torch import nn
 
 from toroid.data import Split, TensorData, load
 from toroid.errors import InvalidArgumentError
-from toroid.evaluate import AffineFamily, evaluate, recompute_bn
+from toroid.evaluate import AffineFamily, EvalPlan, evaluate, recompute_bn
 from toroid.manifold.cells import cell_families, cell_matrix
 from toroid.models import build
 from toroid.paths import (
@@ -303,7 +303,7 @@ def test_geodesic_profiles_reuse_the_input_layer(
     input_layer_reuses: list[int],
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """The geodesic reaches evaluate_many as a family weighed per cell, so its input layer
+    """The geodesic reaches evaluate_sets as a family weighed per cell, so its input layer
     is computed once per end, not once per t, and the profile equals the one from the
     stacked states."""
     a, b = minimizers
@@ -317,3 +317,18 @@ def test_geodesic_profiles_reuse_the_input_layer(
     slow = profile(path, split, ts=ts, progress=False, **BN)  # type: ignore[arg-type]
     assert fast.train_error == slow.train_error and fast.test_error == slow.test_error
     assert fast.train_loss == pytest.approx(slow.train_loss, rel=1e-10, abs=1e-12)
+
+
+def test_a_plan_equals_the_loose_arguments_and_is_not_mixed_with_them(
+    minimizers: tuple[nn.Module, nn.Module], data: Split
+) -> None:
+    a, b = minimizers
+    path = geodesic(a, b)
+    split = _double(data)
+    loose = profile(path, split, points=3, seed=2, max_sets=2, progress=False, **BN)
+    plan = EvalPlan(bn_samples=120, bn_batch_size=40, batch_size=64, seed=2, max_sets=2)
+    assert profile(path, split, points=3, progress=False, plan=plan) == loose
+    with pytest.raises(InvalidArgumentError, match=r"not both; got plan= and bn_samples=50"):
+        profile(path, split, points=3, progress=False, plan=plan, bn_samples=50)
+    kept = profile(path, split, points=3, progress=False, plan=EvalPlan(bn="keep"))
+    assert kept.bn == "keep"

@@ -90,7 +90,7 @@ def _energy_table(result: LocalEnergy, title: str) -> Table:
     for name in result.mean:
         table.add_column(f"{name} dE", justify="right")
         table.add_column(f"{name} stderr", justify="right")
-    for i, sigma in enumerate(result.sigmas):
+    for i, sigma in enumerate(result.levels):
         cells = [f"{sigma:.4g}"]
         for name in result.mean:
             cells += [f"{result.mean[name][i]:.4f}", f"{result.stderr[name][i]:.4f}"]
@@ -109,7 +109,7 @@ def _plot(result: LocalEnergy, path: Path, title: str) -> None:
     for name, mean in result.mean.items():
         errors = None if result.samples < 2 else result.stderr[name]
         axes.errorbar(
-            result.sigmas, mean, yerr=errors, marker="o", markersize=3, capsize=3, label=name
+            result.levels, mean, yerr=errors, marker="o", markersize=3, capsize=3, label=name
         )
     axes.set_xlabel("sigma (relative perturbation size)")
     axes.set_ylabel("dE (mean error increase)")
@@ -178,7 +178,7 @@ def flatness(
     if json_out is not None:
         record = {
             "checkpoint": str(ckpt),
-            "sigmas": list(result.sigmas),
+            "sigmas": list(result.levels),
             "noise": result.noise,
             "samples": result.samples,
             "split": split,

@@ -154,10 +154,7 @@ def path_command(
     for metric in ("train_error", "test_error"):
         if getattr(result, metric) is None:
             continue
-        values = "  ".join(
-            f"{k} {result.barrier(k, metric):.4f}"  # type: ignore[arg-type]
-            for k in BARRIER_KINDS
-        )
+        values = "  ".join(f"{k} {result.barrier(k, metric):.4f}" for k in BARRIER_KINDS)
         console.print(f"{metric} barrier: {values}", soft_wrap=True, markup=False, highlight=False)
     if json_out is not None:
         record = {

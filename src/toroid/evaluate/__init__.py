@@ -3,24 +3,27 @@ the one hot loop every measurement uses."""
 
 from toroid.evaluate.batched import (
     ManyMetrics,
-    evaluate_in_chunks,
-    evaluate_many,
-    evaluate_many_parts,
+    SetChunk,
+    evaluate_sets,
+    in_chunks,
     stack_states,
 )
 from toroid.evaluate.family import AffineFamily, multiplicative_family
+from toroid.evaluate.plan import EvalPlan, plan_or_loose
 from toroid.evaluate.single import BNPolicy, Metrics, evaluate, recompute_bn
 
 __all__ = [
     "AffineFamily",
     "BNPolicy",
+    "EvalPlan",
     "ManyMetrics",
     "Metrics",
+    "SetChunk",
     "evaluate",
-    "evaluate_in_chunks",
-    "evaluate_many",
-    "evaluate_many_parts",
+    "evaluate_sets",
+    "in_chunks",
     "multiplicative_family",
+    "plan_or_loose",
     "recompute_bn",
     "stack_states",
 ]

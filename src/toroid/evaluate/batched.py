@@ -1,4 +1,4 @@
-"""`evaluate_many`: K parameter sets of one architecture evaluated together.
+"""`evaluate_sets`: K parameter sets of one architecture evaluated together.
 
 The model is run with `torch.func.functional_call` under `torch.func.vmap` over the
 stacked parameter sets, so that every layer becomes one batched operation over the K sets
@@ -13,8 +13,9 @@ from __future__ import annotations
 
 import contextvars
 import copy
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from typing import TypeVar
 
 import torch
 import torch.nn.functional as F
@@ -25,7 +26,8 @@ from toroid.data.tensordata import DataLike, as_tensor_data
 from toroid.errors import InvalidArgumentError
 from toroid.evaluate.family import AffineFamily
 from toroid.evaluate.input_layer import InputLayerReuse, input_layer
-from toroid.evaluate.single import BNPolicy, Metrics, bn_subset, inputs_like
+from toroid.evaluate.plan import EvalPlan
+from toroid.evaluate.single import Metrics, bn_subset, inputs_like
 
 _COLLECT: contextvars.ContextVar[list[tuple[torch.Tensor, torch.Tensor]] | None] = (
     contextvars.ContextVar("toroid_bn_collect", default=None)
@@ -99,7 +101,7 @@ class ManyMetrics:
 
 def stack_states(states: Sequence[Mapping[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
     """Stack the floating tensors of several state dicts (or parameter dicts) along a new
-    first axis, the `params` layout `evaluate_many` takes."""
+    first axis, the layout `evaluate_sets` takes."""
     if not states:
         raise InvalidArgumentError("need at least one state to stack")
     for i, state in enumerate(states[1:], start=1):
@@ -117,136 +119,147 @@ def stack_states(states: Sequence[Mapping[str, torch.Tensor]]) -> dict[str, torc
     }
 
 
-@torch.no_grad()
-def evaluate_many(
-    model: nn.Module,
-    params: Mapping[str, torch.Tensor] | AffineFamily,
-    data: DataLike,
-    *,
-    bn: BNPolicy = "recompute",
-    bn_data: DataLike | None = None,
-    bn_samples: int | None = 2000,
-    bn_batch_size: int = 500,
-    batch_size: int = 500,
-    seed: int = 0,
-    max_sets: int = 16,
-) -> ManyMetrics:
-    """Eval-mode error and loss of K parameter sets of `model`'s architecture on `data`.
+SetChunk = Mapping[str, torch.Tensor] | AffineFamily
+"""Parameter sets of one architecture: state-dict names to tensors stacked along a first
+axis of length K (see `stack_states`), or an `AffineFamily`."""
 
-    `params` maps state-dict names to tensors stacked along a first axis of length K
-    (see `stack_states`); entries that are missing are taken from `model` and shared.
-    `params` may also be an `AffineFamily` (sets base + sum_d c[k, d] v_d, e.g. local
-    energy's perturbations): then the input layer, when it is a plain Linear or Conv after
-    parameter-free operations, is computed once per direction instead of once per set.
-    `bn="recompute"` re-estimates every set's BatchNorm statistics on `bn_samples` inputs
-    of `bn_data` (defaults to `data`) drawn with `seed`, in minibatches of `bn_batch_size`,
-    exactly as `recompute_bn` does, and ignores running statistics given in `params`.
-    Sets are processed `max_sets` at a time: memory grows with max_sets x batch_size x the
-    activations of one example. Results equal evaluating the sets one at a time. Runs on
-    the device of the stacked parameters."""
-    parts = evaluate_many_parts(
-        model,
-        params,
-        {"data": data},
-        bn=bn,
-        bn_data=data if bn_data is None else bn_data,
-        bn_samples=bn_samples,
-        bn_batch_size=bn_batch_size,
-        batch_size=batch_size,
-        seed=seed,
-        max_sets=max_sets,
-    )
-    return parts["data"]
+T = TypeVar("T")
+
+
+def in_chunks(count: int, size: int, build: Callable[[int, int], T]) -> Iterator[T]:
+    """`build(start, stop)` for consecutive ranges of at most `size` of range(count), built
+    only when iterated: the lazy chunks `evaluate_sets` takes."""
+    if size <= 0:
+        raise InvalidArgumentError(f"chunk size must be positive, got {size}")
+    for start in range(0, count, size):
+        yield build(start, min(start + size, count))
 
 
 @torch.no_grad()
-def evaluate_many_parts(
+def evaluate_sets(
     model: nn.Module,
-    params: Mapping[str, torch.Tensor] | AffineFamily,
+    sets: SetChunk | Iterable[SetChunk],
     parts: Mapping[str, DataLike],
     *,
-    bn: BNPolicy = "recompute",
     bn_data: DataLike | None = None,
-    bn_samples: int | None = 2000,
-    bn_batch_size: int = 500,
-    batch_size: int = 500,
-    seed: int = 0,
-    max_sets: int = 16,
+    plan: EvalPlan = EvalPlan(),
+    on_chunk: Callable[[int], None] | None = None,
 ) -> dict[str, ManyMetrics]:
-    """`evaluate_many` on several datasets (e.g. train and test) with one BatchNorm
-    recomputation per set; `bn_data` is then required for `bn="recompute"`."""
-    if bn not in ("keep", "recompute"):
-        raise InvalidArgumentError(f"bn must be 'keep' or 'recompute', got {bn!r}")
-    if min(batch_size, max_sets) <= 0:
-        raise InvalidArgumentError(
-            f"batch_size and max_sets must be positive, got {batch_size} and {max_sets}"
-        )
-    if not isinstance(params, AffineFamily) and not params:
-        raise InvalidArgumentError("params is empty: pass at least one stacked tensor")
-    state = model.state_dict()
-    family = params if isinstance(params, AffineFamily) else None
-    if family is not None:
-        _check_family(family, state)
-        state = {**state, **family.base}
-        count = len(family)
-    else:
-        assert not isinstance(params, AffineFamily)
-        count = _check_stacked(params, state)
+    """Eval-mode error and loss of K parameter sets of `model`'s architecture on every
+    dataset of `parts` (e.g. {"train": ..., "test": ...}), in set order.
+
+    `sets` is one chunk of sets or an iterable of chunks (e.g. `in_chunks`), built lazily
+    so that memory holds one chunk's parameters at a time; `on_chunk(n)` is called after
+    each chunk of n sets (for progress). A chunk is stacked tensors (see `stack_states`;
+    names that are missing are taken from `model` and shared) or an `AffineFamily` (sets
+    base + sum_d c[k, d] v_d, e.g. local energy's perturbations): then the input layer,
+    when it is a plain Linear or Conv after parameter-free operations, is computed once
+    per direction instead of once per set.
+
+    `plan` says how (see `EvalPlan`): with `plan.bn="recompute"` every set's BatchNorm
+    statistics are re-estimated, once for all parts, on `plan.bn_samples` inputs of
+    `bn_data` (the training inputs; required then) exactly as `recompute_bn` does, and
+    running statistics given in the sets are ignored. Each chunk is evaluated
+    `plan.max_sets` sets at a time. Results equal evaluating the sets one at a time. Runs
+    on `plan.device`, or by default on the device of the sets' tensors."""
     datasets = {name: as_tensor_data(part) for name, part in parts.items()}
+    if not datasets:
+        raise InvalidArgumentError("parts is empty: name at least one dataset to evaluate on")
     for name, part in datasets.items():
         if len(part) == 0:
             raise InvalidArgumentError(f"cannot evaluate on an empty dataset ({name})")
     bn_source = None
-    if bn == "recompute":
+    if plan.bn == "recompute":
         if bn_data is None:
-            raise InvalidArgumentError("bn='recompute' needs bn_data (the training inputs)")
+            raise InvalidArgumentError(
+                "bn='recompute' needs bn_data (the training inputs); or use bn='keep'"
+            )
         bn_source = as_tensor_data(bn_data)
-        bn_subset(len(bn_source), samples=bn_samples, batch_size=bn_batch_size, seed=seed)
+        bn_subset(
+            len(bn_source), samples=plan.bn_samples, batch_size=plan.bn_batch_size, seed=plan.seed
+        )
+    model_state = model.state_dict()
+    if plan.device is not None:
+        model_state = {k: v.to(plan.device) for k, v in model_state.items()}
     functional, bn_names = _functional_copy(model)
-    reuse = None
-    if family is not None:
-        layer = input_layer(model)
-        if layer is not None and InputLayerReuse.applies(family, layer):
-            reuse = InputLayerReuse(functional, layer)
     own = set(functional.state_dict())
-    shared_state = {k: v for k, v in state.items() if k in own}
+    layer: str | None = None
+    layer_known = False
+    # Built on first use, on a copy of its own: it swaps the input layer for a stand-in.
+    reuser: InputLayerReuse | None = None
     errors: dict[str, list[torch.Tensor]] = {name: [] for name in datasets}
     losses: dict[str, list[torch.Tensor]] = {name: [] for name in datasets}
-    for start in range(0, count, max_sets):
-        if family is None:
-            assert not isinstance(params, AffineFamily)
-            chunk = {k: v[start : start + max_sets] for k, v in params.items()}
+    chunks = [sets] if isinstance(sets, Mapping | AffineFamily) else sets
+    for params in chunks:
+        if plan.device is not None:
+            params = _moved(params, plan.device)
+        state = dict(model_state)
+        family = params if isinstance(params, AffineFamily) else None
+        reuse = None
+        if family is not None:
+            _check_family(family, state)
+            state.update(family.base)
+            count = len(family)
+            if not layer_known:
+                layer, layer_known = input_layer(model), True
+            if layer is not None and InputLayerReuse.applies(family, layer):
+                if reuser is None:
+                    reuser = InputLayerReuse(_functional_copy(model)[0], layer)
+                reuse = reuser
         else:
-            rows = family.rows(start, start + max_sets)
-            if reuse is None:
-                chunk = rows.stacked()
+            assert not isinstance(params, AffineFamily)
+            if not params:
+                raise InvalidArgumentError("a chunk of sets is empty: pass at least one tensor")
+            count = _check_stacked(params, state)
+        module = functional if reuse is None else reuse.functional
+        shared_state = {k: v for k, v in state.items() if k in own}
+        for start in range(0, count, plan.max_sets):
+            if family is None:
+                assert not isinstance(params, AffineFamily)
+                chunk = {k: v[start : start + plan.max_sets] for k, v in params.items()}
             else:
-                chunk = rows.stacked(exclude=reuse.replaced)
-                chunk[reuse.outputs_name] = reuse.use(rows, state)
-        if bn_source is not None and bn_names:
-            chunk.update(
-                _recomputed_statistics(
-                    functional,
-                    bn_names,
-                    shared_state,
-                    chunk,
-                    bn_source,
-                    bn_samples,
-                    bn_batch_size,
-                    seed,
-                    reuse,
+                rows = family.rows(start, start + plan.max_sets)
+                if reuse is None:
+                    chunk = rows.stacked()
+                else:
+                    chunk = rows.stacked(exclude=reuse.replaced)
+                    chunk[reuse.outputs_name] = reuse.use(rows, state)
+            if bn_source is not None and bn_names:
+                chunk.update(
+                    _recomputed_statistics(
+                        module,
+                        bn_names,
+                        shared_state,
+                        chunk,
+                        bn_source,
+                        plan.bn_samples,
+                        plan.bn_batch_size,
+                        plan.seed,
+                        reuse,
+                    )
                 )
-            )
-        for name, part in datasets.items():
-            error, loss = _evaluate_chunk(functional, shared_state, chunk, part, batch_size, reuse)
-            errors[name].append(error)
-            losses[name].append(loss)
+            for name, part in datasets.items():
+                error, loss = _evaluate_chunk(
+                    module, shared_state, chunk, part, plan.batch_size, reuse
+                )
+                errors[name].append(error)
+                losses[name].append(loss)
+        if on_chunk is not None:
+            on_chunk(count)
+    if not errors[next(iter(datasets))]:
+        raise InvalidArgumentError("sets holds no chunks: pass at least one parameter set")
     return {
         name: ManyMetrics(
             error=torch.cat(errors[name]), loss=torch.cat(losses[name]), n=len(datasets[name])
         )
         for name in datasets
     }
+
+
+def _moved(params: SetChunk, device: str | torch.device) -> SetChunk:
+    if isinstance(params, AffineFamily):
+        return params.to(device)
+    return {k: v.to(device) for k, v in params.items()}
 
 
 def _check_stacked(params: Mapping[str, torch.Tensor], state: Mapping[str, torch.Tensor]) -> int:
@@ -371,54 +384,3 @@ def _evaluate_chunk(
         wrong += (logits.argmax(dim=2) != y).sum(dim=1)
     n = len(data)
     return wrong.double().cpu() / n, loss_sum.cpu() / n
-
-
-def evaluate_in_chunks(
-    model: nn.Module,
-    sets: Callable[[int, int], Mapping[str, torch.Tensor] | AffineFamily],
-    count: int,
-    parts: Mapping[str, DataLike],
-    *,
-    chunk_size: int,
-    bn: BNPolicy = "recompute",
-    bn_data: DataLike | None = None,
-    bn_samples: int | None = 2000,
-    bn_batch_size: int = 500,
-    batch_size: int = 500,
-    seed: int = 0,
-    max_sets: int = 16,
-    on_chunk: Callable[[int], None] | None = None,
-) -> dict[str, ManyMetrics]:
-    """`evaluate_many_parts` on `count` parameter sets that are built only `chunk_size`
-    at a time (`sets(start, stop)` gives sets start..stop-1), so that memory holds one
-    chunk's parameters, never all of them. `on_chunk(n)` is called after each chunk of n
-    sets (for progress). Results are concatenated in set order."""
-    if chunk_size <= 0:
-        raise InvalidArgumentError(f"chunk_size must be positive, got {chunk_size}")
-    errors: dict[str, list[torch.Tensor]] = {name: [] for name in parts}
-    losses: dict[str, list[torch.Tensor]] = {name: [] for name in parts}
-    sizes: dict[str, int] = {}
-    for start in range(0, count, chunk_size):
-        stop = min(start + chunk_size, count)
-        results = evaluate_many_parts(
-            model,
-            sets(start, stop),
-            parts,
-            bn=bn,
-            bn_data=bn_data,
-            bn_samples=bn_samples,
-            bn_batch_size=bn_batch_size,
-            batch_size=batch_size,
-            seed=seed,
-            max_sets=max_sets,
-        )
-        for name, metrics in results.items():
-            errors[name].append(metrics.error)
-            losses[name].append(metrics.loss)
-            sizes[name] = metrics.n
-        if on_chunk is not None:
-            on_chunk(stop - start)
-    return {
-        name: ManyMetrics(torch.cat(errors[name]), torch.cat(losses[name]), sizes[name])
-        for name in parts
-    }

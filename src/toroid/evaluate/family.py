@@ -2,7 +2,7 @@
 
 Local energy evaluates theta (1 + sigma_i z_s) = theta + sigma_i (theta * z_s) for every
 sigma i and noise draw s: K = sigmas x samples sets spanned by only `samples` directions.
-Handing `evaluate_many` the family instead of K stacked copies lets it compute the input
+Handing `evaluate_sets` the family instead of K stacked copies lets it compute the input
 layer once per direction instead of once per set (the layer is linear in its weights and
 its input is the same for every set), which is most of an MLP's work.
 
@@ -85,6 +85,15 @@ class AffineFamily:
             {name: value[:, used] for name, value in units.items()},
         )
 
+    def to(self, device: str | torch.device) -> AffineFamily:
+        """The same family with every tensor on `device`."""
+        return AffineFamily(
+            {name: value.to(device) for name, value in self.base.items()},
+            {name: value.to(device) for name, value in self.directions.items()},
+            self.coefficients.to(device),
+            {name: value.to(device) for name, value in self.unit_coefficients.items()},
+        )
+
     def weights_of(self, name: str) -> torch.Tensor:
         """The (K, D, *s) coefficients of tensor `name` (s all ones where they are scalar)."""
         if name in self.unit_coefficients:
@@ -94,7 +103,7 @@ class AffineFamily:
 
     def stacked(self, *, exclude: frozenset[str] = frozenset()) -> dict[str, torch.Tensor]:
         """Every set's tensors that vary, stacked along a first axis of length K (the
-        layout `evaluate_many` takes), except the names in `exclude`."""
+        layout `evaluate_sets` takes), except the names in `exclude`."""
         out = {}
         for name, value in self.directions.items():
             if name in exclude:

@@ -1,11 +1,12 @@
 """Flatness measures of minimizers: local energy and Hessian measures."""
 
-from toroid.flatness.flip_energy import FlipEnergy, flip_energy
+from toroid.flatness.flip_energy import flip_energy
 from toroid.flatness.hessian import HessianEstimate, hessian_top_eigenvalue, hessian_trace
-from toroid.flatness.local_energy import LocalEnergy, local_energy
+from toroid.flatness.local_energy import ENERGY_NOISES, EnergyNoise, LocalEnergy, local_energy
 
 __all__ = [
-    "FlipEnergy",
+    "ENERGY_NOISES",
+    "EnergyNoise",
     "HessianEstimate",
     "LocalEnergy",
     "flip_energy",

@@ -5,8 +5,7 @@ energy under multiplicative noise (DESIGN.md, Binary networks)."""
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Sequence
 from itertools import pairwise
 
 import torch
@@ -15,34 +14,13 @@ from torch import nn
 from toroid import progress as progress_helper
 from toroid.data.tensordata import DataLike, Split, as_tensor_data
 from toroid.errors import InvalidArgumentError
-from toroid.evaluate import evaluate_in_chunks, stack_states
+from toroid.evaluate import EvalPlan, evaluate_sets, in_chunks, plan_or_loose, stack_states
+from toroid.flatness.local_energy import LocalEnergy
 from toroid.flatness.parts import SplitName, measured_parts
 from toroid.manifold.cells import binary_vector, set_binary_vector_
 from toroid.symmetry.canonical import canonical_state
 from toroid.symmetry.transform import with_state
 from toroid.symmetry.types import SymmetrySpec
-
-
-@dataclass(frozen=True)
-class FlipEnergy:
-    """dE(p) = E_mask[err(w with each binary weight flipped with probability p)] - err(w),
-    per split.
-
-    `mean[split][i]` and `stderr[split][i]` belong to `ps[i]`; `raw[split][i][s]` is the
-    increase for mask sample s. Sample s draws one uniform u per weight (the s-th
-    `torch.rand` of a CPU generator seeded with the seed, float64, over the weights in
-    `binary_vector` order) and flips where u < p, for every p (common random numbers: the
-    flips at a smaller p are a subset of those at a larger one, so curves are smooth in p).
-    `base[split]` is err(w), computed with the same BatchNorm recomputation as the flipped
-    networks; `weights` is the number of binary weights."""
-
-    ps: tuple[float, ...]
-    samples: int
-    weights: int
-    base: Mapping[str, float]
-    mean: Mapping[str, tuple[float, ...]]
-    stderr: Mapping[str, tuple[float, ...]]
-    raw: Mapping[str, tuple[tuple[float, ...], ...]]
 
 
 def check_ps(ps: Sequence[float]) -> tuple[float, ...]:
@@ -83,17 +61,43 @@ def flip_energy(
     max_sets: int = 16,
     device: str | torch.device | None = None,
     progress: bool = True,
-) -> FlipEnergy:
+    plan: EvalPlan | None = None,
+) -> LocalEnergy:
     """Flip local energy of the binary network `model` on `data` (a Split; training data
-    alone for split="train").
+    alone for split="train"): a `LocalEnergy` with `noise="flip"`, the flip probabilities
+    `ps` as its levels and the number of binary weights as its `weights`.
 
     The network is put in canonical form first (latent weights replaced by their signs, so
     that negating a weight flips it exactly; logits kept). For each of `samples` masks
-    (seeded) and each p, every binary weight (hidden and output layers; BatchNorm
-    parameters are left alone) is flipped with probability p. Every flipped network, and
-    the unflipped one, gets its BatchNorm statistics recomputed on `bn_samples` training
-    inputs (DESIGN.md's policy) and is evaluated with `evaluate_many`, on `device`
-    (default: the model's). Nothing flips at p = 0, so dE(0) is exactly 0."""
+    (seeded by `seed`) and each p, every binary weight (hidden and output layers;
+    BatchNorm parameters are left alone) is flipped with probability p. Sample s draws one
+    uniform u per weight (the s-th `torch.rand` of a CPU generator seeded with the seed,
+    float64, over the weights in `binary_vector` order) and flips where u < p, for every p
+    (common random numbers: the flips at a smaller p are a subset of those at a larger
+    one). Every flipped network, and the unflipped one, gets its BatchNorm statistics
+    recomputed on the training inputs (DESIGN.md's policy) and is evaluated with
+    `evaluate_sets`. Nothing flips at p = 0, so dE(0) is exactly 0.
+
+    How the networks are evaluated is `plan` (an `EvalPlan`; its `bn` must be
+    "recompute") or, without one, the loose arguments (`bn_samples` training inputs drawn
+    with `seed`, `bn_batch_size`, `batch_size`, `max_sets`, `device`: default the
+    model's). An explicit plan wins: loose evaluation arguments changed from their
+    defaults together with a plan are refused, and the BatchNorm subset is then drawn with
+    `plan.seed` (`seed` still draws the masks)."""
+    plan = plan_or_loose(
+        plan,
+        EvalPlan(seed=seed),
+        bn_samples=bn_samples,
+        bn_batch_size=bn_batch_size,
+        batch_size=batch_size,
+        max_sets=max_sets,
+        device=device,
+    )
+    if plan.bn != "recompute":
+        raise InvalidArgumentError(
+            f"flip energy recomputes BatchNorm statistics of every flipped network; "
+            f"plan.bn must be 'recompute', got {plan.bn!r}"
+        )
     values = check_ps(ps)
     if samples < 1:
         raise InvalidArgumentError(f"samples must be at least 1, got {samples}")
@@ -101,8 +105,8 @@ def flip_energy(
     train = as_tensor_data(data.train if isinstance(data, Split) else data)
     spec = binary_spec(model, spec)
     state = canonical_state(model.state_dict(), spec, output="keep")
-    if device is not None:
-        state = {k: v.to(device) for k, v in state.items()}
+    if plan.device is not None:
+        state = {k: v.to(plan.device) for k, v in state.items()}
     center = with_state(model, state).to(state[next(iter(state))].device)
     weights = binary_vector(state, spec)
     generator = torch.Generator().manual_seed(seed)
@@ -132,19 +136,12 @@ def flip_energy(
         )
 
     with progress_helper.task("flip local energy", len(jobs), enabled=progress) as reporter:
-        measured = evaluate_in_chunks(
+        measured = evaluate_sets(
             center,
-            sets,
-            len(jobs),
+            in_chunks(len(jobs), plan.max_sets, sets),
             parts,
-            chunk_size=max_sets,
-            bn="recompute",
             bn_data=train,
-            bn_samples=bn_samples,
-            bn_batch_size=bn_batch_size,
-            batch_size=batch_size,
-            seed=seed,
-            max_sets=max_sets,
+            plan=plan,
             on_chunk=reporter.advance,
         )
     errors = {name: metrics.error for name, metrics in measured.items()}
@@ -161,7 +158,16 @@ def flip_energy(
             float(row.std() / math.sqrt(samples)) if samples > 1 else float("nan")
             for row in increases
         )
-    return FlipEnergy(values, samples, int(weights.numel()), base, mean, stderr, raw)
+    return LocalEnergy(
+        levels=values,
+        noise="flip",
+        samples=samples,
+        base=base,
+        mean=mean,
+        stderr=stderr,
+        raw=raw,
+        weights=int(weights.numel()),
+    )
 
 
-__all__ = ["FlipEnergy", "binary_spec", "check_ps", "flip_energy"]
+__all__ = ["binary_spec", "check_ps", "flip_energy"]

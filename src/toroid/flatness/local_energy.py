@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from itertools import pairwise
+from typing import Literal
 
 import torch
 from torch import nn
@@ -16,8 +17,11 @@ from toroid.data.tensordata import DataLike, Split, as_tensor_data
 from toroid.errors import InvalidArgumentError
 from toroid.evaluate import (
     AffineFamily,
-    evaluate_in_chunks,
+    EvalPlan,
+    evaluate_sets,
+    in_chunks,
     multiplicative_family,
+    plan_or_loose,
     stack_states,
 )
 from toroid.flatness.parts import SplitName, measured_parts
@@ -26,23 +30,37 @@ from toroid.symmetry.canonical import canonical_state
 from toroid.symmetry.transform import with_state
 from toroid.symmetry.types import SymmetrySpec
 
+EnergyNoise = Literal["multiplicative", "spherical", "flip"]
+ENERGY_NOISES: tuple[str, ...] = ("multiplicative", "spherical", "flip")
+
 
 @dataclass(frozen=True)
 class LocalEnergy:
-    """dE(sigma) = E_z[err(theta perturbed by sigma z)] - err(theta), per split.
+    """dE(level) = E[err(theta perturbed at that level)] - err(theta), per split: the result
+    of every local energy, continuous or binary.
 
-    `mean[split][i]` and `stderr[split][i]` belong to `sigmas[i]`; `raw[split][i][s]` is the
-    increase for noise sample s (the same noise direction z_s for every sigma: common
-    random numbers, so curves are smooth in sigma). `base[split]` is err(theta), computed
-    with the same BatchNorm recomputation as the perturbed networks."""
+    `levels` are the noise levels: the relative sizes sigma for `noise="multiplicative"`
+    and `"spherical"` (`local_energy`), the flip probabilities p for `noise="flip"`
+    (`flip_energy`). `mean[split][i]` and `stderr[split][i]` belong to `levels[i]`;
+    `raw[split][i][s]` is the increase for noise sample s (the same noise draw for every
+    level: common random numbers, so curves are smooth in the level). `base[split]` is
+    err(theta), computed with the same BatchNorm recomputation as the perturbed networks.
+    `weights`: the number of binary weights a flip energy flips (None otherwise)."""
 
-    sigmas: tuple[float, ...]
-    noise: str
+    levels: tuple[float, ...]
+    noise: EnergyNoise
     samples: int
     base: Mapping[str, float]
     mean: Mapping[str, tuple[float, ...]]
     stderr: Mapping[str, tuple[float, ...]]
     raw: Mapping[str, tuple[tuple[float, ...], ...]]
+    weights: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.noise not in ENERGY_NOISES:
+            raise InvalidArgumentError(
+                f"noise must be one of {', '.join(ENERGY_NOISES)}, got {self.noise!r}"
+            )
 
     def _curve(self, split: str) -> tuple[float, ...]:
         if split not in self.mean:
@@ -51,32 +69,37 @@ class LocalEnergy:
             )
         return self.mean[split]
 
-    def at(self, sigma: float, split: str = "train") -> float:
-        """Mean dE at `sigma`, linearly interpolated between measured sigmas."""
+    def at(self, level: float, split: str = "train") -> float:
+        """Mean dE at `level`, linearly interpolated between measured levels."""
         curve = self._curve(split)
-        if not self.sigmas[0] <= sigma <= self.sigmas[-1]:
+        levels = self.levels
+        if not levels[0] <= level <= levels[-1]:
             raise InvalidArgumentError(
-                f"sigma {sigma} is outside the measured range [{self.sigmas[0]}, {self.sigmas[-1]}]"
+                f"level {level} is outside the measured range [{levels[0]}, {levels[-1]}]"
             )
-        for i in range(len(self.sigmas) - 1):
-            lo, hi = self.sigmas[i], self.sigmas[i + 1]
-            if lo <= sigma <= hi:
-                w = 0.0 if hi == lo else (sigma - lo) / (hi - lo)
+        for i in range(len(levels) - 1):
+            lo, hi = levels[i], levels[i + 1]
+            if lo <= level <= hi:
+                w = 0.0 if hi == lo else (level - lo) / (hi - lo)
                 return (1 - w) * curve[i] + w * curve[i + 1]
         return curve[-1]
 
-    def sigma_at(self, threshold: float, split: str = "train") -> float | None:
-        """The smallest sigma where the mean dE reaches `threshold` (linear interpolation),
+    def level_at(self, threshold: float, split: str = "train") -> float | None:
+        """The smallest level where the mean dE reaches `threshold` (linear interpolation),
         or None if it never does in the measured range: a flatness radius."""
         curve = self._curve(split)
+        levels = self.levels
         for i, value in enumerate(curve):
             if value >= threshold:
                 if i == 0:
-                    return self.sigmas[0]
+                    return levels[0]
                 lo, hi = curve[i - 1], value
                 w = (threshold - lo) / (hi - lo)
-                return self.sigmas[i - 1] + w * (self.sigmas[i] - self.sigmas[i - 1])
+                return levels[i - 1] + w * (levels[i] - levels[i - 1])
         return None
+
+
+_DEFAULT_PLAN = EvalPlan(max_sets=32)
 
 
 def local_energy(
@@ -96,19 +119,42 @@ def local_energy(
     max_sets: int = 32,
     device: str | torch.device | None = None,
     progress: bool = True,
+    plan: EvalPlan | None = None,
 ) -> LocalEnergy:
-    """Local energy of `model` on `data` (a Split; training data alone for split="train").
+    """Local energy of `model` on `data` (a Split; training data alone for split="train"),
+    a `LocalEnergy` whose levels are the sigmas.
 
     The network is first put in canonical form (output layer kept, so errors and losses are
-    its own), then, for each of `samples` noise draws z_s (seeded) and each sigma, its
-    parameters (weights, biases, BatchNorm affine parameters; never running statistics) are
-    perturbed: `multiplicative` theta (1 + sigma z), or `spherical` (each cell moved on its
-    sphere). Every perturbed network, and the unperturbed one, gets its BatchNorm statistics
-    recomputed on `bn_samples` training inputs (DESIGN.md's policy) and is evaluated with
-    `evaluate_many`, on `device` (default: the model's), `max_sets` networks at a time
-    (memory grows with it). Multiplicative noise goes to `evaluate_many` as an affine
-    family, so the input layer costs one pass per noise draw, not one per network.
-    dE at sigma = 0 is exactly 0."""
+    its own), then, for each of `samples` noise draws z_s (seeded by `seed`) and each
+    sigma, its parameters (weights, biases, BatchNorm affine parameters; never running
+    statistics) are perturbed: `multiplicative` theta (1 + sigma z), or `spherical` (each
+    cell moved on its sphere). Every perturbed network, and the unperturbed one, gets its
+    BatchNorm statistics recomputed on the training inputs (DESIGN.md's policy) and is
+    evaluated with `evaluate_sets`. Multiplicative noise goes to `evaluate_sets` as an
+    affine family, so the input layer costs one pass per noise draw, not one per network.
+    dE at sigma = 0 is exactly 0.
+
+    How the networks are evaluated is `plan` (an `EvalPlan`; its `bn` must be
+    "recompute") or, without one, the loose arguments: `bn_samples` training inputs drawn
+    with `seed`, in minibatches of `bn_batch_size`; `batch_size`; `max_sets` networks at a
+    time (memory grows with it); on `device` (default: the model's). An explicit plan
+    wins: loose evaluation arguments changed from their defaults together with a plan are
+    refused, and the BatchNorm subset is then drawn with `plan.seed` (`seed` still draws
+    the noise)."""
+    plan = plan_or_loose(
+        plan,
+        replace(_DEFAULT_PLAN, seed=seed),
+        bn_samples=bn_samples,
+        bn_batch_size=bn_batch_size,
+        batch_size=batch_size,
+        max_sets=max_sets,
+        device=device,
+    )
+    if plan.bn != "recompute":
+        raise InvalidArgumentError(
+            f"local energy recomputes BatchNorm statistics of every perturbed network; "
+            f"plan.bn must be 'recompute', got {plan.bn!r}"
+        )
     values = tuple(float(s) for s in sigmas)
     if not values or any(not math.isfinite(s) or s < 0 for s in values):
         raise InvalidArgumentError(f"sigmas must be finite numbers >= 0, got {list(sigmas)}")
@@ -135,8 +181,8 @@ def local_energy(
         state = canonical_state(model.state_dict(), spec, output="keep")
     else:
         state = dict(model.state_dict())
-    if device is not None:
-        state = {k: v.to(device) for k, v in state.items()}
+    if plan.device is not None:
+        state = {k: v.to(plan.device) for k, v in state.items()}
     center = with_state(model, state).to(state[next(iter(state))].device)
     names = [name for name, _ in model.named_parameters()]
     generator = torch.Generator().manual_seed(seed)
@@ -148,6 +194,7 @@ def local_energy(
     pairs = [(i, s) for s in range(samples) for i, sigma in enumerate(values) if sigma > 0]
     jobs: list[tuple[int, int] | None] = [*pairs, None]
     per_draw = max(1, len(pairs) // samples)
+    max_sets = plan.max_sets
     chunk_size = max_sets // per_draw * per_draw if per_draw <= max_sets else max_sets
     family = (
         multiplicative_family(
@@ -178,19 +225,12 @@ def local_energy(
         )
 
     with progress_helper.task(f"local energy ({noise})", len(jobs), enabled=progress) as reporter:
-        measured = evaluate_in_chunks(
+        measured = evaluate_sets(
             center,
-            sets,
-            len(jobs),
+            in_chunks(len(jobs), chunk_size, sets),
             parts,
-            chunk_size=chunk_size,
-            bn="recompute",
             bn_data=train,
-            bn_samples=bn_samples,
-            bn_batch_size=bn_batch_size,
-            batch_size=batch_size,
-            seed=seed,
-            max_sets=max_sets,
+            plan=plan,
             on_chunk=reporter.advance,
         )
     errors = {name: metrics.error for name, metrics in measured.items()}

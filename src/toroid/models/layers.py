@@ -17,7 +17,7 @@ def _sign(x: torch.Tensor) -> torch.Tensor:
 
 class _SignSTE(torch.autograd.Function):
     """sign(x) forward; straight-through gradient of hardtanh (1 where |x| <= 1) backward.
-    `setup_context` and the generated vmap rule let `evaluate_many` (vmap) run it."""
+    `setup_context` and the generated vmap rule let `evaluate_sets` (vmap) run it."""
 
     generate_vmap_rule = True
 

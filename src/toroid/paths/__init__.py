@@ -2,7 +2,7 @@
 profiles along paths and their barriers."""
 
 from toroid.paths.bend import BEND_INITS, BEND_KINDS, BendFit, fit_bend, retrain_midpoint
-from toroid.paths.flip import FlipPath, flip_path
+from toroid.paths.flip import flip_counts, flip_path
 from toroid.paths.flip_chain import FlipChain, flip_chain, flip_midpoint
 from toroid.paths.path import (
     PATH_KINDS,
@@ -36,7 +36,6 @@ __all__ = [
     "BezierPath",
     "Endpoints",
     "FlipChain",
-    "FlipPath",
     "GeodesicPath",
     "LinearPath",
     "Path",
@@ -49,6 +48,7 @@ __all__ = [
     "endpoints",
     "fit_bend",
     "flip_chain",
+    "flip_counts",
     "flip_midpoint",
     "flip_path",
     "geodesic",

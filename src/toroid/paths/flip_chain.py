@@ -5,17 +5,21 @@ flip path (DESIGN.md, Binary networks)."""
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Literal
 
 import torch
 from torch import nn
 
 from toroid.data.tensordata import DataLike, Split
+from toroid.errors import InvalidArgumentError
+from toroid.evaluate import EvalPlan, plan_or_loose
 from toroid.flatness.flip_energy import binary_spec
+from toroid.flatness.parts import SplitName
 from toroid.manifold.cells import binary_vector, set_binary_vector_
 from toroid.manifold.geodesic import slerp_state
-from toroid.paths.flip import FlipPath, flip_path
+from toroid.paths.flip import flip_path
+from toroid.paths.profile import METRICS, Metric, Profile
 from toroid.symmetry.align import align as align_models
 from toroid.symmetry.transform import with_state
 from toroid.symmetry.types import SymmetrySpec
@@ -24,27 +28,66 @@ from toroid.train import fit
 
 @dataclass(frozen=True)
 class FlipChain:
-    """`bend`: the re-trained midpoint; `first` and `second`: the flip paths a -> bend and
-    bend -> b; `epochs` and `reached_zero_train_error` describe the re-training."""
+    """`bend`: the re-trained midpoint; `first` and `second`: the flip-path profiles
+    a -> bend and bend -> b; `epochs` and `reached_zero_train_error` describe the
+    re-training."""
 
     bend: nn.Module
-    first: FlipPath
-    second: FlipPath
+    first: Profile
+    second: Profile
     epochs: int
     reached_zero_train_error: bool
 
+    def profile(self) -> Profile:
+        """The whole chain as one flip `Profile` of kind "flip-chain": the first segment at
+        t / 2, the second at 1/2 + t / 2 (the bend once, as the first segment's end); order
+        o of the chain is order o of the first segment followed by order o of the second;
+        `flips` counts from a through the bend to b, and `differing` is the sum of the
+        segments' Hamming distances."""
+        first, second = self.first, self.second
+        metrics = [m for m in METRICS if getattr(first, m) is not None]
+        curves = {m: first.values(m) + second.values(m)[1:] for m in metrics}
+        per_order: dict[str, tuple[tuple[float, ...], ...]] = {
+            m: tuple(a + b[1:] for a, b in zip(first.curves(m), second.curves(m), strict=True))
+            for m in metrics
+        }
+        flips = differing = None
+        if first.flips is not None and second.flips is not None:
+            flips = first.flips + tuple(first.flips[-1] + f for f in second.flips[1:])
+        if first.differing is not None and second.differing is not None:
+            differing = first.differing + second.differing
+        return Profile(
+            kind="flip-chain",
+            ts=tuple(t / 2 for t in first.ts) + tuple(0.5 + t / 2 for t in second.ts[1:]),
+            train_error=curves["train_error"],
+            train_loss=curves["train_loss"],
+            test_error=curves.get("test_error"),
+            test_loss=curves.get("test_loss"),
+            bn=first.bn,
+            per_order=per_order,
+            flips=flips,
+            differing=differing,
+            weights=first.weights,
+        )
+
     def mean_profile(self, split: str = "train") -> tuple[tuple[float, ...], tuple[float, ...]]:
-        """(t, error) along the chain, the error averaged over orders: the first segment
-        at t / 2, the second at 1/2 + t / 2 (the bend once)."""
-        first, second = self.first.mean_profile(split), self.second.mean_profile(split)
-        ts = tuple(t / 2 for t in self.first.t) + tuple(0.5 + t / 2 for t in self.second.t[1:])
-        return ts, first + second[1:]
+        """(t, error) along the chain, the error averaged over orders (see `profile`)."""
+        whole = self.profile()
+        return whole.ts, whole.values(_error_of(split))
 
     def max_error(self, split: str = "train") -> float:
-        """The largest error at any evaluated point of any order on either segment."""
-        return max(
-            max(max(order) for order in path.error[split]) for path in (self.first, self.second)
-        )
+        """The largest error at any evaluated point of any order on either segment (the
+        bend counted as the end of the first and the start of the second)."""
+        metric = _error_of(split)
+        return max(path.max_barrier("max", metric) for path in (self.first, self.second))
+
+
+def _error_of(split: str) -> Metric:
+    if split == "train":
+        return "train_error"
+    if split == "test":
+        return "test_error"
+    raise InvalidArgumentError(f"split must be 'train' or 'test', got {split!r}")
 
 
 def flip_midpoint(
@@ -82,10 +125,20 @@ def flip_chain(
     spec: SymmetrySpec | None = None,
     device: str | torch.device = "cpu",
     progress: bool = True,
+    plan: EvalPlan | None = None,
 ) -> FlipChain:
     """Re-train the flip midpoint of a and b with `fit` (to zero training error or
-    `epochs`), then profile the flip paths a -> bend and bend -> b (each aligned to its
-    start) with `orders` random orders and `points` points each."""
+    `epochs`, on `device`), then profile the flip paths a -> bend and bend -> b (each
+    aligned to its start) with `orders` random orders and `points` points each.
+
+    The flip paths are evaluated as `plan` says (an `EvalPlan`; on `device` when its
+    `device` is None) or, without one, with BatchNorm statistics recomputed on
+    `bn_samples` training inputs drawn with `seed`, on `device`. An explicit plan wins;
+    `bn_samples` changed from its default together with a plan is refused. `batch_size`
+    is the training minibatch size, not an evaluation setting."""
+    plan = plan_or_loose(plan, EvalPlan(seed=seed, device=device), bn_samples=bn_samples)
+    if plan.device is None:
+        plan = replace(plan, device=device)
     checked = binary_spec(a, spec)
     midpoint = flip_midpoint(a, b, seed=seed, spec=checked)
     trained = fit(
@@ -100,16 +153,29 @@ def flip_chain(
         progress=progress,
     )
     bend = trained.model.cpu().eval()
-    options: dict[str, Any] = {
-        "seed": seed,
-        "orders": orders,
-        "points": points,
-        "split": "both" if isinstance(data, Split) and data.test is not None else "train",
-        "spec": checked,
-        "bn_samples": bn_samples,
-        "device": device,
-        "progress": progress,
-    }
-    first = flip_path(a, bend, data=data, **options)
-    second = flip_path(bend, b, data=data, **options)
+    split: SplitName = "both" if isinstance(data, Split) and data.test is not None else "train"
+    first = flip_path(
+        a,
+        bend,
+        data=data,
+        seed=seed,
+        orders=orders,
+        points=points,
+        split=split,
+        spec=checked,
+        progress=progress,
+        plan=plan,
+    )
+    second = flip_path(
+        bend,
+        b,
+        data=data,
+        seed=seed,
+        orders=orders,
+        points=points,
+        split=split,
+        spec=checked,
+        progress=progress,
+        plan=plan,
+    )
     return FlipChain(bend, first, second, trained.epochs, trained.reached_zero_train_error)

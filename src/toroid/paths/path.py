@@ -4,7 +4,7 @@
 Straight lines, single-bend chains and quadratic Bezier curves are affine combinations of
 their anchors, `sum_j w_j(t) theta_j` with weights summing to one; the weights are exact at
 the ends (t = 0 gives the first anchor, t = 1 the last, bit for bit), and many t at once go
-to `evaluate_many` as an `AffineFamily`. The geodesic slerps every cell (DESIGN.md), which
+to `evaluate_sets` as an `AffineFamily`. The geodesic slerps every cell (DESIGN.md), which
 is a combination of its two ends too, with weights per cell: it goes as a family weighed
 per unit.
 """
@@ -94,7 +94,7 @@ def anchor_family(
 
 class Path:
     """A path t in [0, 1] -> network of `template`'s architecture. `state_at(t)` and
-    `at(t)` give one point; `sets(ts)` many points in the layout `evaluate_many` takes.
+    `at(t)` give one point; `sets(ts)` many points in the layout `evaluate_sets` takes.
     BatchNorm running statistics along the path are placeholders (combined like the
     parameters): recompute them before evaluating (DESIGN.md's BatchNorm policy), as
     `profile` does."""
@@ -121,7 +121,7 @@ class Path:
         return with_state(self.template, self.state_at(t))
 
     def sets(self, ts: Sequence[float]) -> AffineFamily | dict[str, torch.Tensor]:
-        """The floating tensors at every t, for `evaluate_many`."""
+        """The floating tensors at every t, for `evaluate_sets`."""
         states = [self.state_at(t) for t in ts]
         return {k: torch.stack([s[k] for s in states]) for k in _floating(self.a)}
 

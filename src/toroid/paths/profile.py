@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import math
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from itertools import pairwise
 from typing import Any, Literal
@@ -12,13 +13,20 @@ import torch
 from toroid import progress as progress_helper
 from toroid.data.tensordata import DataLike, Split, TensorData, as_tensor_data
 from toroid.errors import InvalidArgumentError
-from toroid.evaluate import BNPolicy, ManyMetrics, evaluate_in_chunks
+from toroid.evaluate import (
+    BNPolicy,
+    EvalPlan,
+    ManyMetrics,
+    evaluate_sets,
+    in_chunks,
+    plan_or_loose,
+)
 from toroid.paths.path import Path, uniform_ts
 
 BarrierKind = Literal["max_minus_mean", "max_minus_linear", "max"]
-BARRIER_KINDS: tuple[str, ...] = ("max_minus_mean", "max_minus_linear", "max")
+BARRIER_KINDS: tuple[BarrierKind, ...] = ("max_minus_mean", "max_minus_linear", "max")
 Metric = Literal["train_error", "test_error", "train_loss", "test_loss"]
-METRICS: tuple[str, ...] = ("train_error", "test_error", "train_loss", "test_loss")
+METRICS: tuple[Metric, ...] = ("train_error", "test_error", "train_loss", "test_loss")
 
 
 def barrier(
@@ -50,7 +58,14 @@ def barrier(
 class Profile:
     """Eval-mode errors and losses at `ts` along a path of `kind` (test values None when
     no test data was given). BatchNorm statistics were recomputed at every point
-    (`bn="recompute"`) unless `bn` says otherwise."""
+    (`bn="recompute"`) unless `bn` says otherwise.
+
+    A path with random elements (a flip path: the order in which weights are flipped) is
+    measured once per draw ("order"): then `train_error` etc. are the mean curves over
+    orders, point by point, and `per_order[metric][o]` is order o's own curve (None for a
+    path without orders, whose curve is its own single "order"). Flip paths also carry
+    `flips` (binary weights flipped at each point), `differing` (the Hamming distance of
+    the endpoints, the flips at t = 1) and `weights` (binary weights in all)."""
 
     kind: str
     ts: tuple[float, ...]
@@ -59,8 +74,25 @@ class Profile:
     test_error: tuple[float, ...] | None
     test_loss: tuple[float, ...] | None
     bn: str
+    per_order: Mapping[str, tuple[tuple[float, ...], ...]] | None = None
+    flips: tuple[int, ...] | None = None
+    differing: int | None = None
+    weights: int | None = None
+
+    @property
+    def splits(self) -> tuple[str, ...]:
+        """The measured splits: ("train",) or ("train", "test")."""
+        return ("train",) if self.test_error is None else ("train", "test")
+
+    @property
+    def orders(self) -> int:
+        """How many curves the profile averages (1 for a path without orders)."""
+        if self.per_order is None:
+            return 1
+        return len(self.per_order["train_error"])
 
     def values(self, metric: Metric = "train_error") -> tuple[float, ...]:
+        """The (mean) curve of `metric` at `ts`."""
         if metric not in METRICS:
             raise InvalidArgumentError(
                 f"metric must be one of {', '.join(METRICS)}, got {metric!r}"
@@ -70,25 +102,64 @@ class Profile:
             raise InvalidArgumentError(f"{metric} was not measured: the profile has no test data")
         return values
 
+    def curves(self, metric: Metric = "train_error") -> tuple[tuple[float, ...], ...]:
+        """Every order's curve of `metric`; the one curve of a path without orders."""
+        mean = self.values(metric)
+        return (mean,) if self.per_order is None else self.per_order[metric]
+
+    def stderr(self, metric: Metric = "train_error") -> tuple[float, ...]:
+        """The standard error over orders of `metric` at each t (NaN with one order)."""
+        curves = self.curves(metric)
+        if len(curves) < 2:
+            return tuple(math.nan for _ in self.ts)
+        spread = torch.tensor(curves, dtype=torch.float64).std(dim=0) / math.sqrt(len(curves))
+        return tuple(float(v) for v in spread)
+
     def barrier(
         self, kind: BarrierKind = "max_minus_mean", metric: Metric = "train_error"
     ) -> float:
-        """The named barrier (see `barrier`) of `metric` along the path."""
+        """The named barrier (see `barrier`) of the (mean) curve of `metric`."""
         return barrier(self.ts, self.values(metric), kind=kind)
 
+    def barriers(
+        self, kind: BarrierKind = "max_minus_mean", metric: Metric = "train_error"
+    ) -> tuple[float, ...]:
+        """The named barrier of every order's curve (one value without orders)."""
+        return tuple(barrier(self.ts, curve, kind=kind) for curve in self.curves(metric))
+
+    def mean_barrier(
+        self, kind: BarrierKind = "max_minus_mean", metric: Metric = "train_error"
+    ) -> float:
+        """The mean over orders of the per-order barriers (not the barrier of the mean
+        curve, which `barrier` gives); equal to `barrier` without orders."""
+        values = self.barriers(kind, metric)
+        return sum(values) / len(values)
+
+    def max_barrier(
+        self, kind: BarrierKind = "max_minus_mean", metric: Metric = "train_error"
+    ) -> float:
+        """The largest per-order barrier; with kind="max", the largest value of `metric`
+        at any point of any order."""
+        return max(self.barriers(kind, metric))
+
     def to_dict(self) -> dict[str, Any]:
-        """JSON-ready: the profile and its barriers."""
+        """JSON-ready: the profile and its barriers (and, with orders, the per-order curves
+        and flip counts)."""
         metrics = [m for m in METRICS if getattr(self, m) is not None]
-        return {
+        record: dict[str, Any] = {
             "kind": self.kind,
             "bn": self.bn,
             "ts": list(self.ts),
             **{m: list(getattr(self, m)) for m in metrics},
-            "barriers": {
-                m: {k: self.barrier(k, m) for k in BARRIER_KINDS}  # type: ignore[arg-type]
-                for m in metrics
-            },
+            "barriers": {m: {k: self.barrier(k, m) for k in BARRIER_KINDS} for m in metrics},
         }
+        if self.per_order is not None:
+            record["per_order"] = {m: [list(c) for c in self.per_order[m]] for m in metrics}
+        for name in ("flips", "differing", "weights"):
+            value = getattr(self, name)
+            if value is not None:
+                record[name] = list(value) if isinstance(value, tuple) else value
+        return record
 
 
 def _parts(data: Split | DataLike) -> tuple[dict[str, TensorData], TensorData]:
@@ -99,6 +170,9 @@ def _parts(data: Split | DataLike) -> tuple[dict[str, TensorData], TensorData]:
         return parts, data.train
     train = as_tensor_data(data)
     return {"train": train}, train
+
+
+_DEFAULT_PLAN = EvalPlan(max_sets=32)
 
 
 def profile(
@@ -117,12 +191,30 @@ def profile(
     max_sets: int = 32,
     device: str | torch.device | None = None,
     progress: bool = True,
+    plan: EvalPlan | None = None,
 ) -> Profile:
     """Errors and losses along `path` on `data` (a Split: train and test; or training data
     alone) at `points` evenly spaced t (or the given `ts`), every point evaluated with
-    `evaluate_many` (BatchNorm recomputed on `bn_samples` seeded training inputs), on
-    `device` (default: the path's). `refine` rounds then add the midpoints on both sides of
-    the current maximum of `refine_metric`, to find the top of a barrier more exactly."""
+    `evaluate_sets`. `refine` rounds then add the midpoints on both sides of the current
+    maximum of `refine_metric`, to find the top of a barrier more exactly.
+
+    How the points are evaluated is `plan` (an `EvalPlan`) or, without one, the loose
+    arguments: `bn` ("recompute": BatchNorm statistics re-estimated at every point on
+    `bn_samples` training inputs drawn with `seed`, in minibatches of `bn_batch_size`),
+    `batch_size`, `max_sets` points at a time, on `device` (default: the path's). An
+    explicit plan wins; loose arguments changed from their defaults together with a plan
+    are refused."""
+    plan = plan_or_loose(
+        plan,
+        _DEFAULT_PLAN,
+        bn=bn,
+        bn_samples=bn_samples,
+        bn_batch_size=bn_batch_size,
+        batch_size=batch_size,
+        seed=seed,
+        max_sets=max_sets,
+        device=device,
+    )
     if refine < 0:
         raise InvalidArgumentError(f"refine must be >= 0, got {refine}")
     grid = tuple(sorted({float(t) for t in ts})) if ts is not None else uniform_ts(points)
@@ -132,8 +224,8 @@ def profile(
         raise InvalidArgumentError(
             f"refine_metric must be one of {', '.join(METRICS)}, got {refine_metric!r}"
         )
-    if device is not None:
-        path = path.to(device)
+    if plan.device is not None:
+        path = path.to(plan.device)
     parts, train = _parts(data)
     if refine_metric.startswith("test") and "test" not in parts:
         raise InvalidArgumentError(f"refine_metric={refine_metric!r} needs test data")
@@ -141,19 +233,12 @@ def profile(
 
     def measure(new: Sequence[float], reporter: progress_helper.Reporter) -> None:
         points = list(new)
-        measured = evaluate_in_chunks(
+        measured = evaluate_sets(
             path.template,
-            lambda begin, stop: path.sets(points[begin:stop]),
-            len(points),
+            in_chunks(len(points), plan.max_sets, lambda b, e: path.sets(points[b:e])),
             parts,
-            chunk_size=max_sets,
-            bn=bn,
             bn_data=train,
-            bn_samples=bn_samples,
-            bn_batch_size=bn_batch_size,
-            batch_size=batch_size,
-            seed=seed,
-            max_sets=max_sets,
+            plan=plan,
             on_chunk=reporter.advance,
         )
         for k, t in enumerate(points):
@@ -185,7 +270,7 @@ def profile(
         train_loss=tuple(results[t]["train"][1] for t in ordered),
         test_error=tuple(results[t]["test"][0] for t in ordered) if test else None,
         test_loss=tuple(results[t]["test"][1] for t in ordered) if test else None,
-        bn=bn,
+        bn=plan.bn,
     )
 
 
