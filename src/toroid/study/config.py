@@ -89,7 +89,7 @@ class OptimizerSpec(_Strict):
 
     @property
     def key(self) -> str:
-        return self.label or self.name
+        return self.name if self.label is None else self.label
 
 
 def _optimizer_list(value: Any) -> Any:

@@ -238,10 +238,11 @@ def run_study(
         try:
             with bars.shown():
                 while waiting or running:
-                    for task in [t for t in waiting if any(d in stuck for d in t.deps)]:
-                        waiting.remove(task)
-                        stuck.add(task.key)
-                        bars.advance(task.kind)
+                    for task in list(waiting):  # in dependency order: blocks transitively
+                        if any(d in stuck for d in task.deps):
+                            waiting.remove(task)
+                            stuck.add(task.key)
+                            bars.advance(task.kind)
                     ready = [t for t in waiting if all(d in finished for d in t.deps)]
                     for task in ready[: max(0, runner.slots - len(running))]:
                         waiting.remove(task)

@@ -74,7 +74,9 @@ class Column:
     @property
     def sql(self) -> str:
         base = {float: "REAL", int: "INTEGER", bool: "INTEGER", str: "TEXT", tuple: "TEXT"}
-        return f"{self.name} {base[self.kind]}{'' if self.optional else ' NOT NULL'}"
+        # NaN is stored as NULL, so a float column is nullable even when its field is not.
+        nullable = self.optional or self.kind is float
+        return f"{self.name} {base[self.kind]}{'' if nullable else ' NOT NULL'}"
 
     def encode(self, value: Any) -> Any:
         if value is None:
