@@ -12,7 +12,6 @@ from itertools import pairwise
 from pathlib import Path
 from typing import Annotated, Any
 
-import numpy as np
 import typer
 from rich.console import Console
 from rich.table import Table
@@ -23,6 +22,7 @@ from toroid.cli.commands import _choice
 from toroid.cli.data import checkpoint_data, load_same_architecture
 from toroid.errors import InvalidArgumentError
 from toroid.flatness import LocalEnergy, local_energy
+from toroid.grid import parse_grid
 from toroid.manifold.distance import KINDS, SCOPES, Distance, distance
 from toroid.manifold.perturb import NOISES
 from toroid.storage import atomic_write_bytes
@@ -31,34 +31,13 @@ console = Console()
 
 SPLITS = ("train", "test", "both")
 PLOT_FORMATS = ("png", "pdf", "svg")
-_SIGMA_FORMS = (
-    "start:stop:count (inclusive, like numpy.linspace, e.g. 0:0.5:11) "
-    "or a comma list (e.g. 0,0.1,0.2)"
-)
 
 
 def parse_sigmas(text: str) -> tuple[float, ...]:
-    """The sigmas of `--sigmas`: `start:stop:count` (count values from start to stop, both
-    included, as numpy.linspace) or a comma-separated list. They must be finite, >= 0 and
-    strictly increasing."""
-    bad_syntax = InvalidArgumentError(f"--sigmas must be {_SIGMA_FORMS}, got {text!r}")
-    parts = [p.strip() for p in text.split(":")] if ":" in text else None
-    if parts is not None and len(parts) != 3:
-        raise bad_syntax
-    try:
-        if parts is not None:
-            start, stop, count = float(parts[0]), float(parts[1]), int(parts[2])
-        else:
-            values = tuple(float(p.strip()) for p in text.split(","))
-    except ValueError as exc:  # float() / int() of a malformed item, or an empty one
-        raise bad_syntax from exc
-    if parts is not None:
-        if count < 1:
-            raise InvalidArgumentError(f"--sigmas {text!r}: count must be at least 1, got {count}")
-        if not (math.isfinite(start) and math.isfinite(stop)):
-            raise InvalidArgumentError(f"--sigmas must be finite numbers >= 0, got {text!r}")
-        values = tuple(float(v) for v in np.linspace(start, stop, count).tolist())
-    if any(not math.isfinite(v) or v < 0 for v in values):
+    """The sigmas of `--sigmas` (`toroid.grid.parse_grid`: `start:stop:count`, both ends
+    included, or a comma list). They must be >= 0 and strictly increasing."""
+    values = parse_grid(text, name="--sigmas")
+    if any(v < 0 for v in values):
         raise InvalidArgumentError(f"--sigmas must be finite numbers >= 0, got {text!r}")
     if any(b <= a for a, b in pairwise(values)):
         raise InvalidArgumentError(f"--sigmas must be strictly increasing, got {text!r}")
@@ -126,7 +105,7 @@ def flatness(
     ckpt: Annotated[Path, typer.Argument(help="Checkpoint directory.")],
     sigmas: Annotated[
         str,
-        typer.Option(help="start:stop:count (inclusive, as numpy.linspace) or a comma list."),
+        typer.Option(help="start:stop:count (both ends included) or a comma list."),
     ] = "0:0.5:11",
     samples: Annotated[int, typer.Option(help="Noise draws per sigma.")] = 8,
     split: Annotated[str, typer.Option(help="train, test or both.")] = "both",
