@@ -12,12 +12,12 @@ from torch import nn
 from tests.test_binary_symmetry import generic
 from toroid.data import Split, load
 from toroid.errors import InvalidArgumentError
-from toroid.evaluate import evaluate
+from toroid.evaluate import EvalPlan, evaluate
 from toroid.flatness import flip_energy
 from toroid.manifold import distance, slerp_state
 from toroid.manifold.cells import binary_vector, set_binary_vector_
 from toroid.models import build, mlp
-from toroid.paths import Profile
+from toroid.paths import FlipChain, Profile, flip_chain
 from toroid.paths.flip import flip_counts, flip_path
 from toroid.symmetry import align, canonicalize, random_symmetry, spec_for
 from toroid.symmetry.transform import with_state
@@ -260,9 +260,7 @@ def test_named_barriers_and_their_summaries_over_orders() -> None:
         weights=10,
     )
     assert path.orders == 2
-    assert path.barriers(kind="max_minus_linear") == pytest.approx(
-        (0.6 - 0.4 / 3, 0.1 - 0.2 / 3)
-    )
+    assert path.barriers(kind="max_minus_linear") == pytest.approx((0.6 - 0.4 / 3, 0.1 - 0.2 / 3))
     assert path.barriers(kind="max") == pytest.approx((0.6, 0.2))
     with pytest.raises(InvalidArgumentError, match="barrier kind"):
         path.barriers(kind="mean")  # type: ignore[arg-type]
@@ -277,3 +275,59 @@ def test_named_barriers_and_their_summaries_over_orders() -> None:
     record = path.to_dict()
     assert record["per_order"]["train_error"] == [list(first), list(second)]
     assert (record["flips"], record["differing"], record["weights"]) == ([0, 1, 2, 3], 3, 10)
+
+
+def _segment(errors: tuple[tuple[float, ...], ...], flips: tuple[int, ...]) -> Profile:
+    """A hand-made flip profile with the given per-order training errors (losses twice)."""
+    ts = tuple(f / flips[-1] for f in flips)
+    mean = tuple(sum(column) / len(column) for column in zip(*errors, strict=True))
+    losses = tuple(tuple(2 * e for e in order) for order in errors)
+    return Profile(
+        kind="flip",
+        ts=ts,
+        train_error=mean,
+        train_loss=tuple(2 * m for m in mean),
+        test_error=None,
+        test_loss=None,
+        bn="recompute",
+        per_order={"train_error": errors, "train_loss": losses},
+        flips=flips,
+        differing=flips[-1],
+        weights=10,
+    )
+
+
+def test_a_chain_joins_its_two_flip_profiles() -> None:
+    first = _segment(((0.0, 0.4, 0.1), (0.0, 0.2, 0.1)), (0, 2, 4))
+    # The second segment starts at the bend, evaluated as its own start: 0.12, not 0.1.
+    second = _segment(((0.12, 0.3, 0.0), (0.12, 0.5, 0.0)), (0, 1, 2))
+    chain = FlipChain(nn.Identity(), first, second, epochs=3, reached_zero_train_error=True)
+    whole = chain.profile()
+    assert whole.kind == "flip-chain" and whole.ts == (0.0, 0.25, 0.5, 0.75, 1.0)
+    assert whole.train_error == pytest.approx((0.0, 0.3, 0.1, 0.4, 0.0))
+    assert whole.per_order is not None
+    assert whole.per_order["train_error"] == ((0.0, 0.4, 0.1, 0.3, 0.0), (0.0, 0.2, 0.1, 0.5, 0.0))
+    assert (whole.flips, whole.differing, whole.weights) == ((0, 2, 4, 5, 6), 6, 10)
+    assert chain.mean_profile("train") == (whole.ts, whole.train_error)
+    assert chain.max_error("train") == 0.5
+    assert whole.mean_barrier() == pytest.approx(0.45)  # orders: 0.4 and 0.5 over ends of 0
+    with pytest.raises(InvalidArgumentError, match="split must be 'train' or 'test'"):
+        chain.max_error("valid")
+    with pytest.raises(InvalidArgumentError, match="no test data"):
+        chain.mean_profile("test")
+
+
+def test_flip_chain_measures_both_segments_as_profiles(small: Split) -> None:
+    a, b = binary_mlp(10), binary_mlp(11)
+    plan = EvalPlan(bn_samples=None, bn_batch_size=120, max_sets=8)
+    chain = flip_chain(a, b, small, epochs=1, orders=2, points=3, progress=False, plan=plan)
+    for segment in (chain.first, chain.second):
+        assert segment.kind == "flip" and segment.splits == ("train", "test")
+        assert segment.orders == 2 and segment.ts[0] == 0.0 and segment.ts[-1] == 1.0
+    whole = chain.profile()
+    assert whole.splits == ("train", "test") and whole.ts[len(chain.first.ts) - 1] == 0.5
+    assert chain.max_error("test") == max(
+        chain.first.max_barrier("max", "test_error"), chain.second.max_barrier("max", "test_error")
+    )
+    with pytest.raises(InvalidArgumentError, match="not both"):
+        flip_chain(a, b, small, epochs=1, progress=False, plan=plan, bn_samples=100)

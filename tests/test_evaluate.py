@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -357,3 +359,9 @@ def test_evaluate_sets_equals_a_slow_per_set_loop(
             assert float(fast[name].error[k]) == single.error
             assert float(fast[name].loss[k]) == pytest.approx(single.loss, rel=1e-10, abs=1e-14)
     assert fast["train"].error.unique().numel() > 1  # the sets really differ
+    # A plan's device moves the sets (a family too) and the model's tensors there.
+    sets = in_chunks(len(entries), 3, chunk) if lazy else chunk(0, len(entries))
+    moved = evaluate_sets(
+        model, sets, {"test": test}, bn_data=train, plan=replace(plan, device="cpu")
+    )
+    assert torch.equal(moved["test"].error, fast["test"].error)
