@@ -507,7 +507,7 @@ def scratch(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @given(st.lists(st.sampled_from(sorted(EDITS)), min_size=1, max_size=2, unique=True))
 @settings(
-    max_examples=6,
+    max_examples=12,
     deadline=None,
     derandomize=True,
     suppress_health_check=[HealthCheck.function_scoped_fixture],
@@ -553,3 +553,12 @@ def test_a_profile_task_reads_only_its_path_settings() -> None:
 
 def test_the_config_on_disk_is_the_one_that_ran(finished: Path) -> None:
     assert load_config(finished / "config.yaml") == validate_config(BASE)
+
+
+def test_the_study_and_the_cli_parse_a_grid_alike() -> None:
+    from toroid.cli.measure_commands import parse_sigmas
+
+    config = validate_config(config_with(analyses__local_energy={"sigmas": "0:0.5:11"}))
+    assert config.analyses.local_energy is not None
+    sigmas = config.analyses.local_energy.sigmas
+    assert sigmas == list(parse_sigmas("0:0.5:11")) and sigmas[6] == 0.3 and sigmas[-1] == 0.5

@@ -22,6 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from toroid.data import DATASETS
 from toroid.errors import InvalidArgumentError, ToroidError
+from toroid.grid import parse_grid
 from toroid.optim import make_optimizer, resolve_optimizer
 
 PRESETS: tuple[str, ...] = ("quick", "default")
@@ -109,19 +110,9 @@ def _optimizer_list(value: Any) -> Any:
     return out
 
 
-def parse_grid(value: Any) -> Any:
-    """`start:stop:count` (both ends included) or a list, as `toroid flatness --sigmas`."""
-    if isinstance(value, str):
-        parts = value.split(":")
-        if len(parts) != 3:
-            raise ValueError(f"expected start:stop:count or a list, got {value!r}")
-        start, stop, count = float(parts[0]), float(parts[1]), int(parts[2])
-        if count < 1:
-            raise ValueError(f"count must be at least 1 in {value!r}")
-        if count == 1:
-            return [start]
-        return [start + (stop - start) * i / (count - 1) for i in range(count)]
-    return value
+def _grid(value: Any) -> Any:
+    """`start:stop:count` or a comma list, as `toroid flatness --sigmas` parses it."""
+    return list(parse_grid(value, name="sigmas")) if isinstance(value, str) else value
 
 
 def _increasing(values: list[float], what: str) -> list[float]:
@@ -133,7 +124,7 @@ def _increasing(values: list[float], what: str) -> list[float]:
 
 
 class LocalEnergySpec(_Strict):
-    sigmas: list[float] = Field(default_factory=lambda: parse_grid("0:0.5:11"))
+    sigmas: list[float] = Field(default_factory=lambda: list(parse_grid("0:0.5:11")))
     samples: int = Field(default=8, gt=0)
     noise: Literal["multiplicative", "spherical"] = "multiplicative"
     split: Literal["train", "test", "both"] = "both"
@@ -149,7 +140,7 @@ class LocalEnergySpec(_Strict):
             )
         return value
 
-    _grid = field_validator("sigmas", mode="before")(parse_grid)
+    _text = field_validator("sigmas", mode="before")(_grid)
 
     @field_validator("sigmas")
     @classmethod
