@@ -193,9 +193,8 @@ def local_energy(
     # the unperturbed network last.
     pairs = [(i, s) for s in range(samples) for i, sigma in enumerate(values) if sigma > 0]
     jobs: list[tuple[int, int] | None] = [*pairs, None]
-    per_draw = max(1, len(pairs) // samples)
-    max_sets = plan.max_sets
-    chunk_size = max_sets // per_draw * per_draw if per_draw <= max_sets else max_sets
+    per_draw, most = max(1, len(pairs) // samples), plan.max_sets
+    chunk_size = most // per_draw * per_draw if per_draw <= most else most
     family = (
         multiplicative_family(
             {n: state[n] for n in names},
