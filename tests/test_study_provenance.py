@@ -76,14 +76,16 @@ runner = CliRunner()
 
 
 def config_with(**changes: Any) -> dict[str, Any]:
-    """BASE with `changes` applied at dotted paths (`analyses.paths.pairs="all"`)."""
+    """BASE with `changes` applied at `__`-separated paths (`analyses__paths__pairs="all"`);
+    a change inside a section that another change set to None is dropped."""
     raw = copy.deepcopy(BASE)
-    for path, value in changes.items():
+    for path, value in sorted(changes.items(), key=lambda item: item[0].count("__")):
         *parents, last = path.split("__")
-        node = raw
+        node: Any = raw
         for part in parents:
-            node = node[part]
-        node[last] = value
+            node = node[part] if node is not None else None
+        if node is not None:
+            node[last] = value
     return raw
 
 
@@ -230,15 +232,16 @@ def test_another_config_in_a_finished_study_directory_is_refused(
 ) -> None:
     directory = copy_of(finished, tmp_path / "study")
     config_text = (directory / "config.yaml").read_text()
-    count = len(Store(directory).finished())
+    before = Store(directory).finished()
     other = validate_config(config_with(seeds=[5], name="other"))
     with pytest.raises(StudyDirectoryError, match="--force") as info:
         run_study(other, directory, progress=False, report=False)
     message = str(info.value)
     assert "\n" not in message and "study 'provenance'" in message and "would drop" in message
     assert (directory / "config.yaml").read_text() == config_text
-    assert len(Store(directory).finished()) == count
+    assert Store(directory).finished() == before
     result = run_study(other, directory, progress=False, report=False, force=True)
+    assert set(result.dropped) == {k for k in before if "/main/" in k}
     main = [key for key in Store(directory).finished() if "/main/" in key]
     assert result.complete and main and all(key.endswith("/s5") for key in main)
 

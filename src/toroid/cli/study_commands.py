@@ -112,6 +112,12 @@ def run_command(
         retry_failed=retry_failed,
     )
     report = write_report(directory)
+    if result.dropped:
+        count = len(result.dropped)
+        _print(
+            f"--force dropped {count} finished task{'s' if count != 1 else ''} of the earlier "
+            f"config or executor (e.g. {', '.join(result.dropped[:3])})"
+        )
     console.print(_status_table(result))
     _print(f"study {study.name}: {time.perf_counter() - started:.1f} s")
     for verdict in report.verdicts:

@@ -44,7 +44,8 @@ class StudyDirectoryError(ToroidError):
 class StudyStatus:
     """Per stage (task kind): tasks finished, failed, blocked (waiting on a failed task)
     and pending; the failures with their reasons, the blocked and pending task keys, and
-    the tasks this run executed (`ran`)."""
+    the tasks this run executed (`ran`) and the finished tasks it dropped (`dropped`, only
+    with `force`)."""
 
     directory: Path
     done: dict[str, int]
@@ -56,6 +57,7 @@ class StudyStatus:
     failures: tuple[TaskRecord, ...] = ()
     blocked_tasks: tuple[str, ...] = ()
     ran: tuple[str, ...] = ()
+    dropped: tuple[str, ...] = ()
 
     @property
     def complete(self) -> bool:
@@ -131,7 +133,9 @@ def _dropped(tasks: Sequence[Task], store: Store, identity: str) -> tuple[list[s
 def _prepare(
     config: StudyConfig, directory: Path, tasks: Sequence[Task], store: Store, identity: str,
     *, force: bool,
-) -> None:  # fmt: skip
+) -> list[str]:  # fmt: skip
+    """Refuse (unless `force`) or drop the finished results this run would not keep, then
+    record the config and provenance; returns the dropped finished tasks."""
     stale, why = _dropped(tasks, store, identity)
     if why is not None and not force:
         raise StudyDirectoryError(
@@ -145,6 +149,7 @@ def _prepare(
     store.set_meta("numerics", identity)
     store.set_meta("toroid_version", toroid.__version__)
     store.set_meta("started_at", time.time())
+    return stale
 
 
 class _Progress:
@@ -224,7 +229,7 @@ def run_study(
     identity = numerics(executor, workers=workers, device=config.device)
     ran: list[str] = []
     with Store(directory) as store:
-        _prepare(config, directory, tasks, store, identity, force=force)
+        dropped = _prepare(config, directory, tasks, store, identity, force=force)
         standing = standing_of(
             tasks, store.tasks(), lambda record: retry_failed or not record.deterministic
         )
@@ -285,7 +290,7 @@ def run_study(
         from toroid.study.report import write_report
 
         write_report(directory)
-    return replace(status(directory), ran=tuple(ran))
+    return replace(status(directory), ran=tuple(ran), dropped=tuple(dropped))
 
 
 __all__ = [

@@ -141,7 +141,7 @@ def verdict_table(verdicts: Sequence[Verdict]) -> Table:
 def verdict_section(verdicts: Sequence[Verdict]) -> Section:
     rules = (
         "Flatness is a network's dE at the summary level (the first of the config's "
-        "summary_sigmas inside the measured range; for binary networks the lower median of "
+        "report.summary_sigmas inside the measured range; for binary networks the lower median of "
         "the positive flip probabilities); flat means small dE. "
         f"Correlation claims: {RULES['correlation']}. Chains: {RULES['chains']}. "
         f"Binary networks: {RULES['binary']}."
