@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from itertools import combinations
 from typing import Any
 
+from toroid.evaluate import EvalPlan
 from toroid.study.config import OptimizerSpec, PairScope, StudyConfig, StudyConfigError
 from toroid.study.store import StoreError, TaskRecord, check_key
 from toroid.study.tasks import (
@@ -130,8 +131,23 @@ def _data(config: StudyConfig) -> DataParams:
     return DataParams(d.name, d.train_size, d.test_size, d.seed, d.root)
 
 
+# Parameter sets evaluated together (memory, not results): the measurements' defaults.
+MAX_SETS, MAX_FLIP_SETS = 32, 16
+# A chain's profile recomputes BatchNorm on this many training inputs (`profile`'s default).
+BEND_PROFILE_BN_SAMPLES = 2000
+
+
+def _planner(config: StudyConfig) -> Callable[[int, int], EvalPlan]:
+    """How the study's measurements evaluate: BatchNorm recomputed on `bn_samples` seeded
+    training inputs (seed 0), `max_sets` sets at a time, on the config's device."""
+    return lambda bn_samples, max_sets: EvalPlan(
+        bn_samples=bn_samples, max_sets=max_sets, device=config.device
+    )
+
+
 def main_block(config: StudyConfig) -> Block:
     data, device, analyses = _data(config), config.device, config.analyses
+    measured = _planner(config)
     found: list[Analysis] = []
     if (energy := analyses.local_energy) is not None:
         found.append(
@@ -146,8 +162,7 @@ def main_block(config: StudyConfig) -> Block:
                     energy.samples,
                     energy.noise,
                     energy.split,
-                    energy.bn_samples,
-                    device,
+                    measured(energy.bn_samples, MAX_SETS),
                 ),
             )
         )
@@ -175,8 +190,7 @@ def main_block(config: StudyConfig) -> Block:
                         data,
                         paths.points,
                         paths.refine,
-                        paths.bn_samples,
-                        device,
+                        measured(paths.bn_samples, MAX_SETS),
                     ),
                     pairs=paths.pairs,
                 )
@@ -197,6 +211,7 @@ def main_block(config: StudyConfig) -> Block:
                     bends.lr,
                     bends.points,
                     device,
+                    measured(BEND_PROFILE_BN_SAMPLES, MAX_SETS),
                 ),
                 pairs=bends.pairs,
             )
@@ -239,6 +254,7 @@ def binary_block(config: StudyConfig) -> Block | None:
     if binary is None:
         return None
     data, device, t = _data(config), config.device, binary.training
+    measured = _planner(config)
     chain_optimizer = binary.optimizers[0].resolved()
     analyses = (
         Analysis(
@@ -250,8 +266,7 @@ def binary_block(config: StudyConfig) -> Block | None:
                 data,
                 tuple(binary.flip_probs),
                 binary.samples,
-                binary.bn_samples,
-                device,
+                measured(binary.bn_samples, MAX_FLIP_SETS),
             ),
         ),
         Analysis(
@@ -271,8 +286,7 @@ def binary_block(config: StudyConfig) -> Block | None:
                 data,
                 binary.flip_orders,
                 binary.flip_points,
-                binary.bn_samples,
-                device,
+                measured(binary.bn_samples, MAX_FLIP_SETS),
             ),
             pairs=binary.pairs,
         ),
@@ -290,8 +304,8 @@ def binary_block(config: StudyConfig) -> Block | None:
                 t.schedule,
                 binary.flip_orders,
                 binary.flip_points,
-                binary.bn_samples,
                 device,
+                measured(binary.bn_samples, MAX_FLIP_SETS),
             ),
             pairs=binary.chain_pairs,
         ),

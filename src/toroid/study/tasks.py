@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from toroid.data import Split, load
+from toroid.evaluate import EvalPlan
 from toroid.manifold.distance import distances
 from toroid.models import build, model_config
 from toroid.paths import fit_bend, make_path, profile, retrain_midpoint
@@ -97,8 +98,7 @@ class EnergyParams:
     samples: int
     noise: str
     split: str
-    bn_samples: int
-    device: str
+    plan: EvalPlan
 
 
 @dataclass(frozen=True)
@@ -110,8 +110,7 @@ class FlipEnergyParams:
     data: DataParams
     levels: tuple[float, ...]
     samples: int
-    bn_samples: int
-    device: str
+    plan: EvalPlan
 
 
 @dataclass(frozen=True)
@@ -131,8 +130,7 @@ class ProfileParams:
     data: DataParams
     points: int
     refine: int
-    bn_samples: int
-    device: str
+    plan: EvalPlan
 
 
 @dataclass(frozen=True)
@@ -146,7 +144,8 @@ class BendParams:
     epochs: int
     lr: float
     points: int
-    device: str
+    device: str  # where the bend trains
+    plan: EvalPlan  # how the chain's profile is evaluated
 
 
 @dataclass(frozen=True)
@@ -157,8 +156,7 @@ class FlipPathParams:
     data: DataParams
     orders: int
     points: int
-    bn_samples: int
-    device: str
+    plan: EvalPlan
 
 
 @dataclass(frozen=True)
@@ -173,8 +171,8 @@ class FlipChainParams:
     schedule: str
     orders: int
     points: int
-    bn_samples: int
-    device: str
+    device: str  # where the bend trains
+    plan: EvalPlan  # how the flip paths are evaluated
 
 
 TaskParams = (
@@ -346,8 +344,7 @@ def run_energy(p: EnergyParams, inputs: TaskInputs) -> list[Row]:
         samples=p.samples,
         noise=p.noise,  # type: ignore[arg-type]
         split=p.split,  # type: ignore[arg-type]
-        bn_samples=p.bn_samples,
-        device=p.device,
+        plan=p.plan,
         progress=False,
     )
     return _energy_rows(p.network, p.block, result)
@@ -362,8 +359,7 @@ def run_flip_energy(p: FlipEnergyParams, inputs: TaskInputs) -> list[Row]:
         ps=p.levels,
         samples=p.samples,
         split="both",
-        bn_samples=p.bn_samples,
-        device=p.device,
+        plan=p.plan,
         progress=False,
     )
     return _energy_rows(p.network, p.block, result)
@@ -409,8 +405,7 @@ def run_profile(p: ProfileParams, inputs: TaskInputs) -> list[Row]:
         data_for(p.data),
         points=p.points,
         refine=p.refine,
-        bn_samples=p.bn_samples,
-        device=p.device,
+        plan=p.plan,
         progress=False,
     )
     return [_profile_row(p.a, p.b, p.block, p.path, curve)]
@@ -441,7 +436,7 @@ def run_bend(p: BendParams, inputs: TaskInputs) -> list[Row]:
             progress=False,
         )
     weights = inputs.save(fitted.bend, method=p.method)
-    curve = profile(fitted.path, data, points=p.points, device=p.device, progress=False)
+    curve = profile(fitted.path, data, points=p.points, plan=p.plan, progress=False)
     path_kind = "polychain" if p.method == "retrain" else p.kind
     return [
         BendRow(
@@ -469,8 +464,7 @@ def run_flip_path(p: FlipPathParams, inputs: TaskInputs) -> list[Row]:
         orders=p.orders,
         points=p.points,
         split="both",
-        bn_samples=p.bn_samples,
-        device=p.device,
+        plan=p.plan,
         progress=False,
     )
     return [_profile_row(p.a, p.b, p.block, "flip", curve, over_orders=True)]
@@ -489,8 +483,8 @@ def run_flip_chain(p: FlipChainParams, inputs: TaskInputs) -> list[Row]:
         schedule=p.schedule,  # type: ignore[arg-type]
         orders=p.orders,
         points=p.points,
-        bn_samples=p.bn_samples,
         device=p.device,
+        plan=p.plan,
         progress=False,
     )
     bend = BendRow(
