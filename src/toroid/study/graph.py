@@ -19,7 +19,13 @@ from itertools import combinations
 from typing import Any
 
 from toroid.evaluate import EvalPlan
-from toroid.study.config import OptimizerSpec, PairScope, StudyConfig, StudyConfigError
+from toroid.study.config import (
+    OptimizerSpec,
+    PairScope,
+    StudyConfig,
+    StudyConfigError,
+    TrainingSpec,
+)
 from toroid.study.store import StoreError, TaskRecord, check_key
 from toroid.study.tasks import (
     AlignParams,
@@ -107,11 +113,7 @@ class Block:
     model: Mapping[str, Any]
     optimizers: tuple[OptimizerSpec, ...]
     seeds: tuple[int, ...]
-    epochs: int
-    schedule: str
-    batch_size: int | None
-    stop_at_zero_train_error: bool
-    augment: bool
+    training: TrainingSpec
     analyses: tuple[Analysis, ...]
     configured: frozenset[str]
     level_name: str
@@ -218,17 +220,12 @@ def main_block(config: StudyConfig) -> Block:
         )
     kinds = tuple(distance.kinds) if distance is not None else ()
     path_kinds = tuple(paths.kinds) if paths is not None else ()
-    t = config.training
     return Block(
         name=MAIN,
         model=config.model,
         optimizers=tuple(config.optimizers),
         seeds=tuple(config.seeds),
-        epochs=t.epochs,
-        schedule=t.schedule,
-        batch_size=t.batch_size,
-        stop_at_zero_train_error=t.stop_at_zero_train_error,
-        augment=t.augment,
+        training=config.training,
         analyses=tuple(found),
         configured=frozenset(
             name
@@ -315,11 +312,7 @@ def binary_block(config: StudyConfig) -> Block | None:
         model=binary.model,
         optimizers=tuple(binary.optimizers),
         seeds=tuple(binary.seeds),
-        epochs=t.epochs,
-        schedule=t.schedule,
-        batch_size=t.batch_size,
-        stop_at_zero_train_error=t.stop_at_zero_train_error,
-        augment=t.augment,
+        training=t,
         analyses=analyses,
         configured=frozenset({"local_energy", "distances", "paths", "bends"}),
         level_name="p",
@@ -393,11 +386,11 @@ def build_graph(config: StudyConfig) -> list[Task]:
                 seed=net.seed,
                 model=block.model,
                 data=data,
-                epochs=spec.epochs if spec.epochs is not None else block.epochs,
-                schedule=block.schedule,
-                batch_size=block.batch_size,
-                stop_at_zero_train_error=block.stop_at_zero_train_error,
-                augment=block.augment,
+                epochs=spec.epochs if spec.epochs is not None else block.training.epochs,
+                schedule=block.training.schedule,
+                batch_size=block.training.batch_size,
+                stop_at_zero_train_error=block.training.stop_at_zero_train_error,
+                augment=block.training.augment,
                 device=config.device,
             )
             add(train_key(net.name), "train", block.name, train, ())
