@@ -192,6 +192,7 @@ def test_the_flip_chain_hash_covers_its_optimizer() -> None:
         ({"analyses__local_energy__samples": 3}, {"energy"}),
         ({"analyses__bends__lr": 0.1}, {"bend"}),
         ({"analyses__distances__kinds": ["geodesic"]}, {"distance"}),
+        ({"analyses__bends__kind": "bezier"}, set()),
     ],
 )
 def test_a_change_re_hashes_only_the_tasks_that_read_it(
@@ -565,3 +566,83 @@ def test_the_study_and_the_cli_parse_a_grid_alike() -> None:
     assert config.analyses.local_energy is not None
     sigmas = config.analyses.local_energy.sigmas
     assert sigmas == list(parse_sigmas("0:0.5:11")) and sigmas[6] == 0.3 and sigmas[-1] == 0.5
+
+
+# Review findings: nothing is dropped before a run can start, no stale state is resumed -----
+
+
+def test_a_run_whose_executor_cannot_start_drops_nothing(
+    finished: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from toroid.errors import InvalidArgumentError
+    from toroid.study import run as run_module
+
+    def unavailable(*args: Any, **kwargs: Any) -> Any:
+        raise InvalidArgumentError("the ray executor needs Ray")
+
+    directory = copy_of(finished, tmp_path / "study")
+    before, config_text = Store(directory).finished(), (directory / "config.yaml").read_text()
+    monkeypatch.setattr(run_module, "make_executor", unavailable)
+    other = validate_config(config_with(seeds=[5]))
+    with pytest.raises(InvalidArgumentError, match="needs Ray"):
+        run_study(other, directory, progress=False, report=False, force=True)
+    assert Store(directory).finished() == before
+    assert (directory / "config.yaml").read_text() == config_text
+
+
+def test_other_numerics_never_resume_a_training_state(finished: Path, tmp_path: Path) -> None:
+    directory = copy_of(finished, tmp_path / "study")
+    states = directory / "train-state"
+    marker = next(states.iterdir()) / "marker"
+    marker.write_text("computed with other numerics")
+    with Store(directory) as store:
+        store.set_meta("numerics", numerics("ray"))
+    run_study(validate_config(BASE), directory, progress=False, report=False, force=True)
+    assert not marker.exists() and len(list(states.iterdir())) == 6
+
+
+def test_a_foreign_config_file_is_not_overwritten(tmp_path: Path) -> None:
+    (tmp_path / "config.yaml").write_text("my: precious\n")
+    with pytest.raises(StudyDirectoryError, match="not a toroid study"):
+        run_study(validate_config(BASE), tmp_path, progress=False, report=False)
+    assert (tmp_path / "config.yaml").read_text() == "my: precious\n"
+    assert not (tmp_path / "study.db").exists()
+
+
+def test_an_old_study_is_named_for_its_store_not_its_config(tmp_path: Path) -> None:
+    old = config_with(analyses__local_energy={"sigmas": [0.0, 0.2], "summary_sigmas": [0.1]})
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(old))
+    db = sqlite3.connect(tmp_path / "study.db")
+    db.execute("CREATE TABLE tasks (task TEXT PRIMARY KEY, kind TEXT, config_hash TEXT)")
+    db.commit()
+    db.close()
+    for command in ("status", "report"):
+        result = runner.invoke(app, ["study", command, str(tmp_path)])
+        assert result.exit_code == 2 and "schema version 0" in result.stderr, result.stderr
+
+
+def test_status_of_a_study_that_never_ran_creates_nothing(tmp_path: Path) -> None:
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(BASE))
+    result = status(tmp_path)
+    assert not result.complete and len(result.pending_tasks) == len(
+        build_graph(validate_config(BASE))
+    )
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["config.yaml"]
+
+
+def test_missing_data_is_a_failure_the_next_run_retries(tmp_path: Path) -> None:
+    raw = config_with(data={"name": "cifar10", "root": str(tmp_path / "nowhere")}, binary=None)
+    result = run_study(validate_config(raw), tmp_path / "study", progress=False, report=False)
+    assert {f.error for f in result.failures} == {"DatasetNotAvailableError"}
+    assert not any(f.deterministic for f in result.failures)
+
+
+@pytest.mark.parametrize("where", ["a-file/sub", "a-file"])
+def test_an_out_path_that_cannot_be_a_directory_is_one_line(tmp_path: Path, where: str) -> None:
+    (tmp_path / "a-file").write_text("x")
+    config = tmp_path / "c.yaml"
+    config.write_text(yaml.safe_dump(BASE))
+    result = runner.invoke(
+        app, ["study", "run", str(config), "--out", str(tmp_path / where), "--quiet"]
+    )
+    assert result.exit_code == 2 and len(result.stderr.strip().splitlines()) == 1, result.stderr

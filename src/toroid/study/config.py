@@ -78,10 +78,16 @@ class OptimizerSpec(_Strict):
     @model_validator(mode="after")
     def _safe_label(self) -> OptimizerSpec:
         if not LABEL.fullmatch(self.key):
+            advice = "change its `label`" if self.label is not None else "give it a `label`"
             raise ValueError(
                 f"optimizer label {self.key!r} must be 1-40 letters, digits, '_', '.' or '-' "
-                "(starting with a letter or digit): it names files and task keys; give the "
-                "entry a `label`"
+                f"(starting with a letter or digit): it names files and task keys; {advice}"
+            )
+        reserved = sorted({"name", "label", "epochs"} & set(self.hparams))
+        if reserved:
+            raise ValueError(
+                f"optimizer {self.key!r}: {reserved[0]!r} is not a hyperparameter; set it on "
+                "the entry itself"
             )
         return self
 
@@ -100,7 +106,9 @@ def _optimizer_list(value: Any) -> Any:
     for item in value:
         if isinstance(item, str):
             out.append({"name": item})
-        elif isinstance(item, dict) and "name" in item:
+        elif (
+            isinstance(item, dict) and "name" in item and isinstance(item.get("hparams", {}), dict)
+        ):
             own = ("name", "label", "epochs", "hparams")
             extra = {k: v for k, v in item.items() if k not in own}
             merged = {**item.get("hparams", {}), **extra}
@@ -204,7 +212,7 @@ class BinarySpec(_Strict):
     distances, flip paths and the two-segment chain through a re-trained midpoint."""
 
     model: dict[str, Any]
-    optimizers: list[OptimizerSpec]
+    optimizers: list[OptimizerSpec] = Field(min_length=1)
     seeds: list[int] = Field(min_length=1)
     training: TrainingSpec = Field(default_factory=TrainingSpec)
     flip_probs: list[float] = Field(default_factory=lambda: [0.0, 0.01, 0.02, 0.05, 0.1])
@@ -329,7 +337,9 @@ def load_config(path: str | Path | None = None, *, preset: str | None = None) ->
         if not file.is_file():
             raise InvalidArgumentError(f"config file {file} does not exist")
         try:
-            loaded = yaml.safe_load(file.read_text())
+            loaded = yaml.safe_load(file.read_text(encoding="utf-8"))
+        except (UnicodeDecodeError, OSError) as exc:
+            raise StudyConfigError(f"{file}: not a readable UTF-8 text file ({exc})") from None
         except yaml.YAMLError as exc:
             mark = getattr(exc, "problem_mark", None)
             where = f" at line {mark.line + 1}" if mark is not None else ""

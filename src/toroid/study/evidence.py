@@ -235,12 +235,13 @@ def gather(directory: str | Path, config: StudyConfig) -> Evidence:
     directory = Path(directory)
     tasks = build_graph(config)
     graph = {t.key: t.hash for t in tasks}
-    with Store(directory) as store:
-        records = store.tasks()
-        tables = {
-            row_type: current_rows(store, row_type, graph)
-            for row_type in (NetworkRow, EnergyRow, DistanceRow, ProfileRow)
-        }
+    records = Store.records(directory)
+    tables: dict[type, list[Row]] = {
+        t: [] for t in (NetworkRow, EnergyRow, DistanceRow, ProfileRow)
+    }
+    if records:
+        with Store(directory) as store:
+            tables = {row_type: current_rows(store, row_type, graph) for row_type in tables}
     found = [_block(b, tables, _progress(tasks, records, b.name)) for b in blocks(config)]
     standing = standing_of(tasks, records, lambda record: False)
     return Evidence(

@@ -58,6 +58,7 @@ def numerics(name: str, *, workers: int = 1, device: str = "cpu") -> str:
 
 class Executor(Protocol):
     slots: int
+    gpus: float  # GPUs the executor's tasks can use
 
     def submit(self, task: Task) -> None: ...
 
@@ -73,6 +74,7 @@ class InProcess:
 
     def __init__(self, directory: Path) -> None:
         self.directory = directory
+        self.gpus = float(torch.cuda.device_count())
         self._done: list[Outcome] = []
 
     def submit(self, task: Task) -> None:
@@ -107,6 +109,7 @@ class LocalPool:
     def __init__(self, directory: Path, workers: int) -> None:
         self.directory = directory
         self.slots = workers
+        self.gpus = float(torch.cuda.device_count())
         self._pool = ProcessPoolExecutor(
             max_workers=workers,
             mp_context=multiprocessing.get_context("spawn"),
@@ -157,10 +160,17 @@ class RayExecutor:
                 options.update(num_cpus=workers, address="local")
             else:
                 options["address"] = address
-            ray.init(**options)
+            try:
+                ray.init(**options)
+            except (ConnectionError, RuntimeError, ValueError) as exc:
+                where = f"the Ray cluster at {address}" if address else "a local Ray instance"
+                message = " ".join(str(exc).split())[:200]
+                raise InvalidArgumentError(f"cannot start {where}: {message}") from None
         self.directory = directory
         resources: dict[str, float] = ray.available_resources()  # type: ignore[no-untyped-call]
         self.slots = max(1, int(resources.get("CPU", workers)))
+        total: dict[str, float] = ray.cluster_resources()  # type: ignore[no-untyped-call]
+        self.gpus = float(total.get("GPU", 0.0))
         self._remote = ray.remote(_ray_execute)
         self._running: dict[Any, Task] = {}
 

@@ -208,7 +208,8 @@ def main_block(config: StudyConfig) -> Block:
                     MAIN,
                     data,
                     bends.method,
-                    bends.kind,
+                    # a re-trained midpoint always gives the polychain: kind is not read
+                    "polychain" if bends.method == "retrain" else bends.kind,
                     bends.epochs,
                     bends.lr,
                     bends.points,

@@ -7,6 +7,7 @@ task runs again, deterministically)."""
 
 from __future__ import annotations
 
+import shutil
 import time
 from collections import Counter
 from collections.abc import Iterator, Sequence
@@ -20,16 +21,27 @@ import torch
 import yaml
 
 import toroid
-from toroid.errors import InvalidArgumentError, ToroidError
+from toroid.errors import (
+    InvalidArgumentError,
+    ToroidError,
+    TrainingDivergedError,
+    UnsupportedModelError,
+)
 from toroid.storage import atomic_write_bytes
 from toroid.study.config import StudyConfig, StudyConfigError, validate_config
 from toroid.study.executors import check_executor, make_executor, numerics
 from toroid.study.graph import Task, build_graph, standing_of
 from toroid.study.store import DB_FILE, Store, TaskRecord
+from toroid.study.tasks import STATE_DIR, state_dir_name
 
 CONFIG_FILE = "config.yaml"
 # Exit status of `toroid study run` when some tasks failed or were skipped.
 INCOMPLETE_EXIT = 3
+# Failures that the same task would meet again, so a re-run does not retry them unless
+# asked: a diverging network, a setting found bad only when the task runs, a model the
+# symmetry code does not support. Others (missing data or weights, out of memory, a bug)
+# may be gone by the next run.
+DETERMINISTIC_ERRORS = (TrainingDivergedError, InvalidArgumentError, UnsupportedModelError)
 
 
 class StudyTaskError(ToroidError):
@@ -70,7 +82,10 @@ def save_config(config: StudyConfig, directory: Path) -> None:
 
 
 def read_config(directory: str | Path) -> StudyConfig:
+    """The config of the study in `directory` (its store's version is checked first: an
+    older toroid's study is refused for what it is, not for its config)."""
     path = Path(directory) / CONFIG_FILE
+    Store.check_version(directory)
     if not path.is_file():
         raise InvalidArgumentError(f"{directory} is not a study directory (no {CONFIG_FILE})")
     try:
@@ -87,8 +102,7 @@ def status(directory: str | Path) -> StudyStatus:
     directory = Path(directory)
     config = read_config(directory)
     tasks = build_graph(config)
-    with Store(directory) as store:
-        records = store.tasks()
+    records = Store.records(directory)
     seconds: dict[str, float] = {}
     for record in records.values():
         seconds[record.kind] = seconds.get(record.kind, 0.0) + record.seconds
@@ -144,12 +158,37 @@ def _prepare(
     current = {t.key: t.hash for t in tasks}
     gone = [k for k, r in store.tasks().items() if current.get(k) != r.hash]
     store.drop(sorted(set(stale) | set(gone)))
-    save_config(config, directory)
+    _clean_training_states(directory, tasks, keep=store.meta("numerics") in (None, identity))
+    try:
+        save_config(config, directory)
+    except OSError as exc:
+        raise StudyDirectoryError(
+            f"--out {directory}: cannot write {CONFIG_FILE}: {exc.strerror or exc}"
+        ) from None
     store.set_meta("study", config.name)
     store.set_meta("numerics", identity)
     store.set_meta("toroid_version", toroid.__version__)
     store.set_meta("started_at", time.time())
     return stale
+
+
+def _clean_training_states(directory: Path, tasks: Sequence[Task], *, keep: bool) -> None:
+    """Remove resumable training states of tasks not in this graph, and every state when
+    `keep` is false (computed with other numerics: resuming one would mix them)."""
+    states = directory / STATE_DIR
+    if not states.is_dir():
+        return
+    current = {state_dir_name(t.key, t.hash) for t in tasks if t.kind == "train"}
+    for state in states.iterdir():
+        if not keep or state.name not in current:
+            shutil.rmtree(state, ignore_errors=True)
+
+
+def _foreign_config(directory: Path) -> str | None:
+    """Why `directory` is not this project's study to write into, or None."""
+    if (directory / CONFIG_FILE).exists() and not (directory / DB_FILE).exists():
+        return f"it holds a {CONFIG_FILE} but no {DB_FILE}: it is not a toroid study"
+    return None
 
 
 class _Progress:
@@ -225,22 +264,33 @@ def run_study(
     directory = Path(directory)
     if directory.exists() and not directory.is_dir():
         raise InvalidArgumentError(f"--out {directory} exists and is not a directory")
+    if (why := _foreign_config(directory)) is not None and not force:
+        raise StudyDirectoryError(
+            f"--out {directory}: {why}; pass --force to overwrite its {CONFIG_FILE}, or choose "
+            "another --out"
+        )
     tasks = build_graph(config)
     identity = numerics(executor, workers=workers, device=config.device)
     ran: list[str] = []
     with Store(directory) as store:
-        dropped = _prepare(config, directory, tasks, store, identity, force=force)
-        standing = standing_of(
-            tasks, store.tasks(), lambda record: retry_failed or not record.deterministic
-        )
-        finished = set(standing.finished)
-        stuck = set(standing.failed) | set(standing.blocked)
-        by_key = {t.key: t for t in tasks}
-        bars = _Progress(tasks, standing.pending, progress)
+        # The executor first: a run that cannot start must not drop anything.
         runner = make_executor(executor, directory, workers=workers, address=address)
-        waiting = list(standing.pending)
-        running: set[str] = set()
         try:
+            if any(t.gpus for t in tasks) and runner.gpus == 0:
+                raise InvalidArgumentError(
+                    f"study {config.name!r} runs on {config.device} and the {executor} "
+                    "executor has no GPU"
+                )
+            dropped = _prepare(config, directory, tasks, store, identity, force=force)
+            standing = standing_of(
+                tasks, store.tasks(), lambda record: retry_failed or not record.deterministic
+            )
+            finished = set(standing.finished)
+            stuck = set(standing.failed) | set(standing.blocked)
+            by_key = {t.key: t for t in tasks}
+            bars = _Progress(tasks, standing.pending, progress)
+            waiting = list(standing.pending)
+            running: set[str] = set()
             with bars.shown():
                 while waiting or running:
                     for task in list(waiting):  # in dependency order: blocks transitively
@@ -279,7 +329,7 @@ def run_study(
                             by_key[task.key].hash,
                             error=type(error).__name__,
                             reason=" ".join(str(error).split()) or type(error).__name__,
-                            deterministic=isinstance(error, ToroidError),
+                            deterministic=isinstance(error, DETERMINISTIC_ERRORS),
                             seconds=seconds,
                         )
                         stuck.add(task.key)

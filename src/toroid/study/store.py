@@ -30,6 +30,7 @@ from typing import Any, Generic, TypeVar
 
 import torch
 
+import toroid
 from toroid.errors import ToroidError
 from toroid.storage import has_bundle, read_bundle, write_bundle
 from toroid.study.rows import TABLES, Row
@@ -147,10 +148,18 @@ class TaskRecord:
     deterministic: bool
     seconds: float
     finished_at: float
+    version: str  # of toroid, which ran the task
 
     @property
     def failed(self) -> bool:
         return self.outcome == "failed"
+
+
+def _version_message(path: Path, version: int) -> str:
+    return (
+        f"{path} has schema version {version}; this toroid reads version {SCHEMA_VERSION}: "
+        f"run the study into a new --out directory, or delete {path} to recompute its results"
+    )
 
 
 class Weights:
@@ -181,25 +190,53 @@ class Store:
 
     def __init__(self, directory: str | Path) -> None:
         self.directory = Path(directory)
-        self.directory.mkdir(parents=True, exist_ok=True)
-        self.weights = Weights(self.directory)
         self.path = self.directory / DB_FILE
+        try:
+            self.directory.mkdir(parents=True, exist_ok=True)
+            self.weights = Weights(self.directory)
+        except OSError as exc:
+            raise StoreError(
+                f"cannot use {self.directory} as a study directory: {exc.strerror or exc}"
+            ) from None
         try:
             self._db = sqlite3.connect(self.path, timeout=60, isolation_level=None)
             self._open()
         except sqlite3.DatabaseError as exc:
             raise StoreError(f"{self.path} is not a study database ({exc})") from None
 
+    @classmethod
+    def records(cls, directory: str | Path) -> dict[str, TaskRecord]:
+        """The task records of the store in `directory`, or none when it has no store yet
+        (without creating one)."""
+        if not (Path(directory) / DB_FILE).exists():
+            return {}
+        with cls(directory) as store:
+            return store.tasks()
+
+    @staticmethod
+    def check_version(directory: str | Path) -> None:
+        """Refuse a store of another schema version in one line (nothing is created)."""
+        path = Path(directory) / DB_FILE
+        if not path.is_file():
+            return
+        try:
+            db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+            try:
+                version = db.execute("PRAGMA user_version").fetchone()[0]
+                tables = db.execute("SELECT count(*) FROM sqlite_master").fetchone()[0]
+            finally:
+                db.close()
+        except sqlite3.DatabaseError as exc:
+            raise StoreError(f"{path} is not a study database ({exc})") from None
+        if tables and version != SCHEMA_VERSION:
+            raise StoreError(_version_message(path, version))
+
     def _open(self) -> None:
         version = self._db.execute("PRAGMA user_version").fetchone()[0]
         tables = self._db.execute("SELECT count(*) FROM sqlite_master").fetchone()[0]
         if tables and version != SCHEMA_VERSION:
             self._db.close()
-            raise StoreError(
-                f"{self.path} has schema version {version}; this toroid reads version "
-                f"{SCHEMA_VERSION}: run the study into a new --out directory, or delete "
-                f"{self.path} to recompute its results"
-            )
+            raise StoreError(_version_message(self.path, version))
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=FULL")
         if tables:
@@ -208,7 +245,8 @@ class Store:
             db.execute(
                 "CREATE TABLE tasks (task TEXT PRIMARY KEY, kind TEXT NOT NULL, hash TEXT "
                 "NOT NULL, outcome TEXT NOT NULL, error TEXT, reason TEXT, deterministic "
-                "INTEGER NOT NULL, seconds REAL NOT NULL, finished_at REAL NOT NULL)"
+                "INTEGER NOT NULL, seconds REAL NOT NULL, finished_at REAL NOT NULL, version TEXT "
+                "NOT NULL)"
             )
             db.execute("CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
             for row_type, table in TABLES.items():
@@ -253,13 +291,13 @@ class Store:
         """Every recorded task, finished or failed, by key."""
         query = (
             "SELECT task, kind, hash, outcome, error, reason, deterministic, seconds, "
-            "finished_at FROM tasks ORDER BY task"
+            "finished_at, version FROM tasks ORDER BY task"
         )
         out = {}
         for values in self._db.execute(query):
-            task, kind, hash, outcome, error, reason, deterministic, seconds, at = values
+            task, kind, hash, outcome, error, reason, deterministic, seconds, at, version = values
             record = TaskRecord(
-                task, kind, hash, outcome, error, reason, bool(deterministic), seconds, at
+                task, kind, hash, outcome, error, reason, bool(deterministic), seconds, at, version
             )
             out[record.task] = record
         return out
@@ -280,8 +318,8 @@ class Store:
                 marks = ", ".join("?" * len(values))
                 db.execute(f"INSERT INTO {TABLES[row_type]} VALUES ({marks})", values)
             db.execute(
-                "INSERT INTO tasks VALUES (?, ?, ?, 'finished', NULL, NULL, 0, ?, ?)",
-                (task, kind, hash, seconds, time.time()),
+                "INSERT INTO tasks VALUES (?, ?, ?, 'finished', NULL, NULL, 0, ?, ?, ?)",
+                (task, kind, hash, seconds, time.time(), toroid.__version__),
             )
 
     def record_failure(
@@ -299,8 +337,18 @@ class Store:
         with self._transaction() as db:
             self._delete(db, task)
             db.execute(
-                "INSERT INTO tasks VALUES (?, ?, ?, 'failed', ?, ?, ?, ?, ?)",
-                (task, kind, hash, error, reason, int(deterministic), seconds, time.time()),
+                "INSERT INTO tasks VALUES (?, ?, ?, 'failed', ?, ?, ?, ?, ?, ?)",
+                (
+                    task,
+                    kind,
+                    hash,
+                    error,
+                    reason,
+                    int(deterministic),
+                    seconds,
+                    time.time(),
+                    toroid.__version__,
+                ),
             )
 
     @staticmethod

@@ -203,6 +203,15 @@ def canonical_key(network: str) -> str:
 # Inputs and outputs -------------------------------------------------------------------------
 
 
+# Resumable training states live under this folder of the study directory.
+STATE_DIR = "train-state"
+
+
+def state_dir_name(key: str, hash: str) -> str:
+    """The folder of a training task's resumable state: its key and its hash."""
+    return f"{stem_of(key)}-{hash}"
+
+
 class TaskInputs:
     """What a runner may touch besides its `Params`: the weights of the tasks it reads, and
     a place for its own weights and resumable state (both named after its key)."""
@@ -229,7 +238,7 @@ class TaskInputs:
 
     @property
     def state_dir(self) -> Path:
-        return self._weights.directory / "train-state" / f"{stem_of(self.key)}-{self.hash}"
+        return self._weights.directory / STATE_DIR / state_dir_name(self.key, self.hash)
 
 
 @functools.lru_cache(maxsize=4)
