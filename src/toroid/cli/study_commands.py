@@ -150,12 +150,16 @@ def status_command(
 @study_app.command("report")
 def report_command(
     directory: Annotated[Path, typer.Argument(help="Study directory.")],
+    to: Annotated[
+        Path | None,
+        typer.Option(help="Write the report here instead (for a read-only, archived study)."),
+    ] = None,
 ) -> None:
     """(Re)write the report from what is finished so far."""
     from toroid.study.report import write_report
 
     status(directory)  # refuses a directory that holds no study
-    report = write_report(directory)
+    report = write_report(directory, to=to)
     for verdict in report.verdicts:
         _print(verdict.line())
     _print(f"report: {report.html}")

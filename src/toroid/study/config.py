@@ -320,7 +320,39 @@ def validate_config(raw: Any, *, source: str = "config") -> StudyConfig:
             make_optimizer(spec.resolved(), [torch.nn.Parameter(torch.zeros(1))])
         except InvalidArgumentError as exc:
             raise StudyConfigError(f"{source}: optimizers: {exc}") from None
+    for where, model in (("model", config.model), ("binary.model", binary_model(config))):
+        if model is not None:
+            _check_model(model, f"{source}: {where}")
     return config
+
+
+# More parameters than this is a typo (a width of 10**9), not a study a machine can train.
+MAX_PARAMETERS = 2**31
+
+
+def binary_model(config: StudyConfig) -> dict[str, Any] | None:
+    return config.binary.model if config.binary is not None else None
+
+
+def _check_model(model: dict[str, Any], where: str) -> None:
+    """Build `model` on the meta device (no memory is allocated) so that a bad model block
+    is refused when the config is read, not when the first network trains."""
+    from toroid.models import build
+
+    try:
+        with torch.device("meta"):
+            built = build(model, seed=0)
+    except ToroidError as exc:
+        raise StudyConfigError(f"{where}: {exc}") from None
+    except (TypeError, ValueError, RuntimeError) as exc:
+        message = " ".join(str(exc).split())[:200]
+        raise StudyConfigError(f"{where}: cannot build this model ({message})") from None
+    count = sum(p.numel() for p in built.parameters())
+    if count > MAX_PARAMETERS:
+        raise StudyConfigError(
+            f"{where}: the model has {count:,} parameters, more than {MAX_PARAMETERS:,}; "
+            "check its widths"
+        )
 
 
 def load_config(path: str | Path | None = None, *, preset: str | None = None) -> StudyConfig:

@@ -240,7 +240,7 @@ def gather(directory: str | Path, config: StudyConfig) -> Evidence:
         t: [] for t in (NetworkRow, EnergyRow, DistanceRow, ProfileRow)
     }
     if records:
-        with Store(directory) as store:
+        with Store(directory, readonly=True) as store:
             tables = {row_type: current_rows(store, row_type, graph) for row_type in tables}
     found = [_block(b, tables, _progress(tasks, records, b.name)) for b in blocks(config)]
     standing = standing_of(tasks, records, lambda record: False)

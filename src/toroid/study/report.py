@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from toroid.errors import ToroidError
 from toroid.storage import atomic_write_bytes
 from toroid.study.document import to_html, to_markdown
 from toroid.study.evidence import Evidence, gather
@@ -18,6 +19,12 @@ from toroid.study.sections import all_sections
 from toroid.study.verdicts import REPS, SEED, Verdict, verdicts
 
 HTML_FILE = "report.html"
+
+
+class ReportError(ToroidError):
+    """The report cannot be written where it was asked to go."""
+
+
 SUMMARY_FILE = "summary.md"
 CSV_DIR = "csv"
 
@@ -45,22 +52,33 @@ def render(
     return html, markdown, all_csvs(evidence, found), found
 
 
-def write_report(directory: str | Path, *, reps: int = REPS, seed: int = SEED) -> Report:
-    """Write the report of the study in `directory` (as far as it has run)."""
+def write_report(
+    directory: str | Path, *, to: str | Path | None = None, reps: int = REPS, seed: int = SEED
+) -> Report:
+    """Write the report of the study in `directory` (as far as it has run) into `to`
+    (default: the study directory itself). The study is only read, so an archived,
+    read-only study can be reported into another directory."""
     directory = Path(directory)
+    out = directory if to is None else Path(to)
     evidence = gather(directory, read_config(directory))
     html, markdown, csvs, found = render(evidence, reps=reps, seed=seed)
     csv_paths = []
-    for name, text in csvs.items():
-        path = directory / CSV_DIR / name
-        atomic_write_bytes(path, text.encode())
-        csv_paths.append(path)
-    atomic_write_bytes(directory / SUMMARY_FILE, markdown.encode())
-    # The HTML last: its presence means the whole report of this run is in place.
-    atomic_write_bytes(directory / HTML_FILE, html.encode())
+    try:
+        for name, text in csvs.items():
+            path = out / CSV_DIR / name
+            atomic_write_bytes(path, text.encode())
+            csv_paths.append(path)
+        atomic_write_bytes(out / SUMMARY_FILE, markdown.encode())
+        # The HTML last: its presence means the whole report of this run is in place.
+        atomic_write_bytes(out / HTML_FILE, html.encode())
+    except OSError as exc:
+        hint = "; pass --to DIR to write it elsewhere" if to is None else ""
+        raise ReportError(
+            f"cannot write the report into {out}: {exc.strerror or exc}{hint}"
+        ) from None
     return Report(
-        directory / HTML_FILE,
-        directory / SUMMARY_FILE,
+        out / HTML_FILE,
+        out / SUMMARY_FILE,
         tuple(csv_paths),
         found,
         evidence.complete,

@@ -17,6 +17,7 @@ import dataclasses
 import hashlib
 import json
 import math
+import os
 import re
 import sqlite3
 import time
@@ -166,10 +167,11 @@ class Weights:
     """The weights of a study (safetensors bundles under `directory/weights`), safe to use
     from any number of processes: every write is atomic and content-addressed."""
 
-    def __init__(self, directory: str | Path) -> None:
+    def __init__(self, directory: str | Path, *, create: bool = True) -> None:
         self.directory = Path(directory)
         self.weights_dir = self.directory / "weights"
-        self.weights_dir.mkdir(parents=True, exist_ok=True)
+        if create:
+            self.weights_dir.mkdir(parents=True, exist_ok=True)
 
     def save(self, key: str, state: Mapping[str, torch.Tensor], meta: Mapping[str, Any]) -> str:
         """Write `state` under the stem of task key `key`; returns the stem."""
@@ -188,21 +190,36 @@ class Store:
     """Open (creating when needed) the store in `directory`. Only one process (the
     coordinator) writes the database."""
 
-    def __init__(self, directory: str | Path) -> None:
+    def __init__(self, directory: str | Path, *, readonly: bool = False) -> None:
         self.directory = Path(directory)
         self.path = self.directory / DB_FILE
+        self.readonly = readonly
         try:
-            self.directory.mkdir(parents=True, exist_ok=True)
-            self.weights = Weights(self.directory)
+            if not readonly:
+                self.directory.mkdir(parents=True, exist_ok=True)
+            self.weights = Weights(self.directory, create=not readonly)
         except OSError as exc:
             raise StoreError(
                 f"cannot use {self.directory} as a study directory: {exc.strerror or exc}"
             ) from None
         try:
-            self._db = sqlite3.connect(self.path, timeout=60, isolation_level=None)
+            self._db = self._connect()
             self._open()
+        except sqlite3.OperationalError as exc:
+            raise StoreError(f"cannot open {self.path}: {exc}") from None
         except sqlite3.DatabaseError as exc:
             raise StoreError(f"{self.path} is not a study database ({exc})") from None
+
+    def _connect(self) -> sqlite3.Connection:
+        if not self.readonly:
+            return sqlite3.connect(self.path, timeout=60, isolation_level=None)
+        if not self.path.is_file():
+            raise StoreError(f"{self.directory} has no {DB_FILE}")
+        # An archived study may sit on a read-only filesystem: there SQLite cannot create
+        # the WAL index, and `immutable` tells it that nobody writes the file.
+        writable = os.access(self.directory, os.W_OK)
+        flags = "mode=ro" if writable else "mode=ro&immutable=1"
+        return sqlite3.connect(f"file:{self.path}?{flags}", uri=True, isolation_level=None)
 
     @classmethod
     def records(cls, directory: str | Path) -> dict[str, TaskRecord]:
@@ -210,7 +227,7 @@ class Store:
         (without creating one)."""
         if not (Path(directory) / DB_FILE).exists():
             return {}
-        with cls(directory) as store:
+        with cls(directory, readonly=True) as store:
             return store.tasks()
 
     @staticmethod
@@ -237,6 +254,9 @@ class Store:
         if tables and version != SCHEMA_VERSION:
             self._db.close()
             raise StoreError(_version_message(self.path, version))
+        self._empty = not tables
+        if self.readonly:
+            return
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=FULL")
         if tables:
@@ -255,6 +275,7 @@ class Store:
                 db.execute(f"CREATE TABLE {table} ({cols})")
                 db.execute(f"CREATE INDEX {table}_task ON {table} (task)")
             db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+        self._empty = False
 
     def close(self) -> None:
         self._db.close()
@@ -289,6 +310,8 @@ class Store:
     # Tasks ----------------------------------------------------------------------------
     def tasks(self) -> dict[str, TaskRecord]:
         """Every recorded task, finished or failed, by key."""
+        if self._empty:
+            return {}
         query = (
             "SELECT task, kind, hash, outcome, error, reason, deterministic, seconds, "
             "finished_at, version FROM tasks ORDER BY task"
@@ -365,6 +388,8 @@ class Store:
 
     def rows(self, row_type: type[R], *, task: str | None = None) -> list[Stored[R]]:
         """The stored rows of `row_type` (of one task when given), in insertion order."""
+        if self._empty:
+            return []
         cols = COLUMNS[row_type]
         names = ", ".join(("task", "hash", *(c.name for c in cols)))
         query = f"SELECT {names} FROM {TABLES[row_type]}"
