@@ -125,3 +125,46 @@ def test_unknown_dataset_and_bad_options() -> None:
 def test_every_name_has_a_status() -> None:
     for name in DATASETS:
         assert dataset_status(name).name == name
+
+
+def test_idx_overflowing_dimensions_refused_before_allocating(tmp_path: Path) -> None:
+    # 2^31 x 2^31 x 4 bytes wraps to 0 in 64-bit arithmetic: the header alone "matches".
+    path = tmp_path / "huge-idx"
+    dims = (2**31, 2**31, 4)
+    path.write_bytes(bytes([0, 0, 0x08, 3]) + b"".join(d.to_bytes(4, "big") for d in dims))
+    with pytest.raises(DataError, match="truncated or corrupt") as info:
+        read_idx(path)
+    message = str(info.value)
+    assert str(path) in message and "\n" not in message
+
+
+def test_train_and_test_images_of_different_sizes(tmp_path: Path) -> None:
+    write_mnist_dir(tmp_path / "m")
+    small = np.zeros((60, 8, 8), np.uint8)
+    (tmp_path / "m" / "train-images-idx3-ubyte").write_bytes(idx_bytes(small))
+    with pytest.raises(DataError, match="8x8 but the test images are 28x28") as info:
+        load("mnist", root=tmp_path / "m")
+    assert str(tmp_path / "m") in str(info.value) and "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize("name", ["mnist", "digits", "synthetic"])
+def test_nonexistent_root_refused(tmp_path: Path, name: str) -> None:
+    missing = tmp_path / "nonexistent"
+    with pytest.raises(DataError, match="does not exist") as info:
+        load(name, root=missing)
+    assert str(missing) in str(info.value)
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(DataError, match="is not a directory"):
+        load(name, root=tmp_path / "file")
+
+
+@pytest.mark.parametrize("root", [5, b"/tmp", ""])
+def test_root_of_wrong_type_refused(root: object) -> None:
+    with pytest.raises(InvalidArgumentError, match="data root"):
+        load("synthetic", root=root)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("seed", ["abc", 1.5, True])
+def test_seed_of_wrong_type_refused(seed: object) -> None:
+    with pytest.raises(InvalidArgumentError, match="seed must be an integer"):
+        load("synthetic", seed=seed)  # type: ignore[arg-type]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import math
 from pathlib import Path
 
 import numpy as np
@@ -41,7 +42,9 @@ def read_idx(path: Path) -> np.ndarray:
             f"{path} is truncated: its header needs {header} bytes, file has {len(raw)}"
         )
     shape = tuple(int.from_bytes(raw[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim))
-    expected = header + int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+    # Python integers: a product of declared dimensions cannot overflow and wrap around to
+    # a size that happens to match; the file's length bounds it before anything is built.
+    expected = header + math.prod(shape) * dtype.itemsize
     if len(raw) != expected:
         raise DataError(
             f"{path} has {len(raw)} bytes but its header declares shape {shape} "

@@ -12,7 +12,7 @@ import torch
 from toroid.data.sources import FILE_SOURCES, PACKAGE_SOURCES, READERS
 from toroid.data.subsets import balanced_indices, channel_statistics, normalize
 from toroid.data.tensordata import Split, TensorData
-from toroid.errors import InvalidArgumentError
+from toroid.errors import DataError, InvalidArgumentError
 
 DATASETS: tuple[str, ...] = tuple(READERS)
 # Full (train, test) sizes, before subsetting; synthetic's are its defaults.
@@ -31,6 +31,22 @@ DATASET_SIZES: dict[str, tuple[int, int]] = {
 def _check_name(name: str) -> None:
     if name not in READERS:
         raise InvalidArgumentError(f"unknown dataset {name!r}; valid: {', '.join(DATASETS)}")
+
+
+def _check_root(root: object) -> Path | None:
+    """`root` as a Path; a root that is not an existing directory is refused, since it is
+    recorded with the data and silently falling back to other locations would misreport it."""
+    if root is None:
+        return None
+    if not isinstance(root, str | Path) or str(root) == "":
+        raise InvalidArgumentError(
+            f"data root must be a directory path (str or Path) or None, got {root!r}"
+        )
+    path = Path(root)
+    if not path.is_dir():
+        what = "is not a directory" if path.exists() else "does not exist"
+        raise DataError(f"data root {str(path)!r} {what}; pass an existing directory or no root")
+    return path
 
 
 def _subset(
@@ -67,9 +83,11 @@ def load(
     for label, value in (("train_size", train_size), ("test_size", test_size)):
         if value is not None and (not isinstance(value, int) or value <= 0):
             raise InvalidArgumentError(f"{label} must be a positive integer or None, got {value!r}")
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        raise InvalidArgumentError(f"seed must be an integer, got {seed!r}")
     if name == "synthetic":
         options.setdefault("data_seed", seed)
-    raw = READERS[name](Path(root) if root is not None else None, options)
+    raw = READERS[name](_check_root(root), options)
     gen = torch.Generator().manual_seed(int(seed))
     x_train, y_train = _subset(raw.x_train, raw.y_train, train_size, raw.num_classes, gen)
     x_test, y_test = _subset(raw.x_test, raw.y_test, test_size, raw.num_classes, gen)

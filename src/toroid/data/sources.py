@@ -24,7 +24,7 @@ from toroid.data.cifar import (
 )
 from toroid.data.idx import find_idx, read_idx_pair
 from toroid.data.synthetic import synthetic_tensors
-from toroid.errors import DatasetNotAvailableError, InvalidArgumentError
+from toroid.errors import DataError, DatasetNotAvailableError, InvalidArgumentError
 
 
 @dataclass(frozen=True)
@@ -162,6 +162,12 @@ def _read_mnist_style(name: str) -> Reader:
         xte, yte = read_idx_pair(
             directory, "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte", num_classes=10
         )
+        if xtr.shape[1:] != xte.shape[1:]:
+            raise DataError(
+                f"the training images in {directory} are {xtr.shape[1]}x{xtr.shape[2]} but the "
+                f"test images are {xte.shape[1]}x{xte.shape[2]}; both files must hold images "
+                "of one size"
+            )
         return RawData(
             torch.from_numpy(xtr.copy()).unsqueeze(1),
             torch.from_numpy(ytr.astype(np.int64)),
