@@ -236,3 +236,59 @@ def test_bad_arguments(small: Split) -> None:
 def test_accepts_plain_tuple_of_training_data(small: Split) -> None:
     result = fit(small_mlp(small), (small.train.x, small.train.y), epochs=1, progress=False)
     assert result.test is None and result.train.n == 240
+
+
+@pytest.mark.parametrize("optimizer", ["sgd", "adam"])
+def test_last_minibatch_of_one_is_merged_with_batchnorm(small: Split, optimizer: str) -> None:
+    # 129 = 128 + 1: the last minibatch would hold one example, which BatchNorm refuses.
+    train = small.train.subset(torch.arange(129))
+    result = fit(
+        small_mlp(small), train, optimizer=optimizer, epochs=2, batch_size=128, progress=False
+    )
+    assert result.grad_evals == 2  # one merged minibatch of 129 per epoch
+    assert result.train.n == 129 and torch.isfinite(torch.tensor(result.history[-1].train_loss))
+
+
+def test_iterate_batches_merges_only_a_single_last_example() -> None:
+    from toroid.data.batches import batch_count, iterate_batches
+
+    x, y = torch.arange(10.0)[:, None], torch.arange(10)
+    for n, size, sizes in ((9, 4, [4, 5]), (10, 4, [4, 4, 2]), (8, 4, [4, 4]), (1, 4, [1])):
+        got = [
+            len(b)
+            for _, b in iterate_batches(
+                (x[:n], y[:n]), batch_size=size, merge_single_last=True, shuffle=False
+            )
+        ]
+        assert got == sizes and batch_count(n, size, merge_single_last=True) == len(sizes)
+    gen = torch.Generator().manual_seed(0)
+    seen = torch.cat(
+        [
+            b
+            for _, b in iterate_batches(
+                (x[:9], y[:9]), batch_size=4, generator=gen, merge_single_last=True
+            )
+        ]
+    )
+    assert sorted(seen.tolist()) == list(range(9))
+
+
+def test_one_training_example_with_batchnorm_is_refused(small: Split) -> None:
+    with pytest.raises(InvalidArgumentError, match="1 example"):
+        fit(small_mlp(small), small.train.subset(torch.arange(1)), epochs=1, progress=False)
+
+
+def test_fit_casts_inputs_to_the_model_dtype(small: Split) -> None:
+    model = small_mlp(small).double()
+    result = fit(model, small, epochs=2, batch_size=32, progress=False)
+    assert all(p.dtype == torch.float64 for p in result.model.parameters())
+    assert result.test is not None and result.train.n == 240
+
+
+def test_divergence_names_no_directory_that_does_not_exist(tmp_path: Path, small: Split) -> None:
+    model = torch.nn.Sequential(small_mlp(small), NanAfter(3))  # diverges in the first epoch
+    state_dir = tmp_path / "never-created"
+    with pytest.raises(TrainingDivergedError, match="epoch 1, step 4") as info:
+        fit(model, small, epochs=2, batch_size=32, checkpoint_dir=state_dir, progress=False)
+    assert "last good state" not in str(info.value) and str(state_dir) not in str(info.value)
+    assert not state_dir.exists()

@@ -18,9 +18,14 @@ def iterate_batches(
     generator: torch.Generator | None = None,
     shuffle: bool = True,
     drop_last: bool = False,
+    merge_single_last: bool = False,
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """Yield `(x, y)` minibatches; with `shuffle`, one permutation per pass drawn from
-    `generator` (which must then be given, so that the order is reproducible)."""
+    `generator` (which must then be given, so that the order is reproducible).
+
+    With `merge_single_last`, a last minibatch that would hold a single example (which
+    BatchNorm cannot train on) is merged into the one before it, which then holds
+    `batch_size + 1` examples; every other size is unaffected."""
     data = as_tensor_data(data)
     if batch_size <= 0:
         raise InvalidArgumentError(f"batch_size must be positive, got {batch_size}")
@@ -34,12 +39,18 @@ def iterate_batches(
     else:
         order = None
     stop = n - n % batch_size if drop_last else n
+    merge = merge_single_last and not drop_last and n > 1 and n % batch_size == 1
     for start in range(0, stop, batch_size):
+        end = start + batch_size
+        if merge and end == n - 1:
+            end = n
         if order is None:
-            yield data.x[start : start + batch_size], data.y[start : start + batch_size]
+            yield data.x[start:end], data.y[start:end]
         else:
-            idx = order[start : start + batch_size]
+            idx = order[start:end]
             yield data.x[idx], data.y[idx]
+        if end == n:
+            break
 
 
 def random_crop_flip(
@@ -64,3 +75,11 @@ def random_crop_flip(
         mirror = (torch.rand(n, generator=generator) < 0.5).to(x.device)
         out = torch.where(mirror[:, None, None, None], out.flip(-1), out)
     return out
+
+
+def batch_count(n: int, batch_size: int, *, merge_single_last: bool = False) -> int:
+    """How many minibatches `iterate_batches` yields for `n` examples (drop_last=False)."""
+    count = -(-n // batch_size)
+    if merge_single_last and n > 1 and n % batch_size == 1:
+        count -= 1
+    return count

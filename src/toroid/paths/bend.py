@@ -16,6 +16,7 @@ from torch.func import functional_call
 
 from toroid import progress as progress_helper
 from toroid.data import iterate_batches
+from toroid.data.batches import batch_count
 from toroid.data.tensordata import DataLike, Split, as_tensor_data
 from toroid.errors import InvalidArgumentError, TrainingDivergedError
 from toroid.manifold.geodesic import slerp_state
@@ -125,7 +126,7 @@ def fit_bend(
     batch_gen = torch.Generator().manual_seed(derive_seed(seed, "bend-batches"))
     t_gen = torch.Generator().manual_seed(derive_seed(seed, "bend-t"))
     train = train.to(dev)
-    steps_per_epoch = math.ceil(len(train) / batch_size)
+    steps_per_epoch = batch_count(len(train), batch_size, merge_single_last=True)
     total = steps_per_epoch * epochs
     losses: list[float] = []
     step = 0
@@ -133,7 +134,9 @@ def fit_bend(
         for _ in range(epochs):
             epoch_loss = torch.zeros((), device=dev)
             seen = 0
-            for x, y in iterate_batches(train, batch_size=batch_size, generator=batch_gen):
+            for x, y in iterate_batches(
+                train, batch_size=batch_size, generator=batch_gen, merge_single_last=True
+            ):
                 t = float(torch.rand((), generator=t_gen, dtype=torch.float64))
                 wa, wm, wb = weights(t)
                 point = {n: wa * state_a[n] + wm * bend[n] + wb * state_b[n] for n in names}

@@ -5,7 +5,6 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
-import math
 import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import asdict, dataclass
@@ -16,7 +15,7 @@ import torch
 from torch import nn
 
 from toroid import progress as progress_helper
-from toroid.data.batches import iterate_batches, random_crop_flip
+from toroid.data.batches import batch_count, iterate_batches, random_crop_flip
 from toroid.data.tensordata import DataLike, Split, TensorData, as_tensor_data
 from toroid.errors import (
     InvalidArgumentError,
@@ -24,6 +23,7 @@ from toroid.errors import (
     TrainingDivergedError,
 )
 from toroid.evaluate import Metrics, evaluate, recompute_bn
+from toroid.evaluate.single import inputs_like
 from toroid.models.config import CONFIG_ATTRIBUTE
 from toroid.optim.protocol import ProgressAware, RecomputesBatchNorm
 from toroid.optim.registry import default_batch_size, make_optimizer, resolve_optimizer
@@ -168,11 +168,18 @@ def fit(
     fingerprint = _fingerprint(settings)
 
     net = copy.deepcopy(model).to(dev)
-    train_data = train_data.to(dev)
+    if len(train_data) == 1 and _has_batchnorm(net):
+        raise InvalidArgumentError(
+            "the training set holds 1 example, but the model has BatchNorm, which cannot "
+            "train on a minibatch of one; use at least 2 training examples"
+        )
+    # Inputs in the model's dtype and on its device, as evaluate and the Hessian do.
+    reference = _reference_tensor(net, dev)
+    train_data = TensorData(inputs_like(train_data.x, reference), train_data.y.to(dev))
     opt = make_optimizer(opt_config, net.parameters())
     batch_gen = torch.Generator().manual_seed(derive_seed(seed, "batches"))
     augment_gen = torch.Generator().manual_seed(derive_seed(seed, "augment"))
-    batches_per_epoch = math.ceil(len(train_data) / size)
+    batches_per_epoch = batch_count(len(train_data), size, merge_single_last=True)
     total_batches = batches_per_epoch * epochs
     bn_seed = derive_seed(seed, "batchnorm")
 
@@ -193,7 +200,9 @@ def fit(
             start_epoch, step, grad_evals_before, elapsed_before, finished, history = restored
 
         def epoch_batches() -> Iterator[Batch]:
-            for x, y in iterate_batches(train_data, batch_size=size, generator=batch_gen):
+            for x, y in iterate_batches(
+                train_data, batch_size=size, generator=batch_gen, merge_single_last=True
+            ):
                 if augment:
                     x = random_crop_flip(x, generator=augment_gen)
                 yield x, y
@@ -227,8 +236,11 @@ def fit(
                     # Torch types step's closure as returning float; ours returns the loss tensor.
                     loss = cast(torch.Tensor | None, opt.step(cast(Any, closure)))
                     if loss is None or not bool(torch.isfinite(loss)):
+                        # Name the directory only where a saved state is there to go back to.
                         where = (
-                            f" (last good state in {state_dir})" if state_dir is not None else ""
+                            f" (last good state in {state_dir})"
+                            if state_dir is not None and has_bundle(state_dir, _STATE_STEM)
+                            else ""
                         )
                         raise TrainingDivergedError(
                             f"training loss became {float(loss) if loss is not None else None} "
@@ -296,6 +308,19 @@ def fit(
         optimizer=opt_config,
         seed=seed,
     )
+
+
+def _has_batchnorm(net: nn.Module) -> bool:
+    return any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in net.modules())
+
+
+def _reference_tensor(net: nn.Module, device: torch.device) -> torch.Tensor:
+    """A floating tensor of the model's dtype on its device (float32 for a model with no
+    floating parameters)."""
+    for tensor in (*net.parameters(), *net.buffers()):
+        if tensor.is_floating_point():
+            return tensor
+    return torch.empty(0, device=device)
 
 
 def _refresh_batchnorm(
