@@ -292,3 +292,117 @@ def test_divergence_names_no_directory_that_does_not_exist(tmp_path: Path, small
         fit(model, small, epochs=2, batch_size=32, checkpoint_dir=state_dir, progress=False)
     assert "last good state" not in str(info.value) and str(state_dir) not in str(info.value)
     assert not state_dir.exists()
+
+
+_WRONG_VALUES: list[tuple[str, object]] = [
+    ("epoch", "abc"),
+    ("epoch", -1),
+    ("epoch", 1.5),
+    ("epoch", None),
+    ("step", "1"),
+    ("step", [1]),
+    ("grad_evals", True),
+    ("grad_evals", {"a": 1}),
+    ("elapsed", "soon"),
+    ("elapsed", None),
+    ("finished", "no"),
+    ("finished", 0),
+    ("history", "none"),
+    ("history", [1]),
+    ("history", []),
+    ("history", [{"epoch": 1}]),
+    ("optimizer", "abc"),
+    ("optimizer", 5),
+    ("optimizer", None),
+    ("optimizer", {"__items__": 5}),
+    ("optimizer", {"__tensor__": "missing"}),
+    ("optimizer", {"__items__": [["state", []], ["param_groups", "x"]]}),
+]
+
+
+@pytest.mark.parametrize(("field", "value"), _WRONG_VALUES)
+def test_resume_from_hand_edited_state_is_one_line(
+    tmp_path: Path, small: Split, field: str, value: object
+) -> None:
+    import json
+
+    from toroid.errors import CheckpointError
+
+    kwargs = dict(epochs=3, batch_size=64, stop_at_zero_train_error=False, progress=False)
+
+    def stop(record: EpochRecord) -> None:
+        raise SimulatedInterruptError
+
+    with pytest.raises(SimulatedInterruptError):
+        fit(small_mlp(small), small, checkpoint_dir=tmp_path, on_epoch_end=stop, **kwargs)  # type: ignore[arg-type]
+    path = tmp_path / "train-state.json"
+    meta = json.loads(path.read_text())
+    assert field in meta
+    meta[field] = value
+    path.write_text(json.dumps(meta))
+    with pytest.raises(CheckpointError) as info:
+        fit(small_mlp(small), small, checkpoint_dir=tmp_path, resume=True, **kwargs)  # type: ignore[arg-type]
+    message = str(info.value)
+    assert "\n" not in message and str(path) in message and f"'{field}" in message
+
+
+def test_resume_with_edited_optimizer_hyperparameter(tmp_path: Path, small: Split) -> None:
+    import json
+
+    from toroid.errors import CheckpointError
+
+    kwargs = dict(epochs=3, batch_size=64, stop_at_zero_train_error=False, progress=False)
+
+    def stop(record: EpochRecord) -> None:
+        raise SimulatedInterruptError
+
+    with pytest.raises(SimulatedInterruptError):
+        fit(small_mlp(small), small, checkpoint_dir=tmp_path, on_epoch_end=stop, **kwargs)  # type: ignore[arg-type]
+    path = tmp_path / "train-state.json"
+    saved = path.read_text()
+    for bad_lr in ('"abc"', "null", "[1]"):
+        text = json.dumps(json.loads(saved), indent=1)
+        meta = json.loads(text)
+        groups = dict(meta["optimizer"]["__items__"])["param_groups"]
+        group_items = groups[0]["__items__"]
+        for item in group_items:
+            if item[0] == "lr":
+                item[1] = json.loads(bad_lr)
+        path.write_text(json.dumps(meta))
+        with pytest.raises(CheckpointError, match="'optimizer") as info:
+            fit(small_mlp(small), small, checkpoint_dir=tmp_path, resume=True, **kwargs)  # type: ignore[arg-type]
+        assert "\n" not in str(info.value) and "lr" in str(info.value)
+
+
+def test_resume_from_hand_edited_history_entry_names_the_field(
+    tmp_path: Path, small: Split
+) -> None:
+    import json
+
+    from toroid.errors import CheckpointError
+
+    kwargs = dict(epochs=3, batch_size=64, stop_at_zero_train_error=False, progress=False)
+
+    def stop(record: EpochRecord) -> None:
+        if record.epoch == 2:
+            raise SimulatedInterruptError
+
+    with pytest.raises(SimulatedInterruptError):
+        fit(small_mlp(small), small, checkpoint_dir=tmp_path, on_epoch_end=stop, **kwargs)  # type: ignore[arg-type]
+    path = tmp_path / "train-state.json"
+    saved = json.loads(path.read_text())
+    for key in saved["history"][1]:
+        meta = json.loads(json.dumps(saved))
+        meta["history"][1][key] = "wrong"
+        path.write_text(json.dumps(meta))
+        with pytest.raises(CheckpointError, match=f"history\\[1\\].{key}") as info:
+            fit(small_mlp(small), small, checkpoint_dir=tmp_path, resume=True, **kwargs)  # type: ignore[arg-type]
+        assert "\n" not in str(info.value)
+    # A fingerprint or settings edit reads as other settings, in one line.
+    meta = json.loads(json.dumps(saved))
+    meta["fingerprint"] = ["x"]
+    meta["settings"] = {"note": "line\nbreak"}
+    path.write_text(json.dumps(meta))
+    with pytest.raises(ResumeMismatchError) as mismatch:
+        fit(small_mlp(small), small, checkpoint_dir=tmp_path, resume=True, **kwargs)  # type: ignore[arg-type]
+    assert "\n" not in str(mismatch.value)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
+import math
 import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import asdict, dataclass
@@ -18,6 +19,7 @@ from toroid import progress as progress_helper
 from toroid.data.batches import batch_count, iterate_batches, random_crop_flip
 from toroid.data.tensordata import DataLike, Split, TensorData, as_tensor_data
 from toroid.errors import (
+    CheckpointError,
     InvalidArgumentError,
     ResumeMismatchError,
     TrainingDivergedError,
@@ -385,27 +387,155 @@ def _restore(
     device: torch.device,
 ) -> tuple[int, int, int, float, bool, list[EpochRecord]]:
     tensors, meta = read_bundle(state_dir, _STATE_STEM)
+    source = state_dir / f"{_STATE_STEM}.json"
     if meta.get("fingerprint") != fingerprint:
+        settings = meta.get("settings")
         raise ResumeMismatchError(
-            f"{state_dir} holds training state for other settings ({meta.get('settings')}); "
+            f"{state_dir} holds training state for other settings "
+            f"({json.dumps(settings, default=str)}); "
             "resume with the same model, data size, optimizer, epochs, batch size, schedule "
             "and seed, or use another checkpoint_dir"
         )
-    net.load_state_dict(
-        {k[len("model/") :]: v for k, v in tensors.items() if k.startswith("model/")}
-    )
-    opt.load_state_dict(unflatten_state(meta["optimizer"], tensors))
-    batch_gen.set_state(tensors["rng/batches"])
-    augment_gen.set_state(tensors["rng/augment"])
-    torch.set_rng_state(tensors["rng/cpu"])
-    if "rng/cuda" in tensors and device.type == "cuda":
-        torch.cuda.set_rng_state(tensors["rng/cuda"], device)
-    history = [EpochRecord(**r) for r in meta["history"]]
-    return (
-        int(meta["epoch"]),
-        int(meta["step"]),
-        int(meta["grad_evals"]),
-        float(meta["elapsed"]),
-        bool(meta["finished"]),
-        history,
-    )
+
+    def bad(field: str, value: object, expected: str) -> CheckpointError:
+        shown = json.dumps(value, default=str)
+        if len(shown) > 80:
+            shown = shown[:77] + "..."
+        return CheckpointError(
+            f"{source}: field {field!r} is {shown}; expected {expected} "
+            "(the file was edited or is corrupt; remove the directory to start afresh)"
+        )
+
+    def count(field: str) -> int:
+        value = meta.get(field)
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            raise bad(field, value, "a non-negative integer")
+        return value
+
+    epoch, step, grad_evals = count("epoch"), count("step"), count("grad_evals")
+    elapsed = meta.get("elapsed")
+    if (
+        isinstance(elapsed, bool)
+        or not isinstance(elapsed, int | float)
+        or not math.isfinite(elapsed)
+        or elapsed < 0
+    ):
+        raise bad("elapsed", elapsed, "a non-negative number of seconds")
+    finished = meta.get("finished")
+    if not isinstance(finished, bool):
+        raise bad("finished", finished, "true or false")
+    history = _history(meta.get("history"), epoch, bad)
+
+    def tensor(key: str) -> torch.Tensor:
+        if key not in tensors:
+            raise CheckpointError(f"{source}: its tensor file holds no {key!r}; it is corrupt")
+        return tensors[key]
+
+    try:
+        net.load_state_dict(
+            {k[len("model/") :]: v for k, v in tensors.items() if k.startswith("model/")}
+        )
+    except (RuntimeError, ValueError, TypeError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise CheckpointError(
+            f"{source}: its model weights do not fit the model being trained: {first}"
+        ) from exc
+    expected_groups = opt.state_dict()["param_groups"]
+    try:
+        loaded = unflatten_state(meta.get("optimizer"), tensors)
+        _check_param_groups(loaded, expected_groups, bad)
+        opt.load_state_dict(loaded)
+    except (KeyError, RuntimeError, ValueError, TypeError, AttributeError, IndexError) as exc:
+        raise bad(
+            "optimizer", meta.get("optimizer"), "the optimizer state this file was written with"
+        ) from exc
+    for key, generator in (("rng/batches", batch_gen), ("rng/augment", augment_gen)):
+        try:
+            generator.set_state(tensor(key))
+        except (RuntimeError, TypeError, ValueError) as exc:
+            raise CheckpointError(
+                f"{source}: generator state {key!r} is not a valid generator state"
+            ) from exc
+    try:
+        torch.set_rng_state(tensor("rng/cpu"))
+        if "rng/cuda" in tensors and device.type == "cuda":
+            torch.cuda.set_rng_state(tensors["rng/cuda"], device)
+    except (RuntimeError, TypeError, ValueError) as exc:
+        raise CheckpointError(f"{source}: its global generator state is not valid") from exc
+    return epoch, step, grad_evals, float(elapsed), finished, history
+
+
+def _check_param_groups(
+    loaded: object,
+    expected: list[dict[str, Any]],
+    bad: Callable[[str, object, str], CheckpointError],
+) -> None:
+    """The restored optimizer state has the fresh optimizer's parameter groups, with
+    hyperparameters of the same kinds (a number stays a number, a flag a flag)."""
+    if not isinstance(loaded, dict) or not isinstance(loaded.get("state"), dict):
+        raise bad("optimizer", loaded, "a state dict with 'state' and 'param_groups'")
+    groups = loaded.get("param_groups")
+    if not isinstance(groups, list) or len(groups) != len(expected):
+        raise bad("optimizer.param_groups", groups, f"a list of {len(expected)} groups")
+    for i, (group, reference) in enumerate(zip(groups, expected, strict=True)):
+        if not isinstance(group, dict) or set(group) != set(reference):
+            raise bad(f"optimizer.param_groups[{i}]", group, f"keys {', '.join(reference)}")
+        for key, ref in reference.items():
+            value = group[key]
+            if key == "params":
+                ok = isinstance(value, list) and len(value) == len(ref)
+            elif isinstance(ref, bool) or ref is None:
+                ok = isinstance(value, bool) or value is None or type(value) is type(ref)
+            elif isinstance(ref, int | float):
+                ok = not isinstance(value, bool) and isinstance(value, int | float)
+                ok = ok and math.isfinite(value)
+            elif isinstance(ref, tuple | list):
+                ok = isinstance(value, tuple | list) and len(value) == len(ref)
+                ok = ok and all(isinstance(v, int | float) for v in value)
+            else:
+                ok = True
+            if not ok:
+                raise bad(f"optimizer.param_groups[{i}].{key}", value, f"like {ref!r}")
+
+
+_RECORD_FIELDS: dict[str, tuple[type, ...]] = {
+    "epoch": (int,),
+    "lr": (int, float),
+    "train_loss": (int, float),
+    "train_error": (int, float),
+    "eval_train_error": (int, float, type(None)),
+    "seconds": (int, float),
+    "grad_evals": (int,),
+}
+
+
+def _history(
+    value: object, epoch: int, bad: Callable[[str, object, str], CheckpointError]
+) -> list[EpochRecord]:
+    """The saved per-epoch records, each field of the right type, one per epoch done."""
+    if not isinstance(value, list) or len(value) != epoch:
+        raise bad("history", value, f"a list of {epoch} epoch records (one per epoch done)")
+    records = []
+    for i, entry in enumerate(value):
+        field = f"history[{i}]"
+        if not isinstance(entry, dict) or set(entry) != set(_RECORD_FIELDS):
+            raise bad(field, entry, f"a record with keys {', '.join(_RECORD_FIELDS)}")
+        for key, types in _RECORD_FIELDS.items():
+            item = entry[key]
+            if isinstance(item, bool) or not isinstance(item, types):
+                names = " or ".join("null" if t is type(None) else t.__name__ for t in types)
+                raise bad(f"{field}.{key}", item, names)
+        records.append(
+            EpochRecord(
+                epoch=int(entry["epoch"]),
+                lr=float(entry["lr"]),
+                train_loss=float(entry["train_loss"]),
+                train_error=float(entry["train_error"]),
+                eval_train_error=(
+                    None if entry["eval_train_error"] is None else float(entry["eval_train_error"])
+                ),
+                seconds=float(entry["seconds"]),
+                grad_evals=int(entry["grad_evals"]),
+            )
+        )
+    return records
