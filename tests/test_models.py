@@ -111,3 +111,54 @@ def test_bad_configs(config: dict[str, object], message: str) -> None:
 def test_plain_module_has_no_config() -> None:
     with pytest.raises(InvalidArgumentError, match="carries no toroid config"):
         model_config(nn.Linear(2, 2))
+
+
+_SEEDED = [
+    lambda seed: mlp(12, [8], 3, seed=seed),
+    lambda seed: mlp(12, [8], 3, binary=True, seed=seed),
+    lambda seed: lenet5(seed=seed),
+    lambda seed: lenet5(binary=True, seed=seed),
+    lambda seed: vgg(11, width=0.0625, seed=seed),
+    lambda seed: resnet(20, seed=seed),
+]
+
+
+def _same(a: nn.Module, b: nn.Module) -> bool:
+    sa, sb = a.state_dict(), b.state_dict()
+    return sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
+
+
+@pytest.mark.parametrize("make", _SEEDED)
+def test_constructors_take_a_seed_and_leave_the_global_generator(make: object) -> None:
+    torch.manual_seed(123)
+    before = torch.get_rng_state()
+    a, b = make(0), make(0)  # type: ignore[operator]
+    assert torch.equal(torch.get_rng_state(), before)  # global generator untouched
+    assert _same(a, b) and not _same(a, make(1))  # type: ignore[operator]
+    # Without a seed, the global generator is used (two calls differ).
+    assert not _same(make(None), make(None))  # type: ignore[operator]
+
+
+def test_seeded_constructor_matches_build() -> None:
+    net = mlp(12, [8], 3, seed=5)
+    assert _same(net, build(model_config(net), seed=5))
+
+
+@pytest.mark.parametrize("seed", [-1, 1.5, "0", True])
+def test_bad_seed_refused(seed: object) -> None:
+    with pytest.raises(InvalidArgumentError, match="seed must be"):
+        mlp(4, [2], 2, seed=seed)  # type: ignore[arg-type]
+
+
+def test_fit_twice_from_seeded_constructor_is_identical() -> None:
+    from toroid.data import load
+    from toroid.train import fit
+
+    split = load(
+        "synthetic", input_shape=(12,), num_classes=3, train_samples=64, test_samples=16, seed=0
+    )
+    runs = [
+        fit(mlp(12, [8], 3, seed=0), split, epochs=2, batch_size=16, seed=0, progress=False)
+        for _ in range(2)
+    ]
+    assert _same(runs[0].model, runs[1].model)

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from typing import Any
 
+import torch
 from torch import nn
 
 from toroid.errors import InvalidArgumentError
@@ -38,3 +40,17 @@ def check_choice(label: str, value: object, valid: tuple[object, ...]) -> None:
 def check_positive(label: str, value: float) -> None:
     if not value > 0:
         raise InvalidArgumentError(f"{label} must be positive, got {value!r}")
+
+
+@contextmanager
+def initialization_seed(seed: int | None) -> Iterator[None]:
+    """Inside, parameters are initialized from `seed` without touching the caller's global
+    generator; with None, from the global generator, as torch.nn does."""
+    if seed is None:
+        yield
+        return
+    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+        raise InvalidArgumentError(f"seed must be a non-negative integer or None, got {seed!r}")
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        yield

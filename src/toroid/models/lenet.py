@@ -5,7 +5,7 @@ from __future__ import annotations
 from torch import nn
 
 from toroid.errors import InvalidArgumentError
-from toroid.models.config import attach_config, check_positive
+from toroid.models.config import attach_config, check_positive, initialization_seed
 from toroid.models.layers import BinaryConv2d, BinaryLinear
 from toroid.models.mlp import Activation, activation_module, binary_key, resolve_activation
 
@@ -18,6 +18,7 @@ def lenet5(
     batchnorm: bool = True,
     activation: Activation | None = None,
     binary: bool = False,
+    seed: int | None = None,
 ) -> nn.Sequential:
     """conv5x5(6) -> pool -> conv5x5(16) -> pool -> fc120 -> fc84 -> fc(num_classes), with
     BatchNorm after every hidden layer by default and relu unless `activation` says
@@ -27,7 +28,21 @@ def lenet5(
     `binary=True`: binary conv/linear layers (sign of latent weights) and sign activations;
     each conv stage is conv -> average pool -> BatchNorm -> Sign (average, not max, pooling
     keeps the per-unit sign symmetry, and pooling before the sign keeps every activation
-    +-1); the output layer is a BinaryLinear followed by BatchNorm1d(num_classes)."""
+    +-1); the output layer is a BinaryLinear followed by BatchNorm1d(num_classes).
+
+    `seed`: the initialization is drawn from it, leaving the global generator as it was;
+    None (the default) draws from the global generator.
+    """
+    if seed is not None:
+        with initialization_seed(seed):
+            return lenet5(
+                in_channels=in_channels,
+                num_classes=num_classes,
+                input_size=input_size,
+                batchnorm=batchnorm,
+                activation=activation,
+                binary=binary,
+            )
     check_positive("in_channels", in_channels)
     check_positive("num_classes", num_classes)
     resolved = resolve_activation(activation, binary=binary, batchnorm=batchnorm)

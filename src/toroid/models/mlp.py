@@ -9,7 +9,12 @@ from typing import Any, Literal
 from torch import nn
 
 from toroid.errors import InvalidArgumentError
-from toroid.models.config import attach_config, check_choice, check_positive
+from toroid.models.config import (
+    attach_config,
+    check_choice,
+    check_positive,
+    initialization_seed,
+)
 from toroid.models.layers import BinaryLinear, Sign
 
 Activation = Literal["relu", "tanh", "sign"]
@@ -58,6 +63,7 @@ def mlp(
     batchnorm: bool = True,
     activation: Activation | None = None,
     binary: bool = False,
+    seed: int | None = None,
 ) -> nn.Sequential:
     """Flatten, then one Linear [-> BatchNorm1d] -> activation (default relu) per width,
     then a Linear output layer with bias. A Linear that feeds a BatchNorm has no bias (BN
@@ -65,7 +71,21 @@ def mlp(
 
     `binary=True`: BinaryLinear (sign of latent weights) -> BatchNorm1d -> Sign per width,
     then a BinaryLinear output layer followed by BatchNorm1d(num_classes), the per-class
-    scale and offset of the logits (the error depends only on their argmax)."""
+    scale and offset of the logits (the error depends only on their argmax).
+
+    `seed`: the initialization is drawn from it, leaving the global generator as it was;
+    None (the default) draws from the global generator.
+    """
+    if seed is not None:
+        with initialization_seed(seed):
+            return mlp(
+                in_features,
+                widths,
+                num_classes,
+                batchnorm=batchnorm,
+                activation=activation,
+                binary=binary,
+            )
     check_positive("in_features", in_features)
     check_positive("num_classes", num_classes)
     for width in widths:

@@ -7,7 +7,12 @@ from typing import Literal
 import torch
 from torch import nn
 
-from toroid.models.config import attach_config, check_choice, check_positive
+from toroid.models.config import (
+    attach_config,
+    check_choice,
+    check_positive,
+    initialization_seed,
+)
 
 
 class BasicBlock(nn.Module):
@@ -70,9 +75,17 @@ def resnet(
     width: int = 1,
     in_channels: int = 3,
     num_classes: int = 10,
+    seed: int | None = None,
 ) -> ResNet:
     """ResNet-20/32: stages of 16, 32, 64 channels (times `width`) with (depth-2)/6 blocks
-    each; ResNet-18: 64..512 channels (times `width`), two blocks per stage, CIFAR stem."""
+    each; ResNet-18: 64..512 channels (times `width`), two blocks per stage, CIFAR stem.
+
+    `seed`: the initialization is drawn from it, leaving the global generator as it was;
+    None (the default) draws from the global generator.
+    """
+    if seed is not None:
+        with initialization_seed(seed):
+            return resnet(depth, width=width, in_channels=in_channels, num_classes=num_classes)
     check_choice("depth", depth, (20, 32, 18))
     check_positive("width", width)
     if depth == 18:

@@ -6,7 +6,12 @@ from typing import Literal
 
 from torch import nn
 
-from toroid.models.config import attach_config, check_choice, check_positive
+from toroid.models.config import (
+    attach_config,
+    check_choice,
+    check_positive,
+    initialization_seed,
+)
 
 VGG_LAYOUTS: dict[int, list[int | str]] = {
     11: [64, "M", 128, "M", 256, 256, "M", 512, 512, "M", 512, 512, "M"],
@@ -22,9 +27,23 @@ def vgg(
     in_channels: int = 3,
     num_classes: int = 10,
     batchnorm: bool = True,
+    seed: int | None = None,
 ) -> nn.Sequential:
     """VGG-`depth` with every channel count multiplied by `width`; pools use ceil mode and
-    a global average pool precedes the classifier, so 28x28 and 32x32 inputs both work."""
+    a global average pool precedes the classifier, so 28x28 and 32x32 inputs both work.
+
+    `seed`: the initialization is drawn from it, leaving the global generator as it was;
+    None (the default) draws from the global generator.
+    """
+    if seed is not None:
+        with initialization_seed(seed):
+            return vgg(
+                depth,
+                width=width,
+                in_channels=in_channels,
+                num_classes=num_classes,
+                batchnorm=batchnorm,
+            )
     check_choice("depth", depth, tuple(VGG_LAYOUTS))
     check_positive("width", width)
     layers: list[nn.Module] = []
