@@ -31,3 +31,7 @@ class ResumeMismatchError(ToroidError):
 
 class UnsupportedModelError(ToroidError):
     """A model, module or operation that toroid cannot analyse."""
+
+
+class NonFiniteError(InvalidArgumentError):
+    """Weights or data holding NaN or infinite values, which no measurement can use."""

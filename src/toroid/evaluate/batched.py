@@ -28,6 +28,7 @@ from toroid.evaluate.family import AffineFamily
 from toroid.evaluate.input_layer import InputLayerReuse, input_layer
 from toroid.evaluate.plan import EvalPlan
 from toroid.evaluate.single import Metrics, bn_subset, inputs_like
+from toroid.models.finite import check_finite_data, check_finite_model, check_finite_state
 
 _COLLECT: contextvars.ContextVar[list[tuple[torch.Tensor, torch.Tensor]] | None] = (
     contextvars.ContextVar("toroid_bn_collect", default=None)
@@ -168,6 +169,16 @@ def evaluate_sets(
     for name, part in datasets.items():
         if len(part) == 0:
             raise InvalidArgumentError(f"cannot evaluate on an empty dataset ({name})")
+        check_finite_data(part, what=f"the {name} data")
+    check_finite_model(model)
+    # Sets given directly are checked here; sets built lazily chunk by chunk are the
+    # caller's (every measurement checks the weights it builds them from, once).
+    if isinstance(sets, AffineFamily):
+        check_finite_state(sets.base, what="the base of the parameter sets")
+        check_finite_state(sets.directions, what="the directions of the parameter sets")
+        check_finite_state({"coefficients": sets.coefficients}, what="the parameter sets")
+    elif isinstance(sets, Mapping):
+        check_finite_state(sets, what="the parameter sets")
     bn_source = None
     if plan.bn == "recompute":
         if bn_data is None:
@@ -175,6 +186,7 @@ def evaluate_sets(
                 "bn='recompute' needs bn_data (the training inputs); or use bn='keep'"
             )
         bn_source = as_tensor_data(bn_data)
+        check_finite_data(bn_source, what="the BatchNorm data")
         bn_subset(
             len(bn_source), samples=plan.bn_samples, batch_size=plan.bn_batch_size, seed=plan.seed
         )

@@ -13,6 +13,7 @@ from torch import nn
 
 from toroid.data.tensordata import DataLike, as_tensor_data
 from toroid.errors import InvalidArgumentError
+from toroid.models.finite import check_finite_data, check_finite_model
 
 
 @dataclass(frozen=True)
@@ -80,6 +81,8 @@ def evaluate(
     copy of the model is moved there; by default everything runs on the model's device."""
     if bn not in ("keep", "recompute"):
         raise InvalidArgumentError(f"bn must be 'keep' or 'recompute', got {bn!r}")
+    check_finite_model(model)
+    check_finite_data(data, what="the evaluation data")
     if bn == "recompute":
         model = recompute_bn(
             model,
@@ -135,6 +138,8 @@ def recompute_bn(
     (dropout) in eval mode, without gradients. DESIGN.md's BatchNorm policy: whenever
     parameters are moved, statistics are recomputed, never interpolated."""
     data = as_tensor_data(data)
+    check_finite_model(model)
+    check_finite_data(data, what="the BatchNorm data")
     index = bn_subset(len(data), samples=samples, batch_size=batch_size, seed=seed)
     new = copy.deepcopy(model).eval()
     norms = _batchnorms(new)

@@ -18,6 +18,7 @@ from toroid.evaluate import EvalPlan, evaluate_sets, in_chunks, plan_or_loose, s
 from toroid.flatness.local_energy import LocalEnergy
 from toroid.flatness.parts import SplitName, measured_parts
 from toroid.manifold.cells import binary_vector, set_binary_vector_
+from toroid.models.finite import check_finite_data, check_finite_model
 from toroid.symmetry.canonical import canonical_state
 from toroid.symmetry.transform import with_state
 from toroid.symmetry.types import SymmetrySpec
@@ -103,6 +104,8 @@ def flip_energy(
         raise InvalidArgumentError(f"samples must be at least 1, got {samples}")
     parts = measured_parts(data, split)
     train = as_tensor_data(data.train if isinstance(data, Split) else data)
+    check_finite_model(model)
+    check_finite_data(train, what="the training data")
     spec = binary_spec(model, spec)
     state = canonical_state(model.state_dict(), spec, output="keep")
     if plan.device is not None:

@@ -21,6 +21,7 @@ from torch import nn
 from toroid.data.tensordata import DataLike, TensorData, as_tensor_data
 from toroid.errors import InvalidArgumentError
 from toroid.evaluate.single import inputs_like
+from toroid.models.finite import check_finite_data, check_finite_model
 from toroid.progress import task
 from toroid.symmetry.canonical import canonicalize
 
@@ -60,6 +61,8 @@ def _prepare(
     data = as_tensor_data(data)
     if len(data) == 0:
         raise InvalidArgumentError("cannot compute a Hessian on an empty dataset")
+    check_finite_model(model)
+    check_finite_data(data)
     work = canonicalize(model, output="keep") if canonical else copy.deepcopy(model)
     if device is not None:
         work = work.to(device)

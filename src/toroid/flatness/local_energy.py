@@ -26,6 +26,7 @@ from toroid.evaluate import (
 )
 from toroid.flatness.parts import SplitName, measured_parts
 from toroid.manifold.perturb import NOISES, Noise, draw_noise, perturbed_state
+from toroid.models.finite import check_finite_data, check_finite_model
 from toroid.symmetry.canonical import canonical_state
 from toroid.symmetry.transform import with_state
 from toroid.symmetry.types import SymmetrySpec
@@ -168,6 +169,8 @@ def local_energy(
         raise InvalidArgumentError(f"split must be train, test or both, got {split!r}")
     parts = measured_parts(data, split)
     train = as_tensor_data(data.train if isinstance(data, Split) else data)
+    check_finite_model(model)
+    check_finite_data(train, what="the training data")
 
     if noise == "spherical" and not canonical:
         raise InvalidArgumentError(

@@ -14,6 +14,7 @@ from torch import nn
 
 from toroid.errors import InvalidArgumentError
 from toroid.manifold.cells import cell_families, cell_matrix
+from toroid.models.finite import check_finite_model
 from toroid.symmetry.align import align as align_models
 from toroid.symmetry.canonical import canonical_state
 from toroid.symmetry.types import SymmetrySpec
@@ -178,6 +179,8 @@ def distances(
         check_kind(kind)
     check_scope(over)
     check_same_architecture(a.state_dict(), b.state_dict())
+    check_finite_model(a, what="network a")
+    check_finite_model(b, what="network b")
     from toroid.symmetry.derive import spec_for
 
     spec = spec or spec_for(a)

@@ -12,6 +12,7 @@ from torch import nn
 from toroid.errors import InvalidArgumentError
 from toroid.manifold.cells import cell_families, cell_matrix, cell_tensors, set_cell_matrix_
 from toroid.manifold.distance import cell_angles, check_same_architecture
+from toroid.models.finite import check_finite_model
 from toroid.symmetry.slots import State
 from toroid.symmetry.transform import with_state
 from toroid.symmetry.types import SymmetrySpec
@@ -161,6 +162,8 @@ def slerp(a: nn.Module, b: nn.Module, t: float, *, spec: SymmetrySpec | None = N
     DESIGN.md's BatchNorm policy requires for every moved network."""
     from toroid.symmetry.derive import spec_for
 
+    check_finite_model(a, what="network a")
+    check_finite_model(b, what="network b")
     spec = spec or spec_for(a)
     return with_state(a, slerp_state(a.state_dict(), b.state_dict(), t, spec))
 

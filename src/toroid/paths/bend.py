@@ -20,6 +20,7 @@ from toroid.data.batches import batch_count
 from toroid.data.tensordata import DataLike, Split, as_tensor_data
 from toroid.errors import InvalidArgumentError, TrainingDivergedError
 from toroid.manifold.geodesic import slerp_state
+from toroid.models.finite import check_finite_data
 from toroid.paths.path import (
     AffinePath,
     BezierPath,
@@ -107,6 +108,7 @@ def fit_bend(
     train = _train_data(data)
     if len(train) == 0:
         raise InvalidArgumentError("the training set is empty")
+    check_finite_data(train, what="the training data")
     started = time.perf_counter()
     dev = torch.device(device)
     ends = endpoints(a, b, spec=spec, seed=seed)

@@ -16,6 +16,7 @@ from toroid.flatness.parts import SplitName, measured_parts
 from toroid.manifold.cells import binary_vector, set_binary_vector_
 from toroid.manifold.distance import check_same_architecture
 from toroid.manifold.geodesic import slerp_state
+from toroid.models.finite import check_finite_model
 from toroid.paths.profile import Profile
 from toroid.symmetry.align import align as align_models
 from toroid.symmetry.canonical import canonical_state
@@ -96,6 +97,8 @@ def flip_path(
     if points < 2:
         raise InvalidArgumentError(f"points must be at least 2 (the endpoints), got {points}")
     check_same_architecture(a.state_dict(), b.state_dict())
+    check_finite_model(a, what="network a")
+    check_finite_model(b, what="network b")
     checked = binary_spec(a, spec)
     # A Profile always carries the training curves.
     parts = measured_parts(data, "both" if split == "test" else split)

@@ -18,6 +18,7 @@ from toroid.flatness.flip_energy import binary_spec
 from toroid.flatness.parts import SplitName
 from toroid.manifold.cells import binary_vector, set_binary_vector_
 from toroid.manifold.geodesic import slerp_state
+from toroid.models.finite import check_finite_model
 from toroid.paths.flip import flip_path
 from toroid.paths.profile import METRICS, Metric, Profile
 from toroid.symmetry.align import align as align_models
@@ -95,6 +96,8 @@ def flip_midpoint(
 ) -> nn.Module:
     """Canonical a with a random half (seeded) of the binary weights where b (aligned to a)
     differs switched to b's signs; BatchNorm parameters at the geodesic midpoint."""
+    check_finite_model(a, what="network a")
+    check_finite_model(b, what="network b")
     checked = binary_spec(a, spec)
     result = align_models(b, a, spec=checked, seed=seed)
     state_a, state_b = result.reference.state_dict(), result.model.state_dict()

@@ -25,6 +25,7 @@ from toroid.evaluate import AffineFamily
 from toroid.manifold.cells import cell_families, cell_matrix
 from toroid.manifold.distance import cell_angles, check_same_architecture, normalize_rows
 from toroid.manifold.geodesic import check_t, slerp_state, slerp_weights
+from toroid.models.finite import check_finite_state
 from toroid.symmetry.align import align as align_models
 from toroid.symmetry.canonical import canonical_state
 from toroid.symmetry.slots import State
@@ -59,6 +60,8 @@ def endpoints(
     (seeded); with `raw=True`, take their states as they are."""
     state_a, state_b = a.state_dict(), b.state_dict()
     check_same_architecture(state_a, state_b, "a and b")
+    check_finite_state(state_a, what="network a")
+    check_finite_state(state_b, what="network b")
     if raw:
         return Endpoints(dict(state_a), dict(state_b), spec, raw=True)
     from toroid.symmetry.derive import spec_for

@@ -21,6 +21,7 @@ from toroid.evaluate import (
     in_chunks,
     plan_or_loose,
 )
+from toroid.models.finite import check_finite_data, check_finite_state
 from toroid.paths.path import Path, uniform_ts
 
 BarrierKind = Literal["max_minus_mean", "max_minus_linear", "max"]
@@ -224,9 +225,12 @@ def profile(
         raise InvalidArgumentError(
             f"refine_metric must be one of {', '.join(METRICS)}, got {refine_metric!r}"
         )
+    for i, anchor in enumerate(path.anchors):
+        check_finite_state(anchor, what=f"the path's anchor {i} (0: start, last: end)")
     if plan.device is not None:
         path = path.to(plan.device)
     parts, train = _parts(data)
+    check_finite_data(train, what="the training data")
     if refine_metric.startswith("test") and "test" not in parts:
         raise InvalidArgumentError(f"refine_metric={refine_metric!r} needs test data")
     results: dict[float, dict[str, tuple[float, float]]] = {}

@@ -27,6 +27,7 @@ from toroid.errors import (
 from toroid.evaluate import Metrics, evaluate, recompute_bn
 from toroid.evaluate.single import inputs_like
 from toroid.models.config import CONFIG_ATTRIBUTE
+from toroid.models.finite import check_finite_data, check_finite_model
 from toroid.optim.protocol import ProgressAware, RecomputesBatchNorm
 from toroid.optim.registry import default_batch_size, make_optimizer, resolve_optimizer
 from toroid.storage import flatten_state, has_bundle, read_bundle, unflatten_state, write_bundle
@@ -147,6 +148,8 @@ def fit(
     train_data, test_data = _split_parts(split)
     if len(train_data) == 0:
         raise InvalidArgumentError("the training set is empty")
+    check_finite_model(model)
+    check_finite_data(train_data, what="the training data")
     if augment and train_data.x.dim() != 4:
         raise InvalidArgumentError(
             f"augment=True needs image inputs (N, C, H, W), got shape {tuple(train_data.x.shape)}"
