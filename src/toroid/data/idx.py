@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import math
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -27,7 +28,7 @@ def read_idx(path: Path) -> np.ndarray:
         raw = path.read_bytes()
         if path.suffix == ".gz":
             raw = gzip.decompress(raw)
-    except (OSError, EOFError, gzip.BadGzipFile) as exc:
+    except (OSError, EOFError, gzip.BadGzipFile, zlib.error) as exc:
         raise DataError(f"cannot read IDX file {path}: {exc}") from exc
     if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] not in _IDX_DTYPES:
         raise DataError(
@@ -76,6 +77,11 @@ def read_idx_pair(
         raise DataError(
             f"{paths[0]} holds {images.dtype} of shape {images.shape}; "
             "expected uint8 images (N, H, W)"
+        )
+    if images.shape[0] == 0 or 0 in images.shape[1:]:
+        raise DataError(
+            f"{paths[0]} holds {images.shape[0]} images of size "
+            f"{images.shape[1]}x{images.shape[2]}; expected at least one image of positive size"
         )
     if labels.ndim != 1 or labels.dtype != np.uint8:
         raise DataError(
