@@ -15,7 +15,7 @@ from toroid.evaluate import evaluate, evaluate_sets, recompute_bn, stack_states
 from toroid.flatness import flip_energy, hessian_top_eigenvalue, hessian_trace, local_energy
 from toroid.manifold import distance, distances, slerp
 from toroid.models import mlp
-from toroid.paths import fit_bend, geodesic, linear, profile
+from toroid.paths import fit_bend, geodesic, linear, polychain, profile
 from toroid.paths.flip import flip_path
 from toroid.train import fit
 
@@ -63,6 +63,9 @@ MEASURES: dict[str, Measure] = {
     "hessian_top_eigenvalue": lambda m, s: hessian_top_eigenvalue(m, s.train, iters=2),
     "profile-linear": lambda m, s: profile(linear(m, _net(1)), s, points=3, **_EVAL),
     "profile-geodesic": lambda m, s: profile(geodesic(_net(1), m), s, points=3, **_EVAL),
+    "profile-polychain-bend": lambda m, s: profile(
+        polychain(_net(1), m, _net(2)), s, points=3, **_EVAL
+    ),
     "distance": lambda m, s: distance(m, _net(1)),
     "distances": lambda m, s: distances(_net(1), m),
     "slerp": lambda m, s: slerp(m, _net(1), 0.5),
