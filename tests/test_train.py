@@ -346,6 +346,32 @@ def test_resume_from_hand_edited_state_is_one_line(
     assert "\n" not in message and str(path) in message and f"'{field}" in message
 
 
+@pytest.mark.parametrize(
+    ("field", "value"), [("tensor_file", 5), ("tensor_file", None), ("tensor_sha256", [1])]
+)
+def test_resume_with_edited_tensor_reference(
+    tmp_path: Path, small: Split, field: str, value: object
+) -> None:
+    import json
+
+    from toroid.errors import CheckpointError
+
+    kwargs = dict(epochs=2, batch_size=64, stop_at_zero_train_error=False, progress=False)
+
+    def stop(record: EpochRecord) -> None:
+        raise SimulatedInterruptError
+
+    with pytest.raises(SimulatedInterruptError):
+        fit(small_mlp(small), small, checkpoint_dir=tmp_path, on_epoch_end=stop, **kwargs)  # type: ignore[arg-type]
+    path = tmp_path / "train-state.json"
+    meta = json.loads(path.read_text())
+    meta[field] = value
+    path.write_text(json.dumps(meta))
+    with pytest.raises(CheckpointError) as info:
+        fit(small_mlp(small), small, checkpoint_dir=tmp_path, resume=True, **kwargs)  # type: ignore[arg-type]
+    assert "\n" not in str(info.value) and str(tmp_path) in str(info.value)
+
+
 def test_resume_with_edited_optimizer_hyperparameter(tmp_path: Path, small: Split) -> None:
     import json
 
