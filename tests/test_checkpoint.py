@@ -5,9 +5,11 @@ from __future__ import annotations
 import ast
 import hashlib
 import json
+import math
 import os
 import re
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -558,3 +560,187 @@ def test_loading_a_file_path_says_it_is_a_file(tmp_path: Path) -> None:
     (tmp_path / "weights").write_text("x")
     with pytest.raises(CheckpointError, match="is a file"):
         checkpoint.load(tmp_path / "weights")
+
+
+# ---------------------------------------------------------------- hostile tensor files
+
+
+def _rewrite_tensors(directory: Path, change: Any) -> None:
+    """Rewrite a checkpoint's tensors through `change(tensors)`, with a matching hash."""
+    meta = _meta(directory)
+    path = directory / meta["tensor_file"]
+    tensors = dict(load_safetensors(path.read_bytes()))
+    change(tensors)
+    blob = save_safetensors(tensors)
+    path.write_bytes(blob)
+    meta["tensor_sha256"] = hashlib.sha256(blob).hexdigest()
+    _write_meta(directory, meta)
+
+
+def _cast_all(dtype: torch.dtype) -> Any:
+    def change(tensors: dict[str, torch.Tensor]) -> None:
+        for key, tensor in tensors.items():
+            if tensor.is_floating_point():
+                tensors[key] = tensor.to(dtype)
+
+    return change
+
+
+def test_float64_weights_load_as_float64(saved: Path) -> None:
+    original = {k: v.clone() for k, v in checkpoint.load(saved)[0].state_dict().items()}
+    _rewrite_tensors(saved, _cast_all(torch.float64))
+    model, _ = checkpoint.load(saved)
+    assert all(p.dtype == torch.float64 for p in model.parameters())
+    for key, tensor in model.state_dict().items():
+        assert torch.equal(tensor, original[key].to(tensor.dtype)), key
+    x = _inputs((4, 8), dtype=torch.float64)
+    assert model(x).dtype == torch.float64
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_half_precision_weights_are_widened_to_float32(saved: Path, dtype: torch.dtype) -> None:
+    _rewrite_tensors(saved, _cast_all(dtype))
+    stored = dict(load_safetensors((saved / _meta(saved)["tensor_file"]).read_bytes()))
+    model, _ = checkpoint.load(saved)
+    for key, tensor in model.state_dict().items():
+        if tensor.is_floating_point():
+            assert tensor.dtype == torch.float32, key
+            assert torch.equal(tensor, stored[key].float()), key
+    assert model(_inputs((4, 8))).dtype == torch.float32
+
+
+def test_mixed_float_dtypes_are_refused(saved: Path) -> None:
+    def change(tensors: dict[str, torch.Tensor]) -> None:
+        tensors["1.weight"] = tensors["1.weight"].double()
+
+    _rewrite_tensors(saved, change)
+    with pytest.raises(CheckpointError, match="mix float dtypes") as info:
+        checkpoint.load(saved)
+    assert "F64 (1.weight)" in str(info.value) and "F32" in str(info.value)
+
+
+@pytest.mark.parametrize("dtype", [torch.int32, torch.bool, torch.uint8])
+def test_a_weight_of_a_non_float_dtype_is_refused(saved: Path, dtype: torch.dtype) -> None:
+    def change(tensors: dict[str, torch.Tensor]) -> None:
+        tensors["1.weight"] = tensors["1.weight"].to(dtype)
+
+    _rewrite_tensors(saved, change)
+    with pytest.raises(CheckpointError, match=r"tensor 1\.weight has dtype"):
+        checkpoint.load(saved)
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), float("-inf")])
+@pytest.mark.parametrize("key", ["1.weight", "5.running_var", "7.bias"])
+def test_non_finite_weights_are_refused(saved: Path, value: float, key: str) -> None:
+    def change(tensors: dict[str, torch.Tensor]) -> None:
+        tensors[key] = tensors[key].clone()
+        tensors[key].view(-1)[-1] = value
+
+    _rewrite_tensors(saved, change)
+    with pytest.raises(CheckpointError, match=f"tensor {re.escape(key)} holds") as info:
+        checkpoint.load(saved)
+    assert str(saved) in str(info.value)
+    assert ("NaN" if math.isnan(value) else "infinite") in str(info.value)
+
+
+@pytest.mark.parametrize("width", [10**9, 300_000])
+def test_enormous_width_is_refused_from_the_header_before_building(
+    saved: Path, width: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    built_on: list[str] = []
+    real_build = checkpoint.build
+
+    def watched_build(config: Any, **kwargs: Any) -> torch.nn.Module:
+        built_on.append(torch.empty(0).device.type)
+        return real_build(config, **kwargs)
+
+    read: list[str] = []
+    real_read = storage.read_bundle
+
+    def watched_read(directory: Path, stem: str) -> Any:
+        read.append(stem)
+        return real_read(directory, stem)
+
+    monkeypatch.setattr(checkpoint, "build", watched_build)
+    monkeypatch.setattr(checkpoint, "read_bundle", watched_read)
+    meta = _meta(saved)
+    meta["model"]["widths"] = [width, 4]
+    _write_meta(saved, meta)
+    with pytest.raises(CheckpointError) as info:
+        checkpoint.load(saved)
+    assert f"1.weight (5, 8) != ({width}, 8)" in str(info.value)
+    assert set(built_on) <= {"meta"}, built_on  # nothing of the real size was allocated
+    assert read == []  # the tensor data was not even read
+
+
+def _swap_tensor_file(directory: Path, make: Any) -> Path:
+    path = directory / _meta(directory)["tensor_file"]
+    path.unlink()
+    make(path)
+    return path
+
+
+def test_a_tensor_file_linked_to_dev_zero_is_refused(saved: Path) -> None:
+    path = _swap_tensor_file(saved, lambda p: os.symlink("/dev/zero", p))
+    with pytest.raises(CheckpointError, match="not a regular file") as info:
+        checkpoint.load(saved)
+    assert str(path) in str(info.value)
+    with pytest.raises(CheckpointError, match="not a regular file"):
+        storage.read_bundle(saved, "model")
+
+
+def test_a_tensor_file_that_is_a_fifo_is_refused_without_blocking(saved: Path) -> None:
+    _swap_tensor_file(saved, lambda p: os.mkfifo(p))
+    with pytest.raises(CheckpointError, match="not a regular file"):
+        checkpoint.load(saved)
+
+
+def test_a_tensor_file_that_is_a_directory_is_refused(saved: Path) -> None:
+    _swap_tensor_file(saved, lambda p: p.mkdir())
+    with pytest.raises(CheckpointError, match="not a regular file"):
+        checkpoint.load(saved)
+
+
+def test_a_tensor_file_larger_than_its_header_says_is_refused(saved: Path) -> None:
+    meta = _meta(saved)
+    path = saved / meta["tensor_file"]
+    blob = path.read_bytes() + b"\0" * 4096
+    path.write_bytes(blob)
+    meta["tensor_sha256"] = hashlib.sha256(blob).hexdigest()
+    _write_meta(saved, meta)
+    with pytest.raises(CheckpointError, match="larger than its header says"):
+        checkpoint.load(saved)
+    with pytest.raises(CheckpointError, match="larger than its header says"):
+        storage.read_bundle(saved, "model")
+
+
+def test_a_truncated_tensor_file_is_refused(saved: Path) -> None:
+    path = saved / _meta(saved)["tensor_file"]
+    path.write_bytes(path.read_bytes()[:-7])
+    with pytest.raises(CheckpointError, match="truncated") as info:
+        checkpoint.load(saved)
+    assert str(path) in str(info.value)
+
+
+@pytest.mark.parametrize(
+    "blob",
+    [b"", b"\x05\x00", (2**62).to_bytes(8, "little") + b"{}", (4).to_bytes(8, "little") + b"[1]x"],
+    ids=["empty", "short", "huge-header", "header-not-object"],
+)
+def test_tensor_files_with_broken_headers_are_refused(saved: Path, blob: bytes) -> None:
+    meta = _meta(saved)
+    (saved / meta["tensor_file"]).write_bytes(blob)
+    meta["tensor_sha256"] = hashlib.sha256(blob).hexdigest()
+    _write_meta(saved, meta)
+    with pytest.raises(CheckpointError, match="not a valid safetensors file"):
+        checkpoint.load(saved)
+
+
+def test_read_header_describes_the_tensors_without_reading_them(saved: Path) -> None:
+    header, meta = storage.read_header(saved, "model")
+    tensors, meta_full = storage.read_bundle(saved, "model")
+    assert meta == meta_full
+    assert set(header) == set(tensors)
+    for key, tensor in tensors.items():
+        assert header[key].shape == tuple(tensor.shape), key
+    assert header["1.weight"].dtype == "F32"

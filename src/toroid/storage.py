@@ -12,8 +12,10 @@ import hashlib
 import json
 import os
 import re
+import stat
 import tempfile
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -75,13 +77,27 @@ def has_bundle(directory: Path, stem: str) -> bool:
     return (directory / f"{stem}.json").is_file()
 
 
-def read_bundle(directory: Path, stem: str) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+# safetensors refuses headers above 100 MB itself; a header this long is not a checkpoint.
+_MAX_HEADER_BYTES = 100_000_000
+
+
+@dataclass(frozen=True)
+class TensorInfo:
+    """One tensor as a safetensors header describes it: dtype code (F32, F64, I64, ...)
+    and shape."""
+
+    dtype: str
+    shape: tuple[int, ...]
+
+
+def _bundle_meta(directory: Path, stem: str) -> tuple[dict[str, Any], Path, Path]:
+    """The JSON metadata of a bundle, its path, and the path of the tensor file it names."""
     meta_path = directory / f"{stem}.json"
     if not meta_path.is_file():
         raise CheckpointError(f"no {meta_path.name} in {directory}: not a toroid checkpoint")
     try:
         meta = json.loads(meta_path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
         raise CheckpointError(f"{meta_path} is not valid JSON: {exc}") from exc
     if not isinstance(meta, dict) or "tensor_file" not in meta:
         raise CheckpointError(f"{meta_path} does not name its tensor file (key 'tensor_file')")
@@ -91,11 +107,121 @@ def read_bundle(directory: Path, stem: str) -> tuple[dict[str, torch.Tensor], di
             f"{meta_path} names tensor file {name!r}; expected {stem}-<16 hex digits>.safetensors "
             "in the same directory"
         )
-    tensor_path = directory / name
+    return meta, meta_path, directory / name
+
+
+def _parse_header(raw: bytes, tensor_path: Path) -> tuple[dict[str, TensorInfo], int]:
+    """The tensors a safetensors header describes and the length of the data after it."""
+
+    def bad(why: str) -> CheckpointError:
+        return CheckpointError(f"{tensor_path} is not a valid safetensors file: {why}")
+
     try:
-        blob = tensor_path.read_bytes()
-    except OSError as exc:
+        header = json.loads(raw)
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
+        raise bad(f"its header is not JSON ({exc})") from exc
+    if not isinstance(header, dict):
+        raise bad("its header is not a JSON object")
+    infos: dict[str, TensorInfo] = {}
+    end = 0
+    for key, entry in header.items():
+        if key == "__metadata__":
+            continue
+        offsets = entry.get("data_offsets") if isinstance(entry, dict) else None
+        shape = entry.get("shape") if isinstance(entry, dict) else None
+        dtype = entry.get("dtype") if isinstance(entry, dict) else None
+        if not (
+            isinstance(dtype, str)
+            and isinstance(shape, list)
+            and all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape)
+            and isinstance(offsets, list)
+            and len(offsets) == 2
+            and all(isinstance(o, int) and not isinstance(o, bool) and o >= 0 for o in offsets)
+            and offsets[0] <= offsets[1]
+        ):
+            raise bad(f"its header entry for tensor {key!r} is malformed")
+        infos[key] = TensorInfo(dtype, tuple(shape))
+        end = max(end, offsets[1])
+    return infos, end
+
+
+def _read_exactly(handle: Any, count: int) -> bytes:
+    chunks = []
+    while count > 0:
+        chunk = handle.read(min(count, 1 << 24))
+        if not chunk:
+            break
+        chunks.append(chunk)
+        count -= len(chunk)
+    return b"".join(chunks)
+
+
+def _read_tensor_file(
+    meta_path: Path, tensor_path: Path, *, header_only: bool
+) -> tuple[dict[str, TensorInfo], bytes]:
+    """The header of a bundle's tensor file and, unless `header_only`, all of its bytes.
+    Only a regular file is read, and never more than the size its header implies."""
+    try:
+        # O_NONBLOCK: opening a FIFO put in the file's place must not wait for a writer.
+        fd = os.open(tensor_path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+    except FileNotFoundError as exc:
         raise CheckpointError(f"{meta_path} names {tensor_path.name}, which is missing") from exc
+    except OSError as exc:
+        raise CheckpointError(f"cannot read {tensor_path}: {exc.strerror or exc}") from exc
+    info = os.fstat(fd)
+    if not stat.S_ISREG(info.st_mode):
+        os.close(fd)
+        raise CheckpointError(
+            f"{tensor_path} is not a regular file (a device, FIFO, socket or directory, "
+            "perhaps through a symlink); a tensor file must be a plain file"
+        )
+    size = info.st_size
+    with os.fdopen(fd, "rb") as handle:
+        try:
+            prefix = _read_exactly(handle, 8)
+            if len(prefix) < 8:
+                raise CheckpointError(
+                    f"{tensor_path} is not a valid safetensors file: {size} bytes, shorter than "
+                    "the 8-byte header length"
+                )
+            length = int.from_bytes(prefix, "little")
+            if length > min(_MAX_HEADER_BYTES, size - 8):
+                raise CheckpointError(
+                    f"{tensor_path} is not a valid safetensors file: its header length {length} "
+                    f"does not fit in the file ({size} bytes)"
+                )
+            raw = _read_exactly(handle, length)
+            tensors, data_length = _parse_header(raw, tensor_path)
+            expected = 8 + length + data_length
+            if size != expected:
+                what = "truncated" if size < expected else "larger than its header says"
+                raise CheckpointError(
+                    f"{tensor_path} is {what}: its header implies {expected} bytes, the file "
+                    f"has {size}"
+                )
+            if header_only:
+                return tensors, b""
+            data = _read_exactly(handle, data_length)
+        except OSError as exc:
+            raise CheckpointError(f"cannot read {tensor_path}: {exc.strerror or exc}") from exc
+    if len(data) != data_length:
+        raise CheckpointError(f"{tensor_path} changed while it was read (truncated)")
+    return tensors, prefix + raw + data
+
+
+def read_header(directory: Path, stem: str) -> tuple[dict[str, TensorInfo], dict[str, Any]]:
+    """The tensors (dtype and shape) a bundle's tensor file holds, from its header alone,
+    and the bundle's metadata: enough to check a bundle before allocating anything."""
+    meta, meta_path, tensor_path = _bundle_meta(directory, stem)
+    tensors, _ = _read_tensor_file(meta_path, tensor_path, header_only=True)
+    return tensors, meta
+
+
+def read_bundle(directory: Path, stem: str) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """The tensors and metadata of a bundle, checked against the hash in the metadata. The
+    tensor file must be a regular file whose size is what its header implies."""
+    meta, meta_path, tensor_path = _bundle_meta(directory, stem)
+    _, blob = _read_tensor_file(meta_path, tensor_path, header_only=False)
     digest = hashlib.sha256(blob).hexdigest()
     if digest != meta.get("tensor_sha256"):
         raise CheckpointError(
