@@ -4,10 +4,14 @@ from __future__ import annotations
 
 import json
 import math
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict
 from pathlib import Path
 from typing import Annotated, Any
 
+import torch
 import typer
 from rich.console import Console
 from rich.table import Table
@@ -29,6 +33,77 @@ def _choice(label: str, value: str, valid: tuple[str, ...]) -> str:
     if value not in valid:
         raise InvalidArgumentError(f"{label} must be one of {', '.join(valid)}, got {value!r}")
     return value
+
+
+def check_device(device: str, option: str = "--device") -> str:
+    """Refuse, before any work, a device this machine does not have; the one-line error
+    lists the devices that are valid here."""
+    valid = ["cpu"]
+    cuda = torch.cuda.is_available()
+    if cuda:
+        valid += ["cuda", *(f"cuda:{i}" for i in range(torch.cuda.device_count()))]
+    mps = getattr(torch.backends, "mps", None)
+    if mps is not None and mps.is_available():
+        valid.append("mps")
+    try:
+        parsed: torch.device | None = torch.device(device)
+    except (RuntimeError, TypeError, ValueError):
+        parsed = None
+    usable = parsed is not None and (
+        (parsed.type == "cpu" and parsed.index in (None, 0))
+        or (
+            parsed.type == "cuda"
+            and cuda
+            and (parsed.index is None or parsed.index < torch.cuda.device_count())
+        )
+        or (parsed.type == "mps" and "mps" in valid and parsed.index in (None, 0))
+    )
+    if not usable:
+        why = "" if cuda else " (no CUDA device is available on this machine)"
+        raise InvalidArgumentError(
+            f"{option} {device!r} is not a device here; valid here: {', '.join(valid)}{why}"
+        )
+    return device
+
+
+def _writable_ancestor(path: Path, start: Path, option: str, what: str) -> None:
+    """Refuse `path` unless the nearest existing ancestor of `start` is a writable directory."""
+    probe = start
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    if not probe.is_dir():
+        raise InvalidArgumentError(f"{option} {path} cannot be created: {probe} is not a directory")
+    if not os.access(probe, os.W_OK | os.X_OK):
+        raise InvalidArgumentError(
+            f"{option} {path}: {what} {probe} is not writable (read-only?); choose another place"
+        )
+
+
+def check_output_dir(path: Path, option: str = "--out") -> None:
+    """Refuse, before any work, an output directory that cannot be created or written."""
+    if path.exists() and not path.is_dir():
+        raise InvalidArgumentError(f"{option} {path} exists and is not a directory")
+    _writable_ancestor(path, path, option, "the directory")
+
+
+def check_output_file(path: Path, option: str) -> None:
+    """Refuse, before any work, an output file whose directory cannot be written."""
+    if path.exists() and path.is_dir():
+        raise InvalidArgumentError(f"{option} {path} is a directory; give a file name")
+    _writable_ancestor(path, path.parent, option, "its directory")
+
+
+@contextmanager
+def writing(path: Path, option: str) -> Iterator[None]:
+    """Turn an OSError while writing `path` (a read-only file system, a full disk, a place
+    that changed since it was checked) into a one-line error naming it."""
+    try:
+        yield
+    except OSError as exc:
+        where = exc.filename if exc.filename is not None else path
+        raise InvalidArgumentError(
+            f"{option} {path} cannot be written: {exc.strerror or exc} ({where})"
+        ) from exc
 
 
 def _parse_widths(text: str) -> list[int]:
@@ -181,6 +256,8 @@ def train(
     if activation is not None:
         _choice("--activation", activation, ("relu", "tanh", "sign"))
     _choice("--schedule", schedule, SCHEDULES)
+    check_device(device)
+    check_output_dir(out)
     opt_config = resolve_optimizer(
         {"name": optimizer, **_parse_hparams(hparam or [])},
         lr=lr,
@@ -204,20 +281,21 @@ def train(
     )
     net = build(config, seed=derive_seed(seed, "init"))
     progress.enable(not quiet)
-    result = fit(
-        net,
-        split,
-        optimizer=opt_config,
-        epochs=epochs,
-        batch_size=batch,
-        schedule=schedule,  # type: ignore[arg-type]
-        seed=seed,
-        device=device,
-        stop_at_zero_train_error=stop_at_zero,
-        augment=augment,
-        checkpoint_dir=out,
-        resume=resume,
-    )
+    with writing(out, "--out"):  # fit saves its training state in OUT every epoch
+        result = fit(
+            net,
+            split,
+            optimizer=opt_config,
+            epochs=epochs,
+            batch_size=batch,
+            schedule=schedule,  # type: ignore[arg-type]
+            seed=seed,
+            device=device,
+            stop_at_zero_train_error=stop_at_zero,
+            augment=augment,
+            checkpoint_dir=out,
+            resume=resume,
+        )
     data_meta = {
         "name": dataset,
         "train_size": train_size,
@@ -234,27 +312,28 @@ def train(
         "test_error": result.test_error,
         "test_loss": None if result.test is None else result.test.loss,
     }
-    checkpoint.save(
-        result.model,
-        out,
-        meta={
-            "data": data_meta,
-            "optimizer": dict(result.optimizer),
-            "seed": seed,
-            "training": {
-                "epochs": result.epochs,
-                "max_epochs": epochs,
-                "batch_size": batch,
-                "schedule": schedule,
-                "augment": augment,
-                "wall_time": result.wall_time,
-                "grad_evals": result.grad_evals,
-                "reached_zero_train_error": result.reached_zero_train_error,
+    with writing(out, "--out"):
+        checkpoint.save(
+            result.model,
+            out,
+            meta={
+                "data": data_meta,
+                "optimizer": dict(result.optimizer),
+                "seed": seed,
+                "training": {
+                    "epochs": result.epochs,
+                    "max_epochs": epochs,
+                    "batch_size": batch,
+                    "schedule": schedule,
+                    "augment": augment,
+                    "wall_time": result.wall_time,
+                    "grad_evals": result.grad_evals,
+                    "reached_zero_train_error": result.reached_zero_train_error,
+                },
+                "metrics": metrics,
+                "history": [asdict(r) for r in result.history],
             },
-            "metrics": metrics,
-            "history": [asdict(r) for r in result.history],
-        },
-    )
+        )
     test = "n/a" if result.test_error is None else f"{result.test_error:.4f}"
     console.print(
         f"train error {result.train_error:.4f}  test error {test}  "
@@ -274,6 +353,9 @@ def info(
 ) -> None:
     """Show a checkpoint's metadata and its recomputed train/test error."""
     net, meta = checkpoint.load(ckpt)
+    # The data is read before anything is printed, so that a bad entry is the only output.
+    recomputing = recompute and isinstance(meta.get("data"), dict)
+    split = checkpoint_data(meta, net, ckpt, need="") if recomputing else None
     table = Table(show_header=False, box=None)
     table.add_row("model", str(meta.get("model")))
     table.add_row("parameters", f"{sum(p.numel() for p in net.parameters()):,}")
@@ -283,9 +365,8 @@ def info(
     table.add_row("toroid", f"{meta.get('toroid_version')} (commit {meta.get('git_commit')})")
     table.add_row("saved", str(meta.get("saved_at")))
     console.print(table)
-    if not recompute or not isinstance(meta.get("data"), dict):
+    if split is None:
         return
-    split = checkpoint_data(meta, net, ckpt, need="")
     train_m, test_m = evaluate(net, split.train), evaluate(net, split.test)
     console.print(
         f"recomputed: train error {train_m.error:.4f} (loss {train_m.loss:.4f})  "

@@ -8,6 +8,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+import torch
 from torch import nn
 
 from toroid import checkpoint
@@ -25,13 +26,8 @@ def checkpoint_data(meta: Mapping[str, Any], model: nn.Module, source: Path, *, 
         raise InvalidArgumentError(
             f"{source} names no data (no 'data' entry in model.json); {need}"
         )
-    split = load(
-        data["name"],
-        root=data.get("root"),
-        train_size=data.get("train_size"),
-        test_size=data.get("test_size"),
-        seed=int(data.get("seed", 0)),
-    )
+    entry = _data_entry(data, source / "model.json")
+    split = load(data["name"], **entry)
     example = default_example_input(model)
     shape = tuple(example.shape[1:])
     if math.prod(split.input_shape) != math.prod(shape):
@@ -44,6 +40,45 @@ def checkpoint_data(meta: Mapping[str, Any], model: nn.Module, source: Path, *, 
         return TensorData(part.x.reshape(len(part), *shape).to(example.dtype), part.y)
 
     return Split(fit(split.train), fit(split.test), split.meta)
+
+
+def _data_entry(data: Mapping[str, Any], source: Path) -> dict[str, Any]:
+    """The root, sizes and seed of a checkpoint's "data" entry, each checked; the one-line
+    error names the field and what is valid."""
+
+    def bad(field: str, value: object, valid: str) -> InvalidArgumentError:
+        shown = repr(value)
+        if len(shown) > 60:
+            shown = shown[:57] + "..."
+        return InvalidArgumentError(f"{source}: data.{field} is {shown}; it must be {valid}")
+
+    root = data.get("root")
+    if root is not None and (not isinstance(root, str) or not root):
+        raise bad("root", root, "a directory path (a string) or null")
+    sizes: dict[str, int | None] = {}
+    for field in ("train_size", "test_size"):
+        value = data.get(field)
+        if value is not None and (
+            isinstance(value, bool) or not isinstance(value, int) or value <= 0
+        ):
+            raise bad(field, value, "a positive integer or null")
+        sizes[field] = value
+    seed = data.get("seed", 0)
+    if isinstance(seed, bool) or not isinstance(seed, int) or not -(2**63) <= seed < 2**64:
+        raise bad("seed", seed, "an integer from -2**63 to 2**64 - 1")
+    return {"root": root, **sizes, "seed": seed}
+
+
+def common_dtype(*models: nn.Module) -> list[nn.Module]:
+    """`models` in one floating dtype, the widest of theirs (float32 with float64 becomes
+    float64, which is exact), so that checkpoints saved in different precisions combine."""
+    dtypes = [p.dtype for m in models for p in m.parameters() if p.is_floating_point()]
+    if not dtypes:
+        return list(models)
+    widest = dtypes[0]
+    for dtype in dtypes[1:]:
+        widest = torch.promote_types(widest, dtype)
+    return [m.to(widest) for m in models]
 
 
 def load_same_architecture(
@@ -63,4 +98,5 @@ def load_same_architecture(
             f"{a} and {b} have different architectures ({difference}); {command} needs the "
             "same model"
         )
+    net_a, net_b = common_dtype(net_a, net_b)
     return net_a, meta_a, net_b, meta_b

@@ -18,7 +18,7 @@ from rich.table import Table
 
 from toroid import __version__, checkpoint, progress
 from toroid.cli.app import app
-from toroid.cli.commands import _choice
+from toroid.cli.commands import _choice, check_output_file, writing
 from toroid.cli.data import checkpoint_data, load_same_architecture
 from toroid.errors import InvalidArgumentError
 from toroid.flatness import LocalEnergy, local_energy
@@ -48,15 +48,15 @@ def _check_output(path: Path | None, option: str, formats: tuple[str, ...] = ())
     """Refuse, before any work, an output path that cannot be written as asked."""
     if path is None:
         return
-    if path.is_dir():
-        raise InvalidArgumentError(f"{option} {path} is a directory; give a file name")
+    check_output_file(path, option)
     if formats and path.suffix.lower().lstrip(".") not in formats:
         valid = ", ".join(f".{f}" for f in formats)
         raise InvalidArgumentError(f"{option} {path} must end in one of {valid}")
 
 
-def _write_json(path: Path, record: Mapping[str, Any]) -> None:
-    atomic_write_bytes(path, (json.dumps(record, indent=2, allow_nan=False) + "\n").encode())
+def _write_json(path: Path, record: Mapping[str, Any], option: str = "--json") -> None:
+    with writing(path, option):
+        atomic_write_bytes(path, (json.dumps(record, indent=2, allow_nan=False) + "\n").encode())
 
 
 def _finite_or_none(value: float) -> float | None:
@@ -97,7 +97,8 @@ def _plot(result: LocalEnergy, path: Path, title: str) -> None:
     axes.legend(title="split")
     buffer = io.BytesIO()
     figure.savefig(buffer, format=path.suffix.lower().lstrip("."), dpi=120)
-    atomic_write_bytes(path, buffer.getvalue())
+    with writing(path, "--plot"):
+        atomic_write_bytes(path, buffer.getvalue())
 
 
 @app.command()

@@ -12,8 +12,8 @@ from rich.table import Table
 
 from toroid import __version__, checkpoint, progress
 from toroid.cli.app import app
-from toroid.cli.commands import _choice
-from toroid.cli.data import checkpoint_data, load_same_architecture
+from toroid.cli.commands import _choice, check_output_dir, writing
+from toroid.cli.data import checkpoint_data, common_dtype, load_same_architecture
 from toroid.cli.measure_commands import PLOT_FORMATS, _check_output, _write_json
 from toroid.errors import InvalidArgumentError
 from toroid.paths import (
@@ -86,7 +86,8 @@ def _plot(result: Profile, path: Path, title: str) -> None:
     errors.legend(handles[0] + more[0], handles[1] + more[1], fontsize="small")
     buffer = io.BytesIO()
     figure.savefig(buffer, format=path.suffix.lower().lstrip("."), dpi=120)
-    atomic_write_bytes(path, buffer.getvalue())
+    with writing(path, "--plot"):
+        atomic_write_bytes(path, buffer.getvalue())
 
 
 @app.command("path")
@@ -138,11 +139,13 @@ def path_command(
         bend_net, bend_meta = checkpoint.load(bend)
         if bend_net.state_dict().keys() != net_a.state_dict().keys():
             raise InvalidArgumentError(f"the bend {bend} has another architecture than {a}")
-        fitted_for = (bend_meta.get("bend") or {}).get("kind")
+        entry = bend_meta.get("bend")
+        fitted_for = entry.get("kind") if isinstance(entry, dict) else None
         if fitted_for is not None and fitted_for != kind:
             raise InvalidArgumentError(
                 f"the bend {bend} was fitted for a {fitted_for} path; use --kind {fitted_for}"
             )
+        net_a, net_b, bend_net = common_dtype(net_a, net_b, bend_net)
     data = checkpoint_data(
         meta_a, net_a, a, need="path needs the dataset the models were trained on"
     )
@@ -204,8 +207,7 @@ def bend_command(
         raise InvalidArgumentError(
             f"--epochs and --batch-size must be positive, got {epochs} and {batch_size}"
         )
-    if out.exists() and not out.is_dir():
-        raise InvalidArgumentError(f"--out {out} exists and is not a directory")
+    check_output_dir(out)
     net_a, meta_a, net_b, meta_b = load_same_architecture(a, b, command="bend")
     _same_data(meta_a, meta_b, a, b)
     data = checkpoint_data(
@@ -248,7 +250,8 @@ def bend_command(
             "wall_time": fitted.wall_time,
         },
     }
-    checkpoint.save(fitted.bend, out, meta=meta)
+    with writing(out, "--out"):
+        checkpoint.save(fitted.bend, out, meta=meta)
     last = f"{fitted.losses[-1]:.4f}" if fitted.losses else "n/a"
     console.print(
         f"{kind} bend ({method}) of {a.name} and {b.name}: {fitted.epochs} epochs, last loss "

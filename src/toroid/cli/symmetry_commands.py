@@ -12,7 +12,7 @@ from rich.table import Table
 
 from toroid import checkpoint
 from toroid.cli.app import app
-from toroid.cli.commands import _choice
+from toroid.cli.commands import _choice, check_output_dir, writing
 from toroid.cli.data import checkpoint_data, load_same_architecture
 from toroid.errors import InvalidArgumentError
 from toroid.storage import has_bundle
@@ -79,13 +79,15 @@ def canon(
 ) -> None:
     """Write the canonical form of a checkpoint's model (every symmetry removed)."""
     _choice("--output", output, OUTPUT_MODES)
+    check_output_dir(out)
     _refuse_existing(out, force)
     net, meta = checkpoint.load(ckpt)
     symmetry = spec_for(net)
     canonical = canonicalize(net, spec=symmetry, output=output)  # type: ignore[arg-type]
     record = _carried_meta(meta, drop=("canonical",))
     record["canonical"] = {"output": output, "source": str(ckpt)}
-    checkpoint.save(canonical, out, meta=record)
+    with writing(out, "--out"):
+        checkpoint.save(canonical, out, meta=record)
     console.print(f"is_canonical: {is_canonical(canonical, symmetry)}", soft_wrap=True)
     console.print(
         f"canonical form of {ckpt} (unit groups {len(symmetry.groups)}, "
@@ -118,6 +120,7 @@ def align(
         raise InvalidArgumentError(f"--max-iter must be at least 1, got {max_iter}")
     if samples < 1:
         raise InvalidArgumentError(f"--samples must be at least 1, got {samples}")
+    check_output_dir(out)
     _refuse_existing(out, force)
     net, meta, reference, _ = load_same_architecture(ckpt, to, command="align")
     symmetry = spec_for(reference)
@@ -161,7 +164,8 @@ def align(
         "seed": seed,
         "samples": samples if method == "activation" else None,
     }
-    checkpoint.save(result.model, out, meta=record)
+    with writing(out, "--out"):
+        checkpoint.save(result.model, out, meta=record)
     console.print(
         f"iterations {result.iterations}  total similarity {result.total_before:.4f} -> "
         f"{result.total_after:.4f}  -> {out}",
