@@ -354,7 +354,7 @@ def info(
     """Show a checkpoint's metadata and its recomputed train/test error."""
     net, meta = checkpoint.load(ckpt)
     # The data is read before anything is printed, so that a bad entry is the only output.
-    recomputing = recompute and isinstance(meta.get("data"), dict)
+    recomputing = recompute and meta.get("data") is not None
     split = checkpoint_data(meta, net, ckpt, need="") if recomputing else None
     table = Table(show_header=False, box=None)
     table.add_row("model", str(meta.get("model")))

@@ -22,9 +22,16 @@ def checkpoint_data(meta: Mapping[str, Any], model: nn.Module, source: Path, *, 
     inputs shaped and typed for `model`; `need` says which command needs it, for the error
     when the entry is missing."""
     data = meta.get("data")
-    if not isinstance(data, dict) or not isinstance(data.get("name"), str):
+    if data is None:
         raise InvalidArgumentError(
             f"{source} names no data (no 'data' entry in model.json); {need}"
+        )
+    if not isinstance(data, dict) or not isinstance(data.get("name"), str):
+        shown = repr(data if not isinstance(data, dict) else data.get("name"))
+        field = "data" if not isinstance(data, dict) else "data.name"
+        raise InvalidArgumentError(
+            f"{source / 'model.json'}: {field} is {shown[:60]}; it must be "
+            + ("an object naming a dataset" if field == "data" else "a dataset name")
         )
     entry = _data_entry(data, source / "model.json")
     split = load(data["name"], **entry)
