@@ -435,3 +435,71 @@ def test_generated_tensor_edits_never_give_a_traceback(
         assert_ok_or_one_line(result)
         if poison is not None and dtype.is_floating_point:
             assert_one_line(result, key)
+
+
+# ---------------------------------------------------------------- training state (--resume)
+
+TRAIN = [
+    "train",
+    "--dataset",
+    "synthetic",
+    "--train-size",
+    "64",
+    "--test-size",
+    "32",
+    "--model",
+    "mlp",
+    "--widths",
+    "6",
+    "--epochs",
+    "2",
+    "--batch-size",
+    "32",
+    "--no-stop-at-zero",
+    "--seed",
+    "0",
+    "--quiet",
+]
+
+
+@pytest.fixture(scope="module")
+def trained_state(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("fuzz-resume") / "run"
+    result = run([*TRAIN, "--out", out])
+    assert result.exit_code == 0, result.output
+    return out
+
+
+STATE_FIELDS = (
+    "epoch",
+    "step",
+    "grad_evals",
+    "elapsed",
+    "finished",
+    "history",
+    "optimizer",
+    "fingerprint",
+    "tensor_file",
+    "tensor_sha256",
+)
+
+
+@FUZZ
+@given(field=st.sampled_from(STATE_FIELDS), value=JSON_VALUES)
+def test_resume_from_generated_training_state_is_one_line(
+    trained_state: Path, tmp_path: Path, field: str, value: Any
+) -> None:
+    with _Scratch(tmp_path) as scratch:
+        run_dir = scratch / "run"
+        shutil.copytree(trained_state, run_dir)
+        state = run_dir / "train-state.json"
+        meta = json.loads(state.read_text())
+        if meta.get(field) == value:
+            return  # not an edit
+        meta[field] = value
+        state.write_text(json.dumps(meta))
+        result = run([*TRAIN, "--out", run_dir, "--resume"])
+        # A value of the right kind (another elapsed time, finished: true) may well resume.
+        assert_ok_or_one_line(result)
+        if result.exit_code == 2:
+            assert_one_line(result, str(run_dir))
