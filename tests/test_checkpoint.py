@@ -744,3 +744,12 @@ def test_read_header_describes_the_tensors_without_reading_them(saved: Path) -> 
     for key, tensor in tensors.items():
         assert header[key].shape == tuple(tensor.shape), key
     assert header["1.weight"].dtype == "F32"
+
+
+def test_oversized_metadata_is_refused_before_it_is_read(
+    saved: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(storage, "_MAX_META_BYTES", 64)
+    with pytest.raises(CheckpointError, match="at most 64 bytes") as info:
+        checkpoint.load(saved)
+    assert str(saved / "model.json") in str(info.value)

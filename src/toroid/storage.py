@@ -79,6 +79,8 @@ def has_bundle(directory: Path, stem: str) -> bool:
 
 # safetensors refuses headers above 100 MB itself; a header this long is not a checkpoint.
 _MAX_HEADER_BYTES = 100_000_000
+# A bundle's JSON metadata (config, history, optimizer skeleton) is far smaller than this.
+_MAX_META_BYTES = 100_000_000
 
 
 @dataclass(frozen=True)
@@ -96,7 +98,15 @@ def _bundle_meta(directory: Path, stem: str) -> tuple[dict[str, Any], Path, Path
     if not meta_path.is_file():
         raise CheckpointError(f"no {meta_path.name} in {directory}: not a toroid checkpoint")
     try:
-        meta = json.loads(meta_path.read_text())
+        with meta_path.open("rb") as handle:
+            size = os.fstat(handle.fileno()).st_size
+            if size > _MAX_META_BYTES:
+                raise CheckpointError(
+                    f"{meta_path} is {size} bytes; metadata of a bundle is at most "
+                    f"{_MAX_META_BYTES} bytes"
+                )
+            text = handle.read(_MAX_META_BYTES + 1).decode()
+        meta = json.loads(text)
     except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
         raise CheckpointError(f"{meta_path} is not valid JSON: {exc}") from exc
     if not isinstance(meta, dict) or "tensor_file" not in meta:
