@@ -631,7 +631,8 @@ def test_status_of_a_study_that_never_ran_creates_nothing(tmp_path: Path) -> Non
 
 
 def test_missing_data_is_a_failure_the_next_run_retries(tmp_path: Path) -> None:
-    raw = config_with(data={"name": "cifar10", "root": str(tmp_path / "nowhere")}, binary=None)
+    (tmp_path / "empty").mkdir()  # the data is not unpacked there yet
+    raw = config_with(data={"name": "cifar10", "root": str(tmp_path / "empty")}, binary=None)
     result = run_study(validate_config(raw), tmp_path / "study", progress=False, report=False)
     assert {f.error for f in result.failures} == {"DatasetNotAvailableError"}
     assert not any(f.deterministic for f in result.failures)
