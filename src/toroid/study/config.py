@@ -29,6 +29,11 @@ PRESETS: tuple[str, ...] = ("quick", "default")
 DistanceName = Literal["geodesic", "mean_angle", "overlap"]
 StudyPathKind = Literal["linear", "geodesic", "raw-linear"]
 PairScope = Literal["all", "within", "first-seeds", "within+first-seeds", "none"]
+Schedule = Literal["constant", "cosine", "step"]
+EnergyNoise = Literal["multiplicative", "spherical"]
+EnergySplit = Literal["train", "test", "both"]
+BendMethod = Literal["fit", "retrain"]
+BendKind = Literal["polychain", "bezier"]
 # A label names networks, task keys and weight files: keep it to a safe file-name part.
 LABEL = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,39}")
 MAX_SEED = 2**63 - 1
@@ -59,7 +64,7 @@ class DataSpec(_Strict):
 
 class TrainingSpec(_Strict):
     epochs: int = Field(default=60, gt=0)
-    schedule: Literal["constant", "cosine", "step"] = "cosine"
+    schedule: Schedule = "cosine"
     batch_size: int | None = Field(default=None, gt=0)
     stop_at_zero_train_error: bool = True
     augment: bool = False
@@ -134,8 +139,8 @@ def _increasing(values: list[float], what: str) -> list[float]:
 class LocalEnergySpec(_Strict):
     sigmas: list[float] = Field(default_factory=lambda: list(parse_grid("0:0.5:11")))
     samples: int = Field(default=8, gt=0)
-    noise: Literal["multiplicative", "spherical"] = "multiplicative"
-    split: Literal["train", "test", "both"] = "both"
+    noise: EnergyNoise = "multiplicative"
+    split: EnergySplit = "both"
     bn_samples: int = Field(default=2000, gt=1)
 
     @model_validator(mode="before")
@@ -173,8 +178,8 @@ class PathSpec(_Strict):
 
 
 class BendSpec(_Strict):
-    method: Literal["fit", "retrain"] = "retrain"
-    kind: Literal["polychain", "bezier"] = "polychain"
+    method: BendMethod = "retrain"
+    kind: BendKind = "polychain"
     pairs: PairScope = "first-seeds"
     epochs: int = Field(default=20, gt=0)
     lr: float = Field(default=0.05, gt=0)

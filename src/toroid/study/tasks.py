@@ -26,6 +26,14 @@ from toroid.manifold.distance import distances
 from toroid.models import build, model_config
 from toroid.paths import fit_bend, make_path, profile, retrain_midpoint
 from toroid.paths.profile import Profile
+from toroid.study.config import (
+    BendKind,
+    BendMethod,
+    DistanceName,
+    EnergyNoise,
+    EnergySplit,
+    Schedule,
+)
 from toroid.study.rows import (
     AlignmentRow,
     BendRow,
@@ -67,7 +75,7 @@ class TrainParams:
     model: Mapping[str, Any]
     data: DataParams
     epochs: int
-    schedule: str
+    schedule: Schedule
     batch_size: int | None
     stop_at_zero_train_error: bool
     augment: bool
@@ -96,8 +104,8 @@ class EnergyParams:
     data: DataParams
     levels: tuple[float, ...]
     samples: int
-    noise: str
-    split: str
+    noise: EnergyNoise
+    split: EnergySplit
     plan: EvalPlan
 
 
@@ -118,7 +126,7 @@ class DistanceParams:
     a: str
     b: str
     block: str
-    kinds: tuple[str, ...]
+    kinds: tuple[DistanceName, ...]
 
 
 @dataclass(frozen=True)
@@ -139,8 +147,8 @@ class BendParams:
     b: str
     block: str
     data: DataParams
-    method: str
-    kind: str
+    method: BendMethod
+    kind: BendKind
     epochs: int
     lr: float
     points: int
@@ -168,7 +176,7 @@ class FlipChainParams:
     optimizer: Mapping[str, Any]
     epochs: int
     batch_size: int | None
-    schedule: str
+    schedule: Schedule
     orders: int
     points: int
     device: str  # where the bend trains
@@ -268,7 +276,7 @@ def run_train(p: TrainParams, inputs: TaskInputs) -> list[Row]:
         optimizer=dict(p.optimizer),
         epochs=p.epochs,
         batch_size=p.batch_size,
-        schedule=p.schedule,  # type: ignore[arg-type]
+        schedule=p.schedule,
         seed=p.seed,
         device=p.device,
         stop_at_zero_train_error=p.stop_at_zero_train_error,
@@ -351,8 +359,8 @@ def run_energy(p: EnergyParams, inputs: TaskInputs) -> list[Row]:
         data_for(p.data),
         sigmas=p.levels,
         samples=p.samples,
-        noise=p.noise,  # type: ignore[arg-type]
-        split=p.split,  # type: ignore[arg-type]
+        noise=p.noise,
+        split=p.split,
         plan=p.plan,
         progress=False,
     )
@@ -377,7 +385,7 @@ def run_flip_energy(p: FlipEnergyParams, inputs: TaskInputs) -> list[Row]:
 def run_distance(p: DistanceParams, inputs: TaskInputs) -> list[Row]:
     a, b = inputs.canonical(p.a), inputs.canonical(p.b)
     # One alignment for every kind.
-    results = distances(a, b, kinds=list(p.kinds), spec=spec_for(a))  # type: ignore[arg-type]
+    results = distances(a, b, kinds=list(p.kinds), spec=spec_for(a))
     return [
         DistanceRow(a=p.a, b=p.b, block=p.block, kind=kind, value=r.value, aligned=True)
         for kind, r in results.items()
@@ -438,7 +446,7 @@ def run_bend(p: BendParams, inputs: TaskInputs) -> list[Row]:
             a,
             b,
             data,
-            kind=p.kind,  # type: ignore[arg-type]
+            kind=p.kind,
             epochs=p.epochs,
             lr=p.lr,
             device=p.device,
@@ -489,7 +497,7 @@ def run_flip_chain(p: FlipChainParams, inputs: TaskInputs) -> list[Row]:
         optimizer=dict(p.optimizer),
         epochs=p.epochs,
         batch_size=p.batch_size,
-        schedule=p.schedule,  # type: ignore[arg-type]
+        schedule=p.schedule,
         orders=p.orders,
         points=p.points,
         device=p.device,
