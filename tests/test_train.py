@@ -432,3 +432,44 @@ def test_resume_from_hand_edited_history_entry_names_the_field(
     with pytest.raises(ResumeMismatchError) as mismatch:
         fit(small_mlp(small), small, checkpoint_dir=tmp_path, resume=True, **kwargs)  # type: ignore[arg-type]
     assert "\n" not in str(mismatch.value)
+
+
+@pytest.mark.parametrize("value", [5, {"__tensor__": "rng/cpu"}, "x"])
+def test_resume_with_an_edited_optimizer_state_tensor_is_one_line(
+    tmp_path: Path, small: Split, value: object
+) -> None:
+    import json
+
+    from toroid.errors import CheckpointError
+
+    kwargs = dict(epochs=3, batch_size=64, stop_at_zero_train_error=False, progress=False)
+
+    def stop(record: EpochRecord) -> None:
+        raise SimulatedInterruptError
+
+    with pytest.raises(SimulatedInterruptError):
+        fit(small_mlp(small), small, checkpoint_dir=tmp_path, on_epoch_end=stop, **kwargs)  # type: ignore[arg-type]
+    path = tmp_path / "train-state.json"
+    meta = json.loads(path.read_text())
+    state = dict(meta["optimizer"]["__items__"])["state"]
+    first = state["__items__"][0][1]["__items__"][0]  # [key, value] of parameter 0's state
+    first[1] = value
+    path.write_text(json.dumps(meta))
+    with pytest.raises(CheckpointError, match=r"optimizer\.state\[0\]|'optimizer") as info:
+        fit(small_mlp(small), small, checkpoint_dir=tmp_path, resume=True, **kwargs)  # type: ignore[arg-type]
+    assert "\n" not in str(info.value) and str(path) in str(info.value)
+
+
+def test_batch_size_one_with_batchnorm_is_refused(small: Split) -> None:
+    with pytest.raises(InvalidArgumentError, match="batch_size 1"):
+        fit(small_mlp(small), small, epochs=1, batch_size=1, progress=False)
+
+
+def test_without_batchnorm_a_last_minibatch_of_one_is_kept(small: Split) -> None:
+    from toroid.models import mlp
+
+    train = small.train.subset(torch.arange(129))
+    model = mlp(12, [8], 3, batchnorm=False, seed=0)
+    result = fit(model, train, epochs=2, batch_size=128, stop_at_zero_train_error=False,
+                 progress=False)  # fmt: skip
+    assert result.grad_evals == 4  # 128 + 1 per epoch, as before the merge existed

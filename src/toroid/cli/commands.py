@@ -301,7 +301,7 @@ def train(
         "train_size": train_size,
         "test_size": test_size,
         "seed": data_seed,
-        "root": str(data_root) if data_root is not None else None,
+        "root": str(data_root.resolve()) if data_root is not None else None,
         "input_shape": list(split.input_shape),
         "num_classes": split.num_classes,
         "normalization": split.meta["normalization"],

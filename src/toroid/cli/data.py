@@ -62,6 +62,11 @@ def _data_entry(data: Mapping[str, Any], source: Path) -> dict[str, Any]:
     root = data.get("root")
     if root is not None and (not isinstance(root, str) or not root):
         raise bad("root", root, "a directory path (a string) or null")
+    if root is not None and not Path(root).is_dir():
+        # The data has moved since training (another machine, a copied run): look where
+        # `load` looks without a root ($TOROID_DATA, the Debian package), which says where
+        # the files are expected if they are not there either.
+        root = None
     sizes: dict[str, int | None] = {}
     for field in ("train_size", "test_size"):
         value = data.get(field)

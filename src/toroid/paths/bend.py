@@ -128,7 +128,9 @@ def fit_bend(
     batch_gen = torch.Generator().manual_seed(derive_seed(seed, "bend-batches"))
     t_gen = torch.Generator().manual_seed(derive_seed(seed, "bend-t"))
     train = train.to(dev)
-    steps_per_epoch = batch_count(len(train), batch_size, merge_single_last=True)
+    # Only BatchNorm cannot train on a last minibatch of one; other models keep theirs.
+    batchnorm = any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
+    steps_per_epoch = batch_count(len(train), batch_size, merge_single_last=batchnorm)
     total = steps_per_epoch * epochs
     losses: list[float] = []
     step = 0
@@ -137,7 +139,7 @@ def fit_bend(
             epoch_loss = torch.zeros((), device=dev)
             seen = 0
             for x, y in iterate_batches(
-                train, batch_size=batch_size, generator=batch_gen, merge_single_last=True
+                train, batch_size=batch_size, generator=batch_gen, merge_single_last=batchnorm
             ):
                 t = float(torch.rand((), generator=t_gen, dtype=torch.float64))
                 wa, wm, wb = weights(t)

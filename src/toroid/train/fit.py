@@ -173,10 +173,16 @@ def fit(
     fingerprint = _fingerprint(settings)
 
     net = copy.deepcopy(model).to(dev)
-    if len(train_data) == 1 and _has_batchnorm(net):
+    batchnorm = _has_batchnorm(net)
+    if len(train_data) == 1 and batchnorm:
         raise InvalidArgumentError(
             "the training set holds 1 example, but the model has BatchNorm, which cannot "
             "train on a minibatch of one; use at least 2 training examples"
+        )
+    if size == 1 and batchnorm:
+        raise InvalidArgumentError(
+            "batch_size 1 with a BatchNorm model: BatchNorm cannot train on a minibatch of "
+            "one; use a batch size of at least 2"
         )
     # Inputs in the model's dtype and on its device, as evaluate and the Hessian do.
     reference = _reference_tensor(net, dev)
@@ -184,7 +190,8 @@ def fit(
     opt = make_optimizer(opt_config, net.parameters())
     batch_gen = torch.Generator().manual_seed(derive_seed(seed, "batches"))
     augment_gen = torch.Generator().manual_seed(derive_seed(seed, "augment"))
-    batches_per_epoch = batch_count(len(train_data), size, merge_single_last=True)
+    # Only BatchNorm cannot train on a last minibatch of one; other models keep theirs.
+    batches_per_epoch = batch_count(len(train_data), size, merge_single_last=batchnorm)
     total_batches = batches_per_epoch * epochs
     bn_seed = derive_seed(seed, "batchnorm")
 
@@ -206,7 +213,7 @@ def fit(
 
         def epoch_batches() -> Iterator[Batch]:
             for x, y in iterate_batches(
-                train_data, batch_size=size, generator=batch_gen, merge_single_last=True
+                train_data, batch_size=size, generator=batch_gen, merge_single_last=batchnorm
             ):
                 if augment:
                     x = random_crop_flip(x, generator=augment_gen)
@@ -447,6 +454,7 @@ def _restore(
     try:
         loaded = unflatten_state(meta.get("optimizer"), tensors)
         _check_param_groups(loaded, expected_groups, bad)
+        _check_param_state(loaded, list(net.parameters()), bad)
         opt.load_state_dict(loaded)
     except (KeyError, RuntimeError, ValueError, TypeError, AttributeError, IndexError) as exc:
         raise bad(
@@ -466,6 +474,42 @@ def _restore(
     except (RuntimeError, TypeError, ValueError) as exc:
         raise CheckpointError(f"{source}: its global generator state is not valid") from exc
     return epoch, step, grad_evals, float(elapsed), finished, history
+
+
+def _check_param_state(
+    loaded: dict[str, Any],
+    params: list[torch.Tensor],
+    bad: Callable[[str, object, str], CheckpointError],
+) -> None:
+    """Each entry of the restored optimizer state belongs to a parameter, and each of its
+    values is a finite tensor: a scalar (a step count) or one whose trailing dimensions are
+    the parameter's shape, in its dtype (a momentum buffer; replicated SGD's stacked
+    replicas)."""
+    for index, entry in loaded["state"].items():
+        where = f"optimizer.state[{index}]"
+        if not isinstance(index, int) or not 0 <= index < len(params):
+            raise bad(where, index, f"a parameter index in 0..{len(params) - 1}")
+        if not isinstance(entry, dict):
+            raise bad(where, entry, "a mapping of state tensors")
+        param = params[index]
+        for key, value in entry.items():
+            if value is None:
+                continue
+            ok = isinstance(value, torch.Tensor)
+            if isinstance(value, torch.Tensor) and value.dim() > 0:
+                trailing = tuple(value.shape[value.dim() - param.dim() :])
+                ok = value.dim() >= param.dim() and trailing == tuple(param.shape)
+                ok = ok and value.dtype == param.dtype
+            if ok and isinstance(value, torch.Tensor) and value.is_floating_point():
+                ok = bool(torch.isfinite(value).all())
+            if not ok:
+                shown = tuple(value.shape) if isinstance(value, torch.Tensor) else value
+                raise bad(
+                    f"{where}.{key}",
+                    shown,
+                    f"a finite tensor: a scalar or one ending in the parameter's shape "
+                    f"{tuple(param.shape)}",
+                )
 
 
 def _check_param_groups(
