@@ -252,9 +252,10 @@ def run_study(
     A directory whose finished results this run would drop (another config's study, or
     results computed by another executor or thread count) is refused unless `force`. A
     task that fails is recorded with its reason and the tasks that depend on it are
-    skipped; the rest of the study runs. A failure raised by toroid itself (a
-    `ToroidError`: a diverging network, a chain without zero-error ends) is deterministic
-    and is not retried by a later run unless `retry_failed`; any other error is retried."""
+    skipped; the rest of the study runs. A failure the same task would meet again
+    (`DETERMINISTIC_ERRORS`: a diverging network, a setting found bad only when the task
+    runs, an unsupported model) is not retried by a later run unless `retry_failed`; any
+    other error (missing data, out of memory, a bug) is retried."""
     check_executor(executor, workers=workers, address=address)
     if config.device.startswith("cuda") and executor == "local" and not torch.cuda.is_available():
         raise InvalidArgumentError(
