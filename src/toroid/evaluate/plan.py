@@ -65,25 +65,36 @@ class EvalPlan:
                 ) from exc
 
 
-def plan_or_loose(plan: EvalPlan | None, defaults: EvalPlan, **loose: Any) -> EvalPlan:
+def plan_or_loose(
+    plan: EvalPlan | None,
+    defaults: EvalPlan,
+    *,
+    recomputes: str | None = None,
+    **loose: Any,
+) -> EvalPlan:
     """The plan a measurement uses: `plan` when given, else `defaults` with the loose
     keyword arguments (named as `EvalPlan`'s fields) in place. A plan together with loose
     arguments that differ from `defaults` is refused: which one was meant is unclear.
     (A loose argument passed at its default value cannot be told apart from one left out;
-    the plan wins then.)"""
+    the plan wins then.) `recomputes` says why the measurement needs `bn="recompute"`
+    (it moves the weights); a plan with another policy is then refused."""
     unknown = set(loose) - {f.name for f in fields(EvalPlan)}
     if unknown:
         raise TypeError(f"not EvalPlan fields: {', '.join(sorted(unknown))}")
     given = replace(defaults, **loose)
     if plan is None:
-        return given
-    changed = [name for name in loose if getattr(given, name) != getattr(defaults, name)]
-    if changed:
-        raise InvalidArgumentError(
-            f"pass either plan= or the loose evaluation arguments, not both; got plan= and "
-            f"{', '.join(f'{name}={getattr(given, name)!r}' for name in changed)}"
-        )
-    return plan
+        chosen = given
+    else:
+        changed = [name for name in loose if getattr(given, name) != getattr(defaults, name)]
+        if changed:
+            raise InvalidArgumentError(
+                f"pass either plan= or the loose evaluation arguments, not both; got plan= "
+                f"and {', '.join(f'{name}={getattr(given, name)!r}' for name in changed)}"
+            )
+        chosen = plan
+    if recomputes is not None and chosen.bn != "recompute":
+        raise InvalidArgumentError(f"{recomputes}; plan.bn must be 'recompute', got {chosen.bn!r}")
+    return chosen
 
 
 __all__ = ["EvalPlan", "plan_or_loose"]

@@ -93,12 +93,8 @@ def flip_energy(
         batch_size=batch_size,
         max_sets=max_sets,
         device=device,
+        recomputes="flip energy recomputes BatchNorm statistics of every flipped network",
     )
-    if plan.bn != "recompute":
-        raise InvalidArgumentError(
-            f"flip energy recomputes BatchNorm statistics of every flipped network; "
-            f"plan.bn must be 'recompute', got {plan.bn!r}"
-        )
     values = check_ps(ps)
     if samples < 1:
         raise InvalidArgumentError(f"samples must be at least 1, got {samples}")

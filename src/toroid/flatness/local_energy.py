@@ -150,12 +150,8 @@ def local_energy(
         batch_size=batch_size,
         max_sets=max_sets,
         device=device,
+        recomputes="local energy recomputes BatchNorm statistics of every perturbed network",
     )
-    if plan.bn != "recompute":
-        raise InvalidArgumentError(
-            f"local energy recomputes BatchNorm statistics of every perturbed network; "
-            f"plan.bn must be 'recompute', got {plan.bn!r}"
-        )
     values = tuple(float(s) for s in sigmas)
     if not values or any(not math.isfinite(s) or s < 0 for s in values):
         raise InvalidArgumentError(f"sigmas must be finite numbers >= 0, got {list(sigmas)}")

@@ -86,12 +86,8 @@ def flip_path(
         batch_size=batch_size,
         max_sets=max_sets,
         device=device,
+        recomputes="flip paths recompute BatchNorm statistics at every point",
     )
-    if plan.bn != "recompute":
-        raise InvalidArgumentError(
-            f"flip paths recompute BatchNorm statistics at every point; plan.bn must be "
-            f"'recompute', got {plan.bn!r}"
-        )
     if orders < 1:
         raise InvalidArgumentError(f"orders must be at least 1, got {orders}")
     if points < 2:
