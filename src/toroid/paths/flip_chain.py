@@ -157,28 +157,19 @@ def flip_chain(
     )
     bend = trained.model.cpu().eval()
     split: SplitName = "both" if isinstance(data, Split) and data.test is not None else "train"
-    first = flip_path(
-        a,
-        bend,
-        data=data,
-        seed=seed,
-        orders=orders,
-        points=points,
-        split=split,
-        spec=checked,
-        progress=progress,
-        plan=plan,
-    )
-    second = flip_path(
-        bend,
-        b,
-        data=data,
-        seed=seed,
-        orders=orders,
-        points=points,
-        split=split,
-        spec=checked,
-        progress=progress,
-        plan=plan,
+    first, second = (
+        flip_path(
+            start,
+            end,
+            data=data,
+            seed=seed,
+            orders=orders,
+            points=points,
+            split=split,
+            spec=checked,
+            progress=progress,
+            plan=plan,
+        )
+        for start, end in ((a, bend), (bend, b))
     )
     return FlipChain(bend, first, second, trained.epochs, trained.reached_zero_train_error)

@@ -20,10 +20,9 @@ from toroid.study.statistics import interpolate, summary_level
 from toroid.study.store import Store, TaskRecord
 from toroid.study.tasks import KINDS
 
-# The report's words for each stage (task kind), in the order a block goes through them.
+# The report's words for each stage (task kind), in the order a block goes through them
+# (the registry's order).
 STAGES: dict[str, str] = {name: kind.words for name, kind in KINDS.items()}
-ORDER = ("train", "canonical", "align", "energy", "flip_energy", "distance", "profile",
-         "flip_path", "bend", "flip_chain")  # fmt: skip
 
 # The report reads rows as the store holds them.
 NetworkRecord = NetworkRow
@@ -149,7 +148,7 @@ def _progress(
     tasks: Sequence[Task], records: Mapping[str, TaskRecord], block: str
 ) -> dict[str, StageProgress]:
     out: dict[str, StageProgress] = {}
-    for kind in ORDER:
+    for kind in STAGES:
         mine = [t for t in tasks if t.kind == kind and t.block == block]
         if mine:
             found = [records.get(t.key) for t in mine]

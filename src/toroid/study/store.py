@@ -33,7 +33,7 @@ import torch
 
 import toroid
 from toroid.errors import ToroidError
-from toroid.storage import has_bundle, read_bundle, write_bundle
+from toroid.storage import read_bundle, write_bundle
 from toroid.study.rows import TABLES, Row
 
 SCHEMA_VERSION = 2
@@ -181,9 +181,6 @@ class Weights:
 
     def load(self, key: str) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
         return read_bundle(self.weights_dir, stem_of(key))
-
-    def has(self, key: str) -> bool:
-        return has_bundle(self.weights_dir, stem_of(key))
 
 
 class Store:
