@@ -4,7 +4,6 @@ hand-edited training state; every refusal is one line and exit status 2."""
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import re
@@ -16,9 +15,8 @@ from typing import Any
 
 import pytest
 import torch
-from safetensors.torch import load as load_safetensors
-from safetensors.torch import save as save_safetensors
 
+from tests.test_checkpoint import _rewrite_tensors
 from tests.test_cli import assert_one_line_error, invoke
 
 TINY = [
@@ -61,17 +59,6 @@ def _edit_meta(directory: Path, change: Callable[[dict[str, Any]], None]) -> Non
     path.write_text(json.dumps(meta))
 
 
-def _edit_tensors(directory: Path, change: Callable[[dict[str, torch.Tensor]], None]) -> None:
-    meta = json.loads((directory / "model.json").read_text())
-    path = directory / meta["tensor_file"]
-    tensors = dict(load_safetensors(path.read_bytes()))
-    change(tensors)
-    blob = save_safetensors(tensors)
-    path.write_bytes(blob)
-    meta["tensor_sha256"] = hashlib.sha256(blob).hexdigest()
-    (directory / "model.json").write_text(json.dumps(meta))
-
-
 def _to_dtype(dtype: torch.dtype) -> Callable[[dict[str, torch.Tensor]], None]:
     def change(tensors: dict[str, torch.Tensor]) -> None:
         for key, tensor in tensors.items():
@@ -90,7 +77,7 @@ def test_checkpoints_of_other_precisions_combine_with_float32_ones(
 ) -> None:
     a, b = pair
     other = _copy(b, tmp_path, "other")
-    _edit_tensors(other, _to_dtype(dtype))
+    _rewrite_tensors(other, _to_dtype(dtype))
     runs = [
         ["info", other],
         ["canon", other, "-o", tmp_path / "canon"],
@@ -116,7 +103,7 @@ def test_mixed_dtypes_in_one_checkpoint_are_one_line(
     def change(tensors: dict[str, torch.Tensor]) -> None:
         tensors["1.weight"] = tensors["1.weight"].double()
 
-    _edit_tensors(broken, change)
+    _rewrite_tensors(broken, change)
     assert_one_line_error(invoke(["distance", pair[1], broken]), str(broken), "mix float dtypes")
 
 
@@ -134,7 +121,7 @@ def test_non_finite_weights_are_refused_by_every_command(
         tensors["4.weight"] = tensors["4.weight"].clone()
         tensors["4.weight"][0, 0] = value
 
-    _edit_tensors(broken, change)
+    _rewrite_tensors(broken, change)
     out = tmp_path / "out"
     args: dict[str, list[Any]] = {
         "canon": ["canon", broken, "-o", out],

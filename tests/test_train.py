@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -113,12 +114,12 @@ def test_resume_equals_uninterrupted(tmp_path: Path, schedule: str, augment: boo
 
     with pytest.raises(SimulatedInterruptError):
         fit(model, split, checkpoint_dir=tmp_path, on_epoch_end=stop_after_three, **kwargs)  # type: ignore[arg-type]
-    resumed = fit(model, split, checkpoint_dir=tmp_path, resume=True, **kwargs)  # type: ignore[arg-type]
+    resumed = fit(model, split, checkpoint_dir=tmp_path, resume=True, **kwargs)
     assert same_weights(full.model, resumed.model)
     assert [r.train_loss for r in resumed.history] == [r.train_loss for r in full.history]
     assert resumed.grad_evals == full.grad_evals
     # finished state: resuming again trains nothing and returns the same model
-    again = fit(model, split, checkpoint_dir=tmp_path, resume=True, **kwargs)  # type: ignore[arg-type]
+    again = fit(model, split, checkpoint_dir=tmp_path, resume=True, **kwargs)
     assert same_weights(full.model, again.model) and again.epochs == 6
 
 
@@ -294,6 +295,22 @@ def test_divergence_names_no_directory_that_does_not_exist(tmp_path: Path, small
     assert not state_dir.exists()
 
 
+def _interrupted(directory: Path, split: Split, *, epochs: int, after: int = 1) -> dict[str, Any]:
+    """Train until the end of epoch `after`, then stop, leaving the resumable state in
+    `directory`; returns the arguments of `fit` that resume it."""
+    kwargs: dict[str, Any] = dict(
+        epochs=epochs, batch_size=64, stop_at_zero_train_error=False, progress=False
+    )
+
+    def stop(record: EpochRecord) -> None:
+        if record.epoch == after:
+            raise SimulatedInterruptError
+
+    with pytest.raises(SimulatedInterruptError):
+        fit(small_mlp(split), split, checkpoint_dir=directory, on_epoch_end=stop, **kwargs)
+    return kwargs
+
+
 _WRONG_VALUES: list[tuple[str, object]] = [
     ("epoch", "abc"),
     ("epoch", -1),
@@ -328,20 +345,14 @@ def test_resume_from_hand_edited_state_is_one_line(
 
     from toroid.errors import CheckpointError
 
-    kwargs = dict(epochs=3, batch_size=64, stop_at_zero_train_error=False, progress=False)
-
-    def stop(record: EpochRecord) -> None:
-        raise SimulatedInterruptError
-
-    with pytest.raises(SimulatedInterruptError):
-        fit(small_mlp(small), small, checkpoint_dir=tmp_path, on_epoch_end=stop, **kwargs)  # type: ignore[arg-type]
+    kwargs = _interrupted(tmp_path, small, epochs=3)
     path = tmp_path / "train-state.json"
     meta = json.loads(path.read_text())
     assert field in meta
     meta[field] = value
     path.write_text(json.dumps(meta))
     with pytest.raises(CheckpointError) as info:
-        fit(small_mlp(small), small, checkpoint_dir=tmp_path, resume=True, **kwargs)  # type: ignore[arg-type]
+        fit(small_mlp(small), small, checkpoint_dir=tmp_path, resume=True, **kwargs)
     message = str(info.value)
     assert "\n" not in message and str(path) in message and f"'{field}" in message
 
@@ -356,19 +367,13 @@ def test_resume_with_edited_tensor_reference(
 
     from toroid.errors import CheckpointError
 
-    kwargs = dict(epochs=2, batch_size=64, stop_at_zero_train_error=False, progress=False)
-
-    def stop(record: EpochRecord) -> None:
-        raise SimulatedInterruptError
-
-    with pytest.raises(SimulatedInterruptError):
-        fit(small_mlp(small), small, checkpoint_dir=tmp_path, on_epoch_end=stop, **kwargs)  # type: ignore[arg-type]
+    kwargs = _interrupted(tmp_path, small, epochs=2)
     path = tmp_path / "train-state.json"
     meta = json.loads(path.read_text())
     meta[field] = value
     path.write_text(json.dumps(meta))
     with pytest.raises(CheckpointError) as info:
-        fit(small_mlp(small), small, checkpoint_dir=tmp_path, resume=True, **kwargs)  # type: ignore[arg-type]
+        fit(small_mlp(small), small, checkpoint_dir=tmp_path, resume=True, **kwargs)
     assert "\n" not in str(info.value) and str(tmp_path) in str(info.value)
 
 
@@ -377,13 +382,7 @@ def test_resume_with_edited_optimizer_hyperparameter(tmp_path: Path, small: Spli
 
     from toroid.errors import CheckpointError
 
-    kwargs = dict(epochs=3, batch_size=64, stop_at_zero_train_error=False, progress=False)
-
-    def stop(record: EpochRecord) -> None:
-        raise SimulatedInterruptError
-
-    with pytest.raises(SimulatedInterruptError):
-        fit(small_mlp(small), small, checkpoint_dir=tmp_path, on_epoch_end=stop, **kwargs)  # type: ignore[arg-type]
+    kwargs = _interrupted(tmp_path, small, epochs=3)
     path = tmp_path / "train-state.json"
     saved = path.read_text()
     for bad_lr in ('"abc"', "null", "[1]"):
@@ -396,7 +395,7 @@ def test_resume_with_edited_optimizer_hyperparameter(tmp_path: Path, small: Spli
                 item[1] = json.loads(bad_lr)
         path.write_text(json.dumps(meta))
         with pytest.raises(CheckpointError, match="'optimizer") as info:
-            fit(small_mlp(small), small, checkpoint_dir=tmp_path, resume=True, **kwargs)  # type: ignore[arg-type]
+            fit(small_mlp(small), small, checkpoint_dir=tmp_path, resume=True, **kwargs)
         assert "\n" not in str(info.value) and "lr" in str(info.value)
 
 
@@ -407,14 +406,7 @@ def test_resume_from_hand_edited_history_entry_names_the_field(
 
     from toroid.errors import CheckpointError
 
-    kwargs = dict(epochs=3, batch_size=64, stop_at_zero_train_error=False, progress=False)
-
-    def stop(record: EpochRecord) -> None:
-        if record.epoch == 2:
-            raise SimulatedInterruptError
-
-    with pytest.raises(SimulatedInterruptError):
-        fit(small_mlp(small), small, checkpoint_dir=tmp_path, on_epoch_end=stop, **kwargs)  # type: ignore[arg-type]
+    kwargs = _interrupted(tmp_path, small, epochs=3, after=2)
     path = tmp_path / "train-state.json"
     saved = json.loads(path.read_text())
     for key in saved["history"][1]:
@@ -422,7 +414,7 @@ def test_resume_from_hand_edited_history_entry_names_the_field(
         meta["history"][1][key] = "wrong"
         path.write_text(json.dumps(meta))
         with pytest.raises(CheckpointError, match=f"history\\[1\\].{key}") as info:
-            fit(small_mlp(small), small, checkpoint_dir=tmp_path, resume=True, **kwargs)  # type: ignore[arg-type]
+            fit(small_mlp(small), small, checkpoint_dir=tmp_path, resume=True, **kwargs)
         assert "\n" not in str(info.value)
     # A fingerprint or settings edit reads as other settings, in one line.
     meta = json.loads(json.dumps(saved))
@@ -430,7 +422,7 @@ def test_resume_from_hand_edited_history_entry_names_the_field(
     meta["settings"] = {"note": "line\nbreak"}
     path.write_text(json.dumps(meta))
     with pytest.raises(ResumeMismatchError) as mismatch:
-        fit(small_mlp(small), small, checkpoint_dir=tmp_path, resume=True, **kwargs)  # type: ignore[arg-type]
+        fit(small_mlp(small), small, checkpoint_dir=tmp_path, resume=True, **kwargs)
     assert "\n" not in str(mismatch.value)
 
 
@@ -442,13 +434,7 @@ def test_resume_with_an_edited_optimizer_state_tensor_is_one_line(
 
     from toroid.errors import CheckpointError
 
-    kwargs = dict(epochs=3, batch_size=64, stop_at_zero_train_error=False, progress=False)
-
-    def stop(record: EpochRecord) -> None:
-        raise SimulatedInterruptError
-
-    with pytest.raises(SimulatedInterruptError):
-        fit(small_mlp(small), small, checkpoint_dir=tmp_path, on_epoch_end=stop, **kwargs)  # type: ignore[arg-type]
+    kwargs = _interrupted(tmp_path, small, epochs=3)
     path = tmp_path / "train-state.json"
     meta = json.loads(path.read_text())
     state = dict(meta["optimizer"]["__items__"])["state"]
@@ -456,7 +442,7 @@ def test_resume_with_an_edited_optimizer_state_tensor_is_one_line(
     first[1] = value
     path.write_text(json.dumps(meta))
     with pytest.raises(CheckpointError, match=r"optimizer\.state\[0\]|'optimizer") as info:
-        fit(small_mlp(small), small, checkpoint_dir=tmp_path, resume=True, **kwargs)  # type: ignore[arg-type]
+        fit(small_mlp(small), small, checkpoint_dir=tmp_path, resume=True, **kwargs)
     assert "\n" not in str(info.value) and str(path) in str(info.value)
 
 
