@@ -12,7 +12,13 @@ from torch.optim.optimizer import ParamsT
 
 from toroid.errors import InvalidArgumentError
 from toroid.optim.checks import count, flag, fraction, number
-from toroid.optim.protocol import as_step_closure, check_progress
+from toroid.optim.protocol import (
+    BatchStream,
+    StepPlan,
+    as_step_closure,
+    check_progress,
+    drive,
+)
 from toroid.optim.scoping import check_scope, scoped
 
 
@@ -31,8 +37,9 @@ class EntropySGD(torch.optim.Optimizer):
     (see toroid.optim.scoping) as `set_progress` reports training progress; a learning-rate
     schedule acts on the outer `lr`, the Langevin step `inner_lr` stays fixed.
 
-    L gradient evaluations and L minibatches per step. The noise comes from the global torch
-    generator, which `fit` seeds and checkpoints. BatchNorm running statistics are gathered
+    L gradient evaluations and L minibatches per step. The noise comes from the generator
+    given to `use_generator` (the training loop's, seeded and checkpointed per network),
+    else from the global torch generator. BatchNorm running statistics are gathered
     along the chain, whose points stay near x."""
 
     def __init__(
@@ -66,7 +73,11 @@ class EntropySGD(torch.optim.Optimizer):
             raise InvalidArgumentError("alpha must be in (0, 1] (0 never moves the average), got 0")
         self.chain_length = count("L", L)
         self.progress = 0.0
+        self.generator: torch.Generator | None = None
         super().__init__(params, defaults)
+
+    def use_generator(self, generator: torch.Generator) -> None:
+        self.generator = generator
 
     def set_progress(self, fraction: float) -> None:
         self.progress = check_progress(fraction)
@@ -75,20 +86,24 @@ class EntropySGD(torch.optim.Optimizer):
         """The coupling of `group` at the current progress."""
         return scoped(group["gamma0"], group["gamma1"], self.progress)
 
-    @torch.no_grad()
     def step(  # type: ignore[override]
         self, closure: Callable[..., Any] | None = None
     ) -> torch.Tensor:
         """One outer step; returns the mean loss over the chain's L minibatches."""
         steps = as_step_closure(closure, "Entropy-SGD")
+        return drive(self.plan_step(steps), steps)
+
+    @torch.no_grad()
+    def plan_step(self, batches: BatchStream) -> StepPlan:
+        """One outer step as a plan: L gradient requests, each on its own minibatch."""
         params = [p for group in self.param_groups for p in group["params"]]
         anchor = {p: p.clone() for p in params}
         mean = {p: p.clone() for p in params}
         losses = []
         for inner in range(self.chain_length):
             if inner:
-                steps.next_batch()
-            losses.append(steps())
+                batches.next_batch()
+            losses.append((yield True))
             for group in self.param_groups:
                 gamma, lr = self.gamma(group), group["inner_lr"]
                 jitter = math.sqrt(lr) * group["noise"]
@@ -100,7 +115,7 @@ class EntropySGD(torch.optim.Optimizer):
                         drift.add_(p, alpha=group["weight_decay"])
                     p.add_(drift, alpha=-lr)
                     if jitter:
-                        p.add_(torch.randn_like(p), alpha=jitter)
+                        p.add_(self._noise(p), alpha=jitter)
                     mean[p].mul_(1.0 - group["alpha"]).add_(p, alpha=group["alpha"])
         for group in self.param_groups:
             for p in group["params"]:
@@ -116,3 +131,8 @@ class EntropySGD(torch.optim.Optimizer):
                         direction = buffer
                 p.copy_(anchor[p]).add_(direction, alpha=-group["lr"])
         return torch.stack(losses).mean()
+
+    def _noise(self, p: torch.Tensor) -> torch.Tensor:
+        if self.generator is None:
+            return torch.randn_like(p)
+        return torch.randn(p.shape, generator=self.generator, dtype=p.dtype, device=p.device)

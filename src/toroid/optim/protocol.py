@@ -8,15 +8,27 @@ gradient per step (SAM) call it again; those that consume several minibatches pe
 leaves BatchNorm running statistics as they were, for extra evaluations within a step.
 Plain torch optimizers (SGD, Adam) already follow this protocol.
 
-Two optional hooks, which `fit` honours and plain optimizers need not implement:
-`ProgressAware.set_progress` (hyperparameters that follow training progress, such as a
-coupling scoped up during training) and `RecomputesBatchNorm` (the model's running
-statistics do not belong to the parameters a step leaves in the model).
+Population training (toroid.train.fit_population) evaluates the gradients of many networks
+in one vectorized pass, so it cannot let each optimizer call its closure when it likes.
+An optimizer that needs more than one gradient per step therefore also states its step as
+a plan (`PlansSteps.plan_step`): a generator that yields each time it needs a gradient (the
+`update_bn_stats` flag), receives the loss with the gradients in `p.grad`, and returns the
+step's loss; `drive` runs such a plan with an ordinary closure, which is how their `step`
+works. Optimizers without a plan (SGD, Adam, anything registered) are taken to need one
+gradient at the start of the step, as torch's do; should one call its closure again, that
+call is answered by evaluating its network alone (`plan_of`).
+
+Three optional hooks, which the training loop honours and plain optimizers need not
+implement: `ProgressAware.set_progress` (hyperparameters that follow training progress, such
+as a coupling scoped up during training), `RecomputesBatchNorm` (the model's running
+statistics do not belong to the parameters a step leaves in the model) and
+`DrawsNoise.use_generator` (the generator its random numbers come from, seeded and
+checkpointed per network by the loop).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Generator
 from typing import Any, ClassVar, Protocol, cast, runtime_checkable
 
 import torch
@@ -31,6 +43,66 @@ class StepClosure(Protocol):
 
     @property
     def grad_evals(self) -> int: ...
+
+
+class BatchStream(Protocol):
+    def next_batch(self) -> None: ...
+
+
+# Yields update_bn_stats for each gradient it needs, is sent the loss, returns the step's loss.
+StepPlan = Generator[bool, torch.Tensor, torch.Tensor]
+
+
+@runtime_checkable
+class PlansSteps(Protocol):
+    """An optimizer whose step can run as a plan of gradient requests (see the module
+    docstring); `batches.next_batch()` moves to the next minibatch between requests."""
+
+    def plan_step(self, batches: BatchStream) -> StepPlan: ...
+
+
+@runtime_checkable
+class DrawsNoise(Protocol):
+    """An optimizer that draws random numbers (Entropy-SGD's Langevin noise). The training
+    loop hands it a generator of its own, seeded per network, so that networks trained
+    together draw exactly what each would draw alone."""
+
+    def use_generator(self, generator: torch.Generator) -> None: ...
+
+
+def drive(plan: StepPlan, closure: StepClosure) -> torch.Tensor:
+    """Run a step plan, answering each gradient request by calling `closure`."""
+    try:
+        update_bn_stats = next(plan)
+        while True:
+            update_bn_stats = plan.send(closure(update_bn_stats=update_bn_stats))
+    except StopIteration as done:
+        loss: torch.Tensor = done.value
+        return loss
+
+
+def plan_of(
+    optimizer: torch.optim.Optimizer, batches: BatchStream, direct: StepClosure
+) -> StepPlan:
+    """The plan of one step of `optimizer`: its own when it has one, else one gradient
+    request followed by `optimizer.step`, whose further closure calls (if any) `direct`
+    answers."""
+    if isinstance(optimizer, PlansSteps):
+        return optimizer.plan_step(batches)
+    return _one_gradient_plan(optimizer, direct)
+
+
+def _one_gradient_plan(optimizer: torch.optim.Optimizer, direct: StepClosure) -> StepPlan:
+    loss = yield True
+    calls = 0
+
+    def replay(*, update_bn_stats: bool = True) -> torch.Tensor:
+        nonlocal calls
+        calls += 1
+        return loss if calls == 1 else direct(update_bn_stats=update_bn_stats)
+
+    optimizer.step(cast(Any, replay))
+    return loss
 
 
 @runtime_checkable

@@ -11,7 +11,13 @@ import torch
 from torch.optim.optimizer import ParamsT
 
 from toroid.optim.checks import count, flag, fraction, number
-from toroid.optim.protocol import as_step_closure, check_progress
+from toroid.optim.protocol import (
+    BatchStream,
+    StepPlan,
+    as_step_closure,
+    check_progress,
+    drive,
+)
 from toroid.optim.scoping import check_scope, scoped
 
 
@@ -77,21 +83,25 @@ class ReplicatedSGD(torch.optim.Optimizer):
             state["momentum"] = torch.zeros_like(state["replicas"])
         return state
 
-    @torch.no_grad()
     def step(  # type: ignore[override]
         self, closure: Callable[..., Any] | None = None
     ) -> torch.Tensor:
         """One step of every replica and of the coupling; returns the replicas' mean loss."""
         steps = as_step_closure(closure, "replicated SGD")
+        return drive(self.plan_step(steps), steps)
+
+    @torch.no_grad()
+    def plan_step(self, batches: BatchStream) -> StepPlan:
+        """One step as a plan: y gradient requests, one per replica and minibatch."""
         params = [p for group in self.param_groups for p in group["params"]]
         center = {p: p.clone() for p in params}
         losses = []
         for a in range(self.replicas):
             if a:
-                steps.next_batch()
+                batches.next_batch()
             for p in params:
                 p.copy_(self._replica_state(p)["replicas"][a])
-            losses.append(steps())
+            losses.append((yield True))
             for p in params:
                 # The forward may have changed the weights in place (binary layers clip
                 # their latent weights): the replica takes the step from what was used.

@@ -10,7 +10,7 @@ import torch
 from torch.optim.optimizer import ParamsT
 
 from toroid.optim.checks import flag, number
-from toroid.optim.protocol import as_step_closure
+from toroid.optim.protocol import BatchStream, StepPlan, as_step_closure, drive
 
 # Keeps the ascent step finite when the gradient vanishes (then it is zero anyway).
 _EPS = 1e-12
@@ -51,13 +51,18 @@ class SAM(torch.optim.Optimizer):
         super().load_state_dict(state_dict)
         self._link_base()  # loading replaced our groups and state with new objects
 
-    @torch.no_grad()
     def step(  # type: ignore[override]
         self, closure: Callable[..., Any] | None = None
     ) -> torch.Tensor:
         """One SAM step; returns the loss at w (before the step)."""
         steps = as_step_closure(closure, "SAM")
-        loss = steps()
+        return drive(self.plan_step(steps), steps)
+
+    @torch.no_grad()
+    def plan_step(self, batches: BatchStream) -> StepPlan:
+        """One SAM step as a plan: the gradient at w, then at the ascent point on the same
+        minibatch (statistics frozen)."""
+        loss = yield True
         scaled = [
             (p, group, p.grad * p.abs() if group["adaptive"] else p.grad)
             for group in self.param_groups
@@ -77,7 +82,7 @@ class SAM(torch.optim.Optimizer):
                 ascent = ascent * p.abs()
             saved.append((p, p.clone()))
             p.add_(ascent)
-        steps(update_bn_stats=False)
+        yield False
         for p, original in saved:
             p.copy_(original)  # a copy, not w + e - e: the base must see w exactly
         self.base.step()
