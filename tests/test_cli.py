@@ -241,7 +241,7 @@ def test_interrupted_training_resumes_to_the_uninterrupted_weights(
     monkeypatch.undo()
     assert not (resumed / "model.json").exists()
     assert (resumed / "train-state.json").exists()
-    assert json.loads((resumed / "train-state.json").read_text())["epoch"] == 2
+    assert json.loads((resumed / "train-state.json").read_text())["members"][0]["epoch"] == 2
 
     result = _train(resumed, *extra, "--resume")
     assert result.exit_code == 0, result.output

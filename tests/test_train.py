@@ -166,7 +166,7 @@ def test_divergence_raises_and_keeps_last_good_state(tmp_path: Path, small: Spli
         )
     assert str(tmp_path) in str(info.value)
     tensors, meta = read_bundle(tmp_path, "train-state")
-    assert meta["epoch"] == 1
+    assert meta["members"][0]["epoch"] == 1
     assert all(torch.isfinite(v).all() for k, v in tensors.items() if k.startswith("model/"))
 
 
@@ -334,6 +334,9 @@ _WRONG_VALUES: list[tuple[str, object]] = [
     ("optimizer", {"__items__": 5}),
     ("optimizer", {"__tensor__": "missing"}),
     ("optimizer", {"__items__": [["state", []], ["param_groups", "x"]]}),
+    ("stopped_by", "boredom"),
+    ("diverged", 5),
+    ("diverged", "it did"),
 ]
 
 
@@ -348,13 +351,15 @@ def test_resume_from_hand_edited_state_is_one_line(
     kwargs = _interrupted(tmp_path, small, epochs=3)
     path = tmp_path / "train-state.json"
     meta = json.loads(path.read_text())
-    assert field in meta
-    meta[field] = value
+    member = meta["members"][0]
+    assert field in member
+    member[field] = value
     path.write_text(json.dumps(meta))
     with pytest.raises(CheckpointError) as info:
         fit(small_mlp(small), small, checkpoint_dir=tmp_path, resume=True, **kwargs)
     message = str(info.value)
-    assert "\n" not in message and str(path) in message and f"'{field}" in message
+    assert "\n" not in message and str(path) in message
+    assert f"'members[0].{field}" in message or f"members[0].{field}" in message
 
 
 @pytest.mark.parametrize(
@@ -388,13 +393,13 @@ def test_resume_with_edited_optimizer_hyperparameter(tmp_path: Path, small: Spli
     for bad_lr in ('"abc"', "null", "[1]"):
         text = json.dumps(json.loads(saved), indent=1)
         meta = json.loads(text)
-        groups = dict(meta["optimizer"]["__items__"])["param_groups"]
+        groups = dict(meta["members"][0]["optimizer"]["__items__"])["param_groups"]
         group_items = groups[0]["__items__"]
         for item in group_items:
             if item[0] == "lr":
                 item[1] = json.loads(bad_lr)
         path.write_text(json.dumps(meta))
-        with pytest.raises(CheckpointError, match="'optimizer") as info:
+        with pytest.raises(CheckpointError, match=r"members\[0\]\.optimizer") as info:
             fit(small_mlp(small), small, checkpoint_dir=tmp_path, resume=True, **kwargs)
         assert "\n" not in str(info.value) and "lr" in str(info.value)
 
@@ -409,9 +414,9 @@ def test_resume_from_hand_edited_history_entry_names_the_field(
     kwargs = _interrupted(tmp_path, small, epochs=3, after=2)
     path = tmp_path / "train-state.json"
     saved = json.loads(path.read_text())
-    for key in saved["history"][1]:
+    for key in saved["members"][0]["history"][1]:
         meta = json.loads(json.dumps(saved))
-        meta["history"][1][key] = "wrong"
+        meta["members"][0]["history"][1][key] = "wrong"
         path.write_text(json.dumps(meta))
         with pytest.raises(CheckpointError, match=f"history\\[1\\].{key}") as info:
             fit(small_mlp(small), small, checkpoint_dir=tmp_path, resume=True, **kwargs)
@@ -437,11 +442,11 @@ def test_resume_with_an_edited_optimizer_state_tensor_is_one_line(
     kwargs = _interrupted(tmp_path, small, epochs=3)
     path = tmp_path / "train-state.json"
     meta = json.loads(path.read_text())
-    state = dict(meta["optimizer"]["__items__"])["state"]
+    state = dict(meta["members"][0]["optimizer"]["__items__"])["state"]
     first = state["__items__"][0][1]["__items__"][0]  # [key, value] of parameter 0's state
     first[1] = value
     path.write_text(json.dumps(meta))
-    with pytest.raises(CheckpointError, match=r"optimizer\.state\[0\]|'optimizer") as info:
+    with pytest.raises(CheckpointError, match=r"members\[0\]\.optimizer") as info:
         fit(small_mlp(small), small, checkpoint_dir=tmp_path, resume=True, **kwargs)
     assert "\n" not in str(info.value) and str(path) in str(info.value)
 

@@ -89,20 +89,38 @@ def plan_of(
     answers."""
     if isinstance(optimizer, PlansSteps):
         return optimizer.plan_step(batches)
-    return _one_gradient_plan(optimizer, direct)
+    return _one_gradient_plan(optimizer, batches, direct)
 
 
-def _one_gradient_plan(optimizer: torch.optim.Optimizer, direct: StepClosure) -> StepPlan:
+def _one_gradient_plan(
+    optimizer: torch.optim.Optimizer, batches: BatchStream, direct: StepClosure
+) -> StepPlan:
     loss = yield True
-    calls = 0
-
-    def replay(*, update_bn_stats: bool = True) -> torch.Tensor:
-        nonlocal calls
-        calls += 1
-        return loss if calls == 1 else direct(update_bn_stats=update_bn_stats)
-
-    optimizer.step(cast(Any, replay))
+    optimizer.step(cast(Any, _Replay(loss, batches, direct)))
     return loss
+
+
+class _Replay:
+    """The closure a plan-less optimizer's step gets: its first call returns the gradient
+    the plan already received; any further call, or minibatch, goes to `direct`."""
+
+    def __init__(self, loss: torch.Tensor, batches: BatchStream, direct: StepClosure) -> None:
+        self._loss: torch.Tensor | None = loss
+        self._batches, self._direct = batches, direct
+
+    def __call__(self, *, update_bn_stats: bool = True) -> torch.Tensor:
+        if self._loss is not None:
+            loss, self._loss = self._loss, None
+            return loss
+        return self._direct(update_bn_stats=update_bn_stats)
+
+    def next_batch(self) -> None:
+        self._loss = None
+        self._batches.next_batch()
+
+    @property
+    def grad_evals(self) -> int:
+        return self._direct.grad_evals
 
 
 @runtime_checkable

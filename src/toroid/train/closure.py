@@ -1,4 +1,6 @@
-"""The closure the training loop hands to `optimizer.step` (see toroid.optim.protocol)."""
+"""A network's minibatch stream as the training loop walks it (`BatchCursor`), and the
+closure that evaluates the network alone on the current minibatch (`BatchClosure`, see
+toroid.optim.protocol)."""
 
 from __future__ import annotations
 
@@ -11,15 +13,12 @@ from torch import nn
 Batch = tuple[torch.Tensor, torch.Tensor]
 
 
-class BatchClosure:
-    """Forward and backward of `model` on the current minibatch. Records, on the first call
-    per minibatch, the summed loss and number of wrong predictions (the running training
-    statistics) without synchronizing the device."""
+class BatchCursor:
+    """The current minibatch of one network's stream, and the running training statistics:
+    the summed loss and number of wrong predictions, recorded once per minibatch (at its
+    first gradient evaluation) without synchronizing the device."""
 
-    def __init__(
-        self, model: nn.Module, batches: Iterator[Batch], refill: Callable[[], Iterator[Batch]]
-    ) -> None:
-        self.model = model
+    def __init__(self, batches: Iterator[Batch], refill: Callable[[], Iterator[Batch]]) -> None:
         self._batches = batches
         self._refill = refill
         self._batch: Batch | None = None
@@ -27,7 +26,7 @@ class BatchClosure:
         self._recorded = False
         self._spilled = False
         self._grad_evals = 0
-        self.batches = 0  # minibatches moved to, over the closure's life
+        self.batches = 0  # minibatches moved to, over the cursor's life
         self.loss_sum = torch.zeros(())
         self.wrong = torch.zeros((), dtype=torch.long)
         self.seen = 0
@@ -35,6 +34,12 @@ class BatchClosure:
     @property
     def grad_evals(self) -> int:
         return self._grad_evals
+
+    @property
+    def batch(self) -> Batch:
+        if self._batch is None:
+            raise RuntimeError("no current minibatch: call next_batch() first")
+        return self._batch
 
     def has_next(self) -> bool:
         """Whether the epoch's stream holds another minibatch (peeks one ahead). False once
@@ -59,31 +64,19 @@ class BatchClosure:
         self._recorded = False
         self.batches += 1
 
-    def __call__(self, *, update_bn_stats: bool = True) -> torch.Tensor:
-        if self._batch is None:
-            raise RuntimeError("closure called before next_batch()")
-        x, y = self._batch
-        saved = None if update_bn_stats else _bn_buffers(self.model)
-        for p in self.model.parameters():
-            p.grad = None
-        with torch.enable_grad():
-            logits = self.model(x)
-            loss = F.cross_entropy(logits, y)
-            loss.backward()  # type: ignore[no-untyped-call]
-        if saved is not None:
-            for buffer, value in saved:
-                buffer.copy_(value)
+    def record(self, loss: torch.Tensor, wrong: torch.Tensor) -> None:
+        """Count one gradient evaluation on the current minibatch, whose mean loss and
+        number of wrong predictions it found; the first per minibatch enters the running
+        statistics."""
         self._grad_evals += 1
-        detached = loss.detach()
-        if not self._recorded:
-            self._recorded = True
-            n = y.shape[0]
-            wrong = (logits.detach().argmax(dim=1) != y).sum()
-            first = self.seen == 0  # start on the batch's device
-            self.loss_sum = detached * n if first else self.loss_sum + detached * n
-            self.wrong = wrong if first else self.wrong + wrong
-            self.seen += n
-        return detached
+        if self._recorded:
+            return
+        self._recorded = True
+        n = self.batch[1].shape[0]
+        first = self.seen == 0  # start on the batch's device
+        self.loss_sum = loss * n if first else self.loss_sum + loss * n
+        self.wrong = wrong if first else self.wrong + wrong
+        self.seen += n
 
     def start_epoch(self, batches: Iterator[Batch]) -> None:
         """Take the next epoch's minibatch stream and reset the running statistics."""
@@ -93,6 +86,45 @@ class BatchClosure:
         self.loss_sum = torch.zeros(())
         self.wrong = torch.zeros((), dtype=torch.long)
         self.seen = 0
+
+
+def gradient_on(
+    model: nn.Module, batch: Batch, *, update_bn_stats: bool = True
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Forward and backward of `model` alone on `batch`, gradients in `p.grad` (replaced,
+    not summed). Returns the detached mean cross-entropy and the number of wrong
+    predictions. With `update_bn_stats=False` BatchNorm running statistics stay as they
+    were."""
+    x, y = batch
+    saved = None if update_bn_stats else _bn_buffers(model)
+    for p in model.parameters():
+        p.grad = None
+    with torch.enable_grad():
+        logits = model(x)
+        loss = F.cross_entropy(logits, y)
+        loss.backward()  # type: ignore[no-untyped-call]
+    if saved is not None:
+        for buffer, value in saved:
+            buffer.copy_(value)
+    return loss.detach(), (logits.detach().argmax(dim=1) != y).sum()
+
+
+class BatchClosure(BatchCursor):
+    """A cursor that is also the step closure of one network: calling it evaluates the
+    gradient of `model` on the current minibatch (see `gradient_on`) and records it."""
+
+    def __init__(
+        self, model: nn.Module, batches: Iterator[Batch], refill: Callable[[], Iterator[Batch]]
+    ) -> None:
+        super().__init__(batches, refill)
+        self.model = model
+
+    def __call__(self, *, update_bn_stats: bool = True) -> torch.Tensor:
+        if self._batch is None:
+            raise RuntimeError("closure called before next_batch()")
+        loss, wrong = gradient_on(self.model, self._batch, update_bn_stats=update_bn_stats)
+        self.record(loss, wrong)
+        return loss
 
 
 def _bn_buffers(model: nn.Module) -> list[tuple[torch.Tensor, torch.Tensor]]:
