@@ -35,7 +35,7 @@ from toroid.study.report import write_report
 from toroid.study.rows import DistanceRow, NetworkRow, ProfileRow
 from toroid.study.run import StudyDirectoryError
 from toroid.study.store import SCHEMA_VERSION, Store, StoreError, stem_of
-from toroid.study.tasks import EnergyParams, FlipChainParams, ProfileParams
+from toroid.study.tasks import EnergyParams, FlipChainParams, ProfileParams, TrainParams
 
 MLP: dict[str, Any] = {"name": "mlp", "in_features": 16, "widths": [8], "num_classes": 4}
 BASE: dict[str, Any] = {
@@ -598,7 +598,13 @@ def test_other_numerics_never_resume_a_training_state(finished: Path, tmp_path: 
     with Store(directory) as store:
         store.set_meta("numerics", numerics("ray"))
     run_study(validate_config(BASE), directory, progress=False, report=False, force=True)
-    assert not marker.exists() and len(list(states.iterdir())) == 6
+    populations = {
+        tuple(m.network for m in t.params.mates) or (t.key,)
+        for t in build_graph(validate_config(BASE))
+        if isinstance(t.params, TrainParams)
+    }
+    assert len(populations) == 2  # the main block's and the binary block's networks
+    assert not marker.exists() and len(list(states.iterdir())) == len(populations)
 
 
 def test_a_foreign_config_file_is_not_overwritten(tmp_path: Path) -> None:

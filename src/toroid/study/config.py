@@ -34,6 +34,7 @@ EnergyNoise = Literal["multiplicative", "spherical"]
 EnergySplit = Literal["train", "test", "both"]
 BendMethod = Literal["fit", "retrain"]
 BendKind = Literal["polychain", "bezier"]
+TrainEngine = Literal["vmap", "loop"]
 # A label names networks, task keys and weight files: keep it to a safe file-name part.
 LABEL = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,39}")
 MAX_SEED = 2**63 - 1
@@ -68,6 +69,11 @@ class TrainingSpec(_Strict):
     batch_size: int | None = Field(default=None, gt=0)
     stop_at_zero_train_error: bool = True
     augment: bool = False
+    # How the networks of one architecture train together (toroid.train.fit_population):
+    # "vmap" in one vectorized pass, "loop" one after another. Part of each network's hash.
+    engine: TrainEngine = "vmap"
+    # At most this many networks per population (default: all that can train together).
+    population_size: int | None = Field(default=None, gt=0)
 
 
 class OptimizerSpec(_Strict):

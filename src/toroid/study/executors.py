@@ -1,7 +1,9 @@
 """Where study tasks run: in this process, in N local worker processes (torch threads
-split among them), or as Ray tasks with their CPU/GPU needs. Every executor runs
-`toroid.study.tasks.execute` and hands back (rows, seconds); the coordinator alone
-writes the database. Worker processes exit when their coordinator dies (kill -9 included).
+split among them), or as Ray tasks with their CPU/GPU needs. The unit an executor runs is
+a job: one task, or the train tasks of one population (toroid.study.populations), which
+train together as one Ray task with its resources. Every executor runs `run_job` and hands
+back per task (rows, seconds) or its error; the coordinator alone writes the database.
+Worker processes exit when their coordinator dies (kill -9 included).
 
 Results differ in the last bits across executors and torch thread counts (BLAS reductions
 split differently), so `numerics` names what a run computes with; the study records it and
@@ -23,12 +25,13 @@ import torch
 from toroid.errors import InvalidArgumentError
 from toroid.study.graph import Task
 from toroid.study.rows import Row
-from toroid.study.tasks import execute
+from toroid.study.tasks import TrainOutcome, TrainParams, execute, train_networks
 
 ExecutorName = Literal["local", "ray"]
 EXECUTORS: tuple[str, ...] = ("local", "ray")
 Outcome = tuple[Task, list[Row] | None, float, BaseException | None]
 Result = tuple[list[Row], float]
+Job = tuple[Task, ...]
 # How often a worker checks that its coordinator is alive.
 ORPHAN_POLL_SECONDS = 0.5
 
@@ -36,6 +39,26 @@ ORPHAN_POLL_SECONDS = 0.5
 def run_task(task: Task, directory: str | Path) -> Result:
     """Run `task` against the store in `directory`; its rows and seconds."""
     return execute(task.kind, task.params, task.key, task.hash, directory)
+
+
+def run_job(job: Job, directory: str | Path) -> list[TrainOutcome]:
+    """Run a job; per task, its rows, seconds and error. A population's train tasks train
+    together; any other job is one task."""
+    if all(isinstance(t.params, TrainParams) for t in job):
+        members = [(t.params, t.key, t.hash) for t in job if isinstance(t.params, TrainParams)]
+        return train_networks(members, directory)
+    outcomes: list[TrainOutcome] = []
+    for task in job:
+        try:
+            rows, seconds = run_task(task, directory)
+            outcomes.append((rows, seconds, None))
+        except Exception as exc:  # reported by the coordinator with the task's key
+            outcomes.append((None, 0.0, exc))
+    return outcomes
+
+
+def _outcomes(job: Job, results: Sequence[TrainOutcome]) -> list[Outcome]:
+    return [(task, *result) for task, result in zip(job, results, strict=True)]
 
 
 def threads_per_task(name: str, *, workers: int) -> int:
@@ -60,7 +83,7 @@ class Executor(Protocol):
     slots: int
     gpus: float  # GPUs the executor's tasks can use
 
-    def submit(self, task: Task) -> None: ...
+    def submit(self, job: Job) -> None: ...
 
     def wait(self) -> list[Outcome]: ...
 
@@ -77,12 +100,8 @@ class InProcess:
         self.gpus = float(torch.cuda.device_count())
         self._done: list[Outcome] = []
 
-    def submit(self, task: Task) -> None:
-        try:
-            rows, seconds = run_task(task, self.directory)
-            self._done.append((task, rows, seconds, None))
-        except Exception as exc:  # reported by the coordinator with the task's key
-            self._done.append((task, None, 0.0, exc))
+    def submit(self, job: Job) -> None:
+        self._done.extend(_outcomes(job, run_job(job, self.directory)))
 
     def wait(self) -> list[Outcome]:
         done, self._done = self._done, []
@@ -116,22 +135,21 @@ class LocalPool:
             initializer=_init_worker,
             initargs=(threads_per_task("local", workers=workers), os.getpid()),
         )
-        self._running: dict[Future[Result], Task] = {}
+        self._running: dict[Future[list[TrainOutcome]], Job] = {}
 
-    def submit(self, task: Task) -> None:
-        self._running[self._pool.submit(run_task, task, self.directory)] = task
+    def submit(self, job: Job) -> None:
+        self._running[self._pool.submit(run_job, job, self.directory)] = job
 
     def wait(self) -> list[Outcome]:
         done, _ = wait(list(self._running), return_when=FIRST_COMPLETED)
         out: list[Outcome] = []
         for future in done:
-            task = self._running.pop(future)
+            job = self._running.pop(future)
             exc = future.exception()
             if exc is None:
-                rows, seconds = future.result()
-                out.append((task, rows, seconds, None))
+                out.extend(_outcomes(job, future.result()))
             else:
-                out.append((task, None, 0.0, exc))
+                out.extend((task, None, 0.0, exc) for task in job)
         return out
 
     def close(self) -> None:
@@ -172,25 +190,26 @@ class RayExecutor:
         total: dict[str, float] = ray.cluster_resources()  # type: ignore[no-untyped-call]
         self.gpus = float(total.get("GPU", 0.0))
         self._remote = ray.remote(_ray_execute)
-        self._running: dict[Any, Task] = {}
+        self._running: dict[Any, Job] = {}
 
-    def submit(self, task: Task) -> None:
-        handle = self._remote.options(num_cpus=task.cpus, num_gpus=task.gpus).remote(
-            task, str(self.directory)
-        )
-        self._running[handle] = task
+    def submit(self, job: Job) -> None:
+        # A population is one Ray task: it needs what its most demanding network needs.
+        handle = self._remote.options(
+            num_cpus=max(t.cpus for t in job), num_gpus=max(t.gpus for t in job)
+        ).remote(job, str(self.directory))
+        self._running[handle] = job
 
     def wait(self) -> list[Outcome]:
         ready, _ = self._ray.wait(list(self._running), num_returns=1)
         out: list[Outcome] = []
         for handle in ready:
-            task = self._running.pop(handle)
+            job = self._running.pop(handle)
             try:
-                rows, seconds = self._ray.get(handle)
-                out.append((task, rows, seconds, None))
-            except Exception as exc:  # RayTaskError wraps the task's own exception
+                out.extend(_outcomes(job, self._ray.get(handle)))
+            except Exception as exc:  # RayTaskError wraps the job's own exception
                 cause = getattr(exc, "cause", None)
-                out.append((task, None, 0.0, cause if isinstance(cause, Exception) else exc))
+                error = cause if isinstance(cause, Exception) else exc
+                out.extend((task, None, 0.0, error) for task in job)
         return out
 
     def close(self) -> None:
@@ -200,9 +219,9 @@ class RayExecutor:
             self._ray.shutdown()
 
 
-def _ray_execute(task: Task, directory: str) -> Result:
+def _ray_execute(job: Job, directory: str) -> list[TrainOutcome]:
     torch.set_num_threads(threads_per_task("ray", workers=1))
-    return run_task(task, directory)
+    return run_job(job, directory)
 
 
 def check_executor(name: str, *, workers: int = 1, address: str | None = None) -> None:
@@ -223,4 +242,12 @@ def make_executor(
     return InProcess(directory) if workers == 1 else LocalPool(directory, workers)
 
 
-__all__: Sequence[str] = ["EXECUTORS", "Executor", "make_executor", "numerics", "run_task"]
+__all__: Sequence[str] = [
+    "EXECUTORS",
+    "Executor",
+    "Job",
+    "make_executor",
+    "numerics",
+    "run_job",
+    "run_task",
+]

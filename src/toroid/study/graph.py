@@ -357,6 +357,23 @@ def pairs(nets: list[Network], scope: PairScope) -> list[tuple[Network, Network]
     return chosen
 
 
+def with_mates(trains: dict[str, TrainParams], size: int | None) -> dict[str, TrainParams]:
+    """Vectorized training: a network's numbers depend, in their last bits, on the networks
+    it trains with, so its population is part of what its task reads. Networks that can
+    train together form populations of at most `size` (all, by default), in order."""
+    groups: dict[tuple[object, ...], list[TrainParams]] = {}
+    for train in trains.values():
+        groups.setdefault(train.population(), []).append(train)
+    out = {}
+    for members in groups.values():
+        step = size or len(members)
+        for start in range(0, len(members), step):
+            chunk = tuple(members[start : start + step])
+            for train in chunk:
+                out[train.network] = dataclasses.replace(train, mates=chunk)
+    return {name: out[name] for name in trains}
+
+
 def _optimizer(block: Block, label: str) -> OptimizerSpec:
     return next(o for o in block.optimizers if o.key == label)
 
@@ -377,9 +394,10 @@ def build_graph(config: StudyConfig) -> list[Task]:
 
     for block in blocks(config):
         nets = block.networks
+        trains = {}
         for net in nets:
             spec = _optimizer(block, net.optimizer)
-            train = TrainParams(
+            trains[net.name] = TrainParams(
                 network=net.name,
                 block=block.name,
                 optimizer_label=net.optimizer,
@@ -393,7 +411,12 @@ def build_graph(config: StudyConfig) -> list[Task]:
                 stop_at_zero_train_error=block.training.stop_at_zero_train_error,
                 augment=block.training.augment,
                 device=config.device,
+                engine=block.training.engine,
             )
+        if block.training.engine == "vmap":
+            trains = with_mates(trains, block.training.population_size)
+        for net in nets:
+            train = trains[net.name]
             add(train_key(net.name), "train", block.name, train, ())
             add(
                 canonical_key(net.name),

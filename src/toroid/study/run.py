@@ -29,10 +29,16 @@ from toroid.errors import (
 )
 from toroid.storage import atomic_write_bytes
 from toroid.study.config import StudyConfig, StudyConfigError, validate_config
-from toroid.study.executors import check_executor, make_executor, numerics
-from toroid.study.graph import Task, build_graph, standing_of
+from toroid.study.executors import Job, check_executor, make_executor, numerics
+from toroid.study.graph import Task, blocks, build_graph, standing_of
+from toroid.study.populations import jobs
 from toroid.study.store import DB_FILE, Store, TaskRecord
-from toroid.study.tasks import STATE_DIR, state_dir_name
+from toroid.study.tasks import (
+    POPULATION_PREFIX,
+    STATE_DIR,
+    population_members,
+    state_dir_name,
+)
 
 CONFIG_FILE = "config.yaml"
 # Exit status of `toroid study run` when some tasks failed or were skipped.
@@ -180,7 +186,13 @@ def _clean_training_states(directory: Path, tasks: Sequence[Task], *, keep: bool
         return
     current = {state_dir_name(t.key, t.hash) for t in tasks if t.kind == "train"}
     for state in states.iterdir():
-        if not keep or state.name not in current:
+        name = state.name
+        if name.startswith(POPULATION_PREFIX):
+            members = population_members(state)
+            stale = members is None or not set(members) <= current
+        else:
+            stale = name not in current
+        if not keep or stale:
             shutil.rmtree(state, ignore_errors=True)
 
 
@@ -292,6 +304,8 @@ def run_study(
             bars = _Progress(tasks, standing.pending, progress)
             waiting = list(standing.pending)
             running: set[str] = set()
+            running_jobs: list[Job] = []
+            sizes = {b.name: b.training.population_size for b in blocks(config)}
             with bars.shown():
                 while waiting or running:
                     for task in list(waiting):  # in dependency order: blocks transitively
@@ -300,10 +314,18 @@ def run_study(
                             stuck.add(task.key)
                             bars.advance(task.kind)
                     ready = [t for t in waiting if all(d in finished for d in t.deps)]
-                    for task in ready[: max(0, runner.slots - len(running))]:
-                        waiting.remove(task)
-                        running.add(task.key)
-                        runner.submit(task)
+                    ready_jobs = jobs(
+                        ready, slots=runner.slots, population_sizes=sizes, by_key=by_key
+                    )
+                    running_jobs = [j for j in running_jobs if any(t.key in running for t in j)]
+                    for job in ready_jobs[: max(0, runner.slots - len(running_jobs))]:
+                        for task in job:
+                            # A population's finished networks train again, unrecorded.
+                            if task in waiting:
+                                waiting.remove(task)
+                                running.add(task.key)
+                        running_jobs.append(job)
+                        runner.submit(job)
                     if not running:
                         if waiting:
                             raise StudyTaskError(
@@ -311,6 +333,8 @@ def run_study(
                             )
                         break
                     for task, rows, seconds, error in runner.wait():
+                        if task.key not in running:
+                            continue
                         running.discard(task.key)
                         ran.append(task.key)
                         bars.advance(task.kind)

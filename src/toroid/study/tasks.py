@@ -11,8 +11,10 @@ gives the same numbers."""
 from __future__ import annotations
 
 import functools
+import hashlib
+import json
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Generic, TypeVar
@@ -21,11 +23,14 @@ import torch
 from torch import nn
 
 from toroid.data import Split, load
+from toroid.errors import InvalidArgumentError, TrainingDivergedError
 from toroid.evaluate import EvalPlan
 from toroid.manifold.distance import distances
 from toroid.models import build, model_config
+from toroid.optim.registry import default_batch_size
 from toroid.paths import fit_bend, make_path, profile, retrain_midpoint
 from toroid.paths.profile import Profile
+from toroid.storage import atomic_write_bytes
 from toroid.study.config import (
     BendKind,
     BendMethod,
@@ -33,6 +38,7 @@ from toroid.study.config import (
     EnergyNoise,
     EnergySplit,
     Schedule,
+    TrainEngine,
 )
 from toroid.study.rows import (
     AlignmentRow,
@@ -49,7 +55,9 @@ from toroid.symmetry import spec_for
 from toroid.symmetry.align import align
 from toroid.symmetry.canonical import canonical_state
 from toroid.symmetry.transform import transform_state
-from toroid.train import derive_seed, fit
+from toroid.train import derive_seed
+from toroid.train.loop import NetworkPlan
+from toroid.train.population import train_population
 
 # Parameters --------------------------------------------------------------------------------
 
@@ -80,6 +88,15 @@ class TrainParams:
     stop_at_zero_train_error: bool
     augment: bool
     device: str
+    engine: TrainEngine
+    # With the vmap engine, the networks this one trains with (itself included, in order,
+    # each without mates of its own); empty when it trains as it would alone.
+    mates: tuple[TrainParams, ...] = ()
+
+    def population(self) -> tuple[object, ...]:
+        """What networks must share to train in one population."""
+        return (self.block, json.dumps(self.model, sort_keys=True), self.data, self.augment,
+                self.device, self.engine)  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -213,6 +230,8 @@ def canonical_key(network: str) -> str:
 
 # Resumable training states live under this folder of the study directory.
 STATE_DIR = "train-state"
+POPULATION_PREFIX = "population-"
+POPULATION_MEMBERS = "members.json"
 
 
 def state_dir_name(key: str, hash: str) -> str:
@@ -226,6 +245,7 @@ class TaskInputs:
 
     def __init__(self, weights: Weights, key: str, hash: str) -> None:
         self._weights = weights
+        self.directory = weights.directory
         self.key = key
         self.hash = hash
 
@@ -266,29 +286,110 @@ def data_for(spec: DataParams, device: str = "cpu") -> Split:
 
 
 def run_train(p: TrainParams, inputs: TaskInputs) -> list[Row]:
-    split = data_for(p.data)
-    # Each network starts from its own initialization: with one init per seed, minimizers
-    # of different optimizers would share a basin by construction.
-    init_seed = derive_seed(p.seed, f"init/{p.optimizer_label}")
-    result = fit(
-        build(dict(p.model), seed=init_seed),
-        split,
-        optimizer=dict(p.optimizer),
-        epochs=p.epochs,
-        batch_size=p.batch_size,
-        schedule=p.schedule,
-        seed=p.seed,
-        device=p.device,
-        stop_at_zero_train_error=p.stop_at_zero_train_error,
-        augment=p.augment,
-        checkpoint_dir=inputs.state_dir,
-        resume=True,
-        progress=False,
-    )
-    weights = inputs.save(result.model.cpu(), optimizer=dict(p.optimizer), seed=p.seed)
-    test = result.test
-    return [
-        NetworkRow(
+    """One network alone: a population of one."""
+    ((rows, _, error),) = train_networks([(p, inputs.key, inputs.hash)], inputs.directory)
+    if error is not None:
+        raise error
+    assert rows is not None
+    return rows
+
+
+TrainOutcome = tuple[list[Row] | None, float, BaseException | None]
+
+
+def population_state_dir(directory: Path, members: Sequence[tuple[str, str]]) -> Path:
+    """The resumable state of the population of (key, hash) `members`: a network alone
+    keeps the folder named after its key and hash; a population gets one named after all
+    of them, with a members.json that says whose it is."""
+    if len(members) == 1:
+        return directory / STATE_DIR / state_dir_name(*members[0])
+    names = [state_dir_name(key, hash) for key, hash in members]
+    digest = hashlib.sha256(json.dumps(names).encode()).hexdigest()[:16]
+    return directory / STATE_DIR / f"{POPULATION_PREFIX}{digest}"
+
+
+def population_members(state: Path) -> list[str] | None:
+    """The state folder names of a population folder's networks (None if unreadable)."""
+    try:
+        names = json.loads((state / POPULATION_MEMBERS).read_text())
+    except (OSError, ValueError):
+        return None
+    return names if isinstance(names, list) and all(isinstance(n, str) for n in names) else None
+
+
+def train_networks(
+    members: Sequence[tuple[TrainParams, str, str]], directory: str | Path
+) -> list[TrainOutcome]:
+    """Train the networks of train tasks (params, key, hash) that share
+    `TrainParams.population()` as one population, saving each network's weights; per task:
+    its rows, seconds and error (a network that diverged fails alone; an error of the
+    population fails all)."""
+    params = [p for p, _, _ in members]
+    mates = [m.network for m in params[0].mates]
+    if mates and [p.network for p in params] != mates:
+        raise InvalidArgumentError(
+            f"network {params[0].network} trains with {mates}, not {[p.network for p in params]}"
+        )
+    if len({p.population() for p in params}) != 1:
+        raise InvalidArgumentError(
+            "train tasks of one population must share block, model, data, device and engine"
+        )
+    weights = Weights(directory)
+    first = params[0]
+    state = population_state_dir(Path(directory), [(key, hash) for _, key, hash in members])
+    if len(members) > 1:
+        state.mkdir(parents=True, exist_ok=True)
+        names = [state_dir_name(key, hash) for _, key, hash in members]
+        atomic_write_bytes(state / POPULATION_MEMBERS, json.dumps(names).encode())
+    plans = [
+        NetworkPlan(
+            optimizer=dict(p.optimizer),
+            epochs=p.epochs,
+            batch_size=default_batch_size(p.optimizer) if p.batch_size is None else p.batch_size,
+            schedule=p.schedule,
+            seed=p.seed,
+            stop_at_zero_train_error=p.stop_at_zero_train_error,
+        )
+        for p in params
+    ]
+    started = time.perf_counter()
+    try:
+        with torch.random.fork_rng():
+            torch.manual_seed(0)
+            # Each network starts from its own initialization: with one init per seed,
+            # minimizers of different optimizers would share a basin by construction.
+            models = [
+                build(dict(p.model), seed=derive_seed(p.seed, f"init/{p.optimizer_label}"))
+                for p in params
+            ]
+            results = train_population(
+                models,
+                plans,
+                data_for(first.data),
+                device=first.device,
+                augment=first.augment,
+                engine=first.engine,
+                progress=False,
+                label=f"train {len(params)} networks",
+                checkpoint_dir=state,
+                resume=True,
+                eval_batch_size=1000,
+                on_epoch_end=None,
+            )
+    except Exception as exc:  # every network of the population fails with it
+        return [(None, time.perf_counter() - started, exc) for _ in members]
+    outcomes: list[TrainOutcome] = []
+    for (p, key, _), result in zip(members, results, strict=True):
+        if isinstance(result, TrainingDivergedError):
+            outcomes.append((None, 0.0, result))
+            continue
+        stem = weights.save(
+            key,
+            result.model.cpu().state_dict(),
+            {"model": model_config(result.model), "optimizer": dict(p.optimizer), "seed": p.seed},
+        )
+        test = result.test
+        row = NetworkRow(
             network=p.network,
             block=p.block,
             optimizer=p.optimizer_label,
@@ -301,9 +402,10 @@ def run_train(p: TrainParams, inputs: TaskInputs) -> list[Row]:
             test_loss=None if test is None else test.loss,
             grad_evals=result.grad_evals,
             wall_time=result.wall_time,
-            weights=weights,
+            weights=stem,
         )
-    ]
+        outcomes.append(([row], result.wall_time, None))
+    return outcomes
 
 
 def run_canonical(p: CanonicalParams, inputs: TaskInputs) -> list[Row]:

@@ -67,7 +67,8 @@ class LoopGradients:
 def architecture_of(model: nn.Module) -> list[tuple[str, tuple[int, ...], torch.dtype]]:
     """Names, shapes and dtypes of a model's parameters and buffers: what networks must
     share to be stacked."""
-    return [(n, tuple(t.shape), t.dtype) for n, t in (*model.named_parameters(), *model.named_buffers())]
+    tensors = (*model.named_parameters(), *model.named_buffers())
+    return [(name, tuple(t.shape), t.dtype) for name, t in tensors]
 
 
 def check_one_architecture(models: Sequence[nn.Module]) -> None:
@@ -167,7 +168,10 @@ class StackedGradients:
         y = torch.stack([r.batch[1] for r in group])
 
         def loss_and_logits(
-            p: dict[str, torch.Tensor], b: dict[str, torch.Tensor], xs: torch.Tensor, ys: torch.Tensor
+            p: dict[str, torch.Tensor],
+            b: dict[str, torch.Tensor],
+            xs: torch.Tensor,
+            ys: torch.Tensor,
         ) -> tuple[torch.Tensor, torch.Tensor]:
             logits = functional_call(self.template, (p, b), (xs,))
             return F.cross_entropy(logits, ys), logits

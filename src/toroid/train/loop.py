@@ -102,6 +102,13 @@ class _Diverged:
     message: str
 
 
+# An epoch of one network: yields gradient requests, is sent (loss, wrong predictions),
+# returns the running (loss, error) or how it diverged.
+EpochRun = Generator[
+    GradientRequest, tuple[torch.Tensor, torch.Tensor], "tuple[float, float] | _Diverged"
+]
+
+
 class Network:
     """One network of a population as the loop drives it."""
 
@@ -147,7 +154,7 @@ class Network:
 
     def epoch(
         self,
-    ) -> Generator[GradientRequest, tuple[torch.Tensor, torch.Tensor], tuple[float, float] | _Diverged]:
+    ) -> EpochRun:
         """One epoch: yields gradient requests, is sent (loss, wrong); returns the running
         (loss, error) over the epoch's minibatches, or how it diverged."""
         state, plan, cursor = self.state, self.plan, self.cursor
@@ -298,7 +305,7 @@ def run_epochs(
 
 def _advance(
     index: int,
-    epoch: Generator[GradientRequest, tuple[torch.Tensor, torch.Tensor], tuple[float, float] | _Diverged],
+    epoch: EpochRun,
     answer: tuple[torch.Tensor, torch.Tensor] | None,
     pending: dict[int, GradientRequest],
     outcomes: dict[int, tuple[float, float] | _Diverged],

@@ -264,9 +264,7 @@ def train_population(
             Network(k, state, plan, train_data, augment=augment)
             for k, (state, plan) in enumerate(zip(states, plans, strict=True))
         ]
-        checkpoint = (
-            Checkpoint(state_dir, fingerprint, settings) if state_dir is not None else None
-        )
+        checkpoint = Checkpoint(state_dir, fingerprint, settings) if state_dir is not None else None
         total = max(plan.epochs for plan in plans)
         with progress_helper.task(label, total, enabled=progress) as reporter:
             reporter.advance(max(state.epoch for state in states))
@@ -307,9 +305,7 @@ def _result(
 ) -> TrainResult | TrainingDivergedError:
     if state.diverged is not None:
         return TrainingDivergedError(state.diverged)
-    refresh_batchnorm(
-        state.model, state.optimizer, train_data, derive_seed(plan.seed, "batchnorm")
-    )
+    refresh_batchnorm(state.model, state.optimizer, train_data, derive_seed(plan.seed, "batchnorm"))
     # A model of its own: the trained network's weights may be views into the population's
     # stacked storage.
     net = copy.deepcopy(original).to(device)
