@@ -568,21 +568,3 @@ def test_a_member_does_not_depend_on_its_population_mates(small: Split, batchnor
             assert [r.train_loss for r in result.history] == [
                 r.train_loss for r in by_itself.history
             ]
-
-
-@pytest.mark.xfail(
-    strict=True,
-    reason="vmap engine: with BatchNorm a member's weights depend on its population-mates "
-    "at rounding level (BatchNorm bias gradient), contrary to fit_population's docstring",
-)
-def test_a_batchnorm_member_is_bitwise_independent_of_its_mates(small: Split) -> None:
-    one_step = small.train.subset(torch.arange(32))
-
-    def member(seed: int) -> Member:
-        model = bn_mlp(seed, dtype=torch.float32)
-        return Member(model, optimizer={"name": "sgd", "momentum": 0.0}, seed=seed, batch_size=32)
-
-    kwargs: dict[str, Any] = dict(epochs=1, engine="vmap", stop_at_zero_train_error=False)
-    by_itself = trained(population([member(0)], one_step, **kwargs)[0])
-    with_mate = trained(population([member(0), member(1)], one_step, **kwargs)[0])
-    assert same_weights(by_itself.model, with_mate.model)

@@ -120,8 +120,8 @@ def stack_networks(models: Sequence[nn.Module]) -> tuple[list[nn.Module], Stack]
 
 class StackedGradients:
     """All networks that asked, in one `vmap`-ed forward and backward per minibatch shape.
-    Each network's numbers do not depend on which others are in the pass: a network's
-    slice of a batched product is computed on its own."""
+    A network's numbers equal its own forward and backward up to rounding; which others
+    share the pass can change their last bits (BatchNorm's reductions), never more."""
 
     def __init__(self, networks: Sequence[nn.Module], stack: Stack) -> None:
         self.networks = list(networks)

@@ -77,10 +77,13 @@ def fit_population(
     Each round, every network still training gets one gradient: with `engine="vmap"` all
     in one `torch.func.vmap` pass over their stacked weights per minibatch size (members of
     different batch sizes form separate passes), with `engine="loop"` one after another,
-    which is what `fit` computes. A member's numbers do not depend on which others train
-    with it; with "vmap" they equal its own `fit` up to floating-point rounding (the batched
-    products add in another order). Every optimizer works, each member with its own
-    hyperparameters, BatchNorm statistics and random streams.
+    which is what `fit` computes: bit for bit, whatever the population. With "vmap" a
+    member equals its own `fit` up to floating-point rounding (batched products add in
+    another order), and which other networks share its passes can change its last bits too
+    (observed with BatchNorm, whose bias gradient rounds differently in a pass of one network
+    than of several; not without it); the same population always gives the same bits.
+    Every optimizer works, each member with its own hyperparameters, BatchNorm statistics
+    and random streams.
 
     A member stops at its own rule (zero eval-mode training error, or its last epoch) and
     takes no more steps; a member whose loss turns non-finite stops there, and its entry in
