@@ -90,9 +90,10 @@ class Stack:
     buffers: dict[str, torch.Tensor]
 
 
-def stack_networks(models: Sequence[nn.Module]) -> tuple[list[nn.Module], Stack]:
-    """Copies of `models` whose parameters and buffers are views into one stacked storage
-    per name (member k is row k)."""
+def stack_networks(models: Sequence[nn.Module]) -> Stack:
+    """Move the parameters and buffers of `models` (in place: they become the population's
+    networks) into one stacked storage per name, member k at row k, each model keeping
+    views of its row."""
     check_one_architecture(models)
     with torch.no_grad():
         params = {
@@ -103,19 +104,16 @@ def stack_networks(models: Sequence[nn.Module]) -> tuple[list[nn.Module], Stack]
             n: torch.stack([dict(m.named_buffers())[n].detach() for m in models])
             for n, _ in models[0].named_buffers()
         }
-    networks = []
     for k, model in enumerate(models):
-        network = copy.deepcopy(model)
         for name, value in params.items():
             owner, _, leaf = name.rpartition(".")
-            module = network.get_submodule(owner)
+            module = model.get_submodule(owner)
             requires_grad = module._parameters[leaf].requires_grad  # type: ignore[union-attr]
             module._parameters[leaf] = nn.Parameter(value[k], requires_grad=requires_grad)
         for name, value in buffers.items():
             owner, _, leaf = name.rpartition(".")
-            network.get_submodule(owner)._buffers[leaf] = value[k]
-        networks.append(network)
-    return networks, Stack(params, buffers)
+            model.get_submodule(owner)._buffers[leaf] = value[k]
+    return Stack(params, buffers)
 
 
 class StackedGradients:
@@ -123,10 +121,11 @@ class StackedGradients:
     A network's numbers equal its own forward and backward up to rounding; which others
     share the pass can change their last bits (BatchNorm's reductions), never more."""
 
-    def __init__(self, networks: Sequence[nn.Module], stack: Stack) -> None:
-        self.networks = list(networks)
-        self.stack = stack
+    def __init__(self, networks: Sequence[nn.Module]) -> None:
+        # The template holds no memory: every pass hands it the weights.
         self.template = copy.deepcopy(networks[0]).to("meta").train()
+        self.networks = list(networks)
+        self.stack = stack_networks(self.networks)
         self.binary = is_binary(networks[0])
         self.own = [dict(n.named_parameters()) for n in networks]
 
@@ -206,12 +205,12 @@ class StackedGradients:
 
 
 def gradients_for(engine: Engine, models: Sequence[nn.Module]) -> tuple[list[nn.Module], Gradients]:
-    """The networks to train and how their gradients are evaluated: `models` themselves
-    (loop), or copies of them whose weights live in one stacked storage (vmap)."""
+    """The networks to train (`models` themselves, whose weights move into one stacked
+    storage for vmap) and how their gradients are evaluated."""
     if engine not in ENGINES:
         raise InvalidArgumentError(f"engine must be one of {', '.join(ENGINES)}, got {engine!r}")
     if engine == "loop":
         networks = list(models)
         return networks, LoopGradients(networks)
-    networks, stack = stack_networks(models)
-    return networks, StackedGradients(networks, stack)
+    stacked = StackedGradients(models)
+    return stacked.networks, stacked
