@@ -283,7 +283,7 @@ def test_resume_from_hand_edited_training_state_is_one_line(
     run = _copy(pair[0], tmp_path)
     state = run / "train-state.json"
     meta = json.loads(state.read_text())
-    meta[field] = value
+    meta["members"][0][field] = value
     state.write_text(json.dumps(meta))
     args = [*TINY, "--seed", "0", "--out", run, "--resume"]
-    assert_one_line_error(invoke(args), str(state), field)
+    assert_one_line_error(invoke(args), str(state), f"members[0].{field}")
