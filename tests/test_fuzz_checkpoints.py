@@ -469,14 +469,22 @@ def trained_state(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return out
 
 
-STATE_FIELDS = (
+# A network's fields (under "members"[0]) and the bundle's own.
+MEMBER_FIELDS = (
     "epoch",
     "step",
     "grad_evals",
     "elapsed",
     "finished",
+    "stopped_by",
+    "diverged",
     "history",
     "optimizer",
+)
+STATE_FIELDS = (
+    *MEMBER_FIELDS,
+    "members",
+    "format",
     "fingerprint",
     "tensor_file",
     "tensor_sha256",
@@ -493,9 +501,10 @@ def test_resume_from_generated_training_state_is_one_line(
         shutil.copytree(trained_state, run_dir)
         state = run_dir / "train-state.json"
         meta = json.loads(state.read_text())
-        if meta.get(field) == value:
+        edited = meta["members"][0] if field in MEMBER_FIELDS else meta
+        if edited.get(field) == value:
             return  # not an edit
-        meta[field] = value
+        edited[field] = value
         state.write_text(json.dumps(meta))
         result = run([*TRAIN, "--out", run_dir, "--resume"])
         # A value of the right kind (another elapsed time, finished: true) may well resume.
