@@ -4,7 +4,7 @@ backward) or all at once with `torch.func.vmap` over stacked weights (`StackedGr
 
 Stacking: the networks' parameters and buffers live in one tensor per name with the
 networks along the first dimension; each network is an ordinary module whose parameters
-and buffers are views into that storage (`stack_networks`), so its optimizer, evaluation
+and buffers are views into that storage (`stack_networks_`), so its optimizer, evaluation
 and checkpointing see a plain network, and a vectorized pass reads and writes the same
 memory without copies."""
 
@@ -90,7 +90,7 @@ class Stack:
     buffers: dict[str, torch.Tensor]
 
 
-def stack_networks(models: Sequence[nn.Module]) -> Stack:
+def stack_networks_(models: Sequence[nn.Module]) -> Stack:
     """Move the parameters and buffers of `models` (in place: they become the population's
     networks) into one stacked storage per name, member k at row k, each model keeping
     views of its row."""
@@ -122,10 +122,11 @@ class StackedGradients:
     share the pass can change their last bits (BatchNorm's reductions), never more."""
 
     def __init__(self, networks: Sequence[nn.Module]) -> None:
+        """Takes `networks` over: their weights move into the stacked storage."""
         # The template holds no memory: every pass hands it the weights.
         self.template = copy.deepcopy(networks[0]).to("meta").train()
         self.networks = list(networks)
-        self.stack = stack_networks(self.networks)
+        self.stack = stack_networks_(self.networks)
         self.binary = is_binary(networks[0])
         self.own = [dict(n.named_parameters()) for n in networks]
 
