@@ -507,6 +507,10 @@ def test_argument_errors_are_one_line(tmp_path: Path, small: Split) -> None:
     other = Member(bn_mlp(1, dtype=torch.float32, width=8), batch_size=32)
     _one_line(lambda: population([one[0], other], small, epochs=1), "another architecture")
     _one_line(
+        lambda: population([one[0], other], small, epochs=1, engine="loop"),
+        "another architecture",
+    )
+    _one_line(
         lambda: population([one[0], Member(bn_mlp(1, dtype=torch.float64))], small, epochs=1),
         "another architecture",
     )
@@ -568,3 +572,30 @@ def test_a_member_does_not_depend_on_its_population_mates(small: Split, batchnor
             assert [r.train_loss for r in result.history] == [
                 r.train_loss for r in by_itself.history
             ]
+
+
+# 11. a model that draws random numbers in its forward (dropout), loop engine
+
+
+class Dropped(torch.nn.Module):
+    def __init__(self, inner: torch.nn.Module) -> None:
+        super().__init__()
+        self.inner = inner
+        self.drop = torch.nn.Dropout(0.3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.inner(self.drop(x))
+
+
+def test_dropout_draws_from_each_networks_own_generator(small: Split) -> None:
+    def member(seed: int) -> Member:
+        return Member(Dropped(plain_mlp(seed)), optimizer="sgd", seed=seed, batch_size=32)
+
+    kwargs: dict[str, Any] = dict(epochs=2, engine="loop", stop_at_zero_train_error=False)
+    together = population([member(0), member(1), member(2)], small, **kwargs)
+    reordered = population([member(2), member(1)], small, **kwargs)
+    for k, result in enumerate(together):
+        assert same_weights(trained(result).model, alone(member(k), small, epochs=2).model)
+    assert same_weights(trained(reordered[0]).model, trained(together[2]).model)
+    with pytest.raises(InvalidArgumentError, match="vectorized population"):
+        population([member(0), member(1)], small, epochs=1, engine="vmap")

@@ -21,7 +21,7 @@ from toroid.study.run import run_study
 from toroid.study.store import Store
 from toroid.study.tasks import TrainParams, train_key
 
-SMALL = config_with(seeds=[0, 1], binary=None)
+SMALL = config_with(seeds=[0, 1], binary=None, training={"epochs": 3, "engine": "vmap"})
 
 
 def _train_tasks(raw: dict[str, Any]) -> list[Task]:
@@ -36,9 +36,7 @@ def test_vmap_populations_are_part_of_each_networks_params() -> None:
         assert tuple(m.network for m in task.params.mates) == names
         assert all(m.mates == () for m in task.params.mates)
     # One network's settings change every hash of its population under vmap...
-    edited = config_with(
-        seeds=[0, 1], binary=None, optimizers=["sgd", {"name": "adam", "lr": 0.02}]
-    )
+    edited = dict(SMALL, optimizers=["sgd", {"name": "adam", "lr": 0.02}])
     before, after = hashes(SMALL), hashes(edited)
     changed = {k for k in before if k.startswith("train/") and before[k] != after[k]}
     assert changed == {train_key(n) for n in names}
@@ -52,7 +50,9 @@ def test_vmap_populations_are_part_of_each_networks_params() -> None:
 
 
 def test_population_size_splits_a_block_in_config_order() -> None:
-    raw = config_with(seeds=[0, 1, 2], binary=None, training={"epochs": 3, "population_size": 4})
+    raw = config_with(
+        seeds=[0, 1, 2], binary=None, training={"epochs": 3, "engine": "vmap", "population_size": 4}
+    )
     tasks = _train_tasks(raw)
     populations = [tuple(m.network for m in t.params.mates) for t in tasks]
     names = [t.params.network for t in tasks]
@@ -60,7 +60,9 @@ def test_population_size_splits_a_block_in_config_order() -> None:
 
 
 def test_jobs_hold_whole_vmap_populations_and_group_loop_networks_per_slot() -> None:
-    tasks = _train_tasks(config_with(seeds=[0, 1, 2], binary=None))
+    tasks = _train_tasks(
+        config_with(seeds=[0, 1, 2], binary=None, training={"epochs": 3, "engine": "vmap"})
+    )
     by_key = {t.key: t for t in tasks}
     # Only one network is left to train: its whole population runs (the others unrecorded).
     (job,) = jobs([tasks[3]], slots=1, population_sizes={}, by_key=by_key)
@@ -105,3 +107,9 @@ def test_retraining_one_network_of_a_population_equals_the_fresh_run(
     # Trained alone, the network would differ in its last bits (see docs/study.md).
     assert dataclasses.replace(again, wall_time=row.wall_time) == row
     assert all(torch.equal(again_weights[n], weights[n]) for n in weights)
+
+
+def test_the_engine_defaults_to_loop_on_a_cpu_and_vmap_on_a_gpu() -> None:
+    assert {t.params.engine for t in _train_tasks(config_with(binary=None))} == {"loop"}
+    cuda = config_with(binary=None, device="cuda")
+    assert {t.params.engine for t in _train_tasks(cuda)} == {"vmap"}

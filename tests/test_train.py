@@ -464,3 +464,16 @@ def test_without_batchnorm_a_last_minibatch_of_one_is_kept(small: Split) -> None
     result = fit(model, train, epochs=2, batch_size=128, stop_at_zero_train_error=False,
                  progress=False)  # fmt: skip
     assert result.grad_evals == 4  # 128 + 1 per epoch, as before the merge existed
+
+
+def test_a_state_from_an_older_toroid_is_refused_in_one_line(tmp_path: Path, small: Split) -> None:
+    import json
+
+    kwargs = _interrupted(tmp_path, small, epochs=3)
+    path = tmp_path / "train-state.json"
+    meta = json.loads(path.read_text())
+    del meta["format"]
+    path.write_text(json.dumps(meta))
+    with pytest.raises(ResumeMismatchError, match="older toroid") as info:
+        fit(small_mlp(small), small, checkpoint_dir=tmp_path, resume=True, **kwargs)
+    assert "\n" not in str(info.value)

@@ -70,8 +70,10 @@ class TrainingSpec(_Strict):
     stop_at_zero_train_error: bool = True
     augment: bool = False
     # How the networks of one architecture train together (toroid.train.fit_population):
-    # "vmap" in one vectorized pass, "loop" one after another. Part of each network's hash.
-    engine: TrainEngine = "vmap"
+    # "vmap" in one vectorized pass, "loop" one after another; by default vmap on a GPU and
+    # loop on a CPU, where vmap measured no faster (benchmarks/population.py). Part of each
+    # network's hash.
+    engine: TrainEngine | None = None
     # At most this many networks per population (default: all that can train together).
     population_size: int | None = Field(default=None, gt=0)
 

@@ -394,6 +394,7 @@ def build_graph(config: StudyConfig) -> list[Task]:
 
     for block in blocks(config):
         nets = block.networks
+        engine = block.training.engine or ("vmap" if config.device.startswith("cuda") else "loop")
         trains = {}
         for net in nets:
             spec = _optimizer(block, net.optimizer)
@@ -411,9 +412,9 @@ def build_graph(config: StudyConfig) -> list[Task]:
                 stop_at_zero_train_error=block.training.stop_at_zero_train_error,
                 augment=block.training.augment,
                 device=config.device,
-                engine=block.training.engine,
+                engine=engine,
             )
-        if block.training.engine == "vmap":
+        if engine == "vmap":
             trains = with_mates(trains, block.training.population_size)
         for net in nets:
             train = trains[net.name]

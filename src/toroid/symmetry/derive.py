@@ -464,9 +464,7 @@ def _output_cell(
     weight = tensors[f"{module}.weight"]
     if module in binary:
         rows = int(weight.shape[0])
-        return CellFamily(
-            f"output:{module}", None, "binary", (Slot(f"{module}.weight", 0, rows),)
-        )
+        return CellFamily(f"output:{module}", None, "binary", (Slot(f"{module}.weight", 0, rows),))
     if any(op.kind != "pass" for v in space.outputs for op in v.chain):
         return None
     members = [Slot(f"{module}.weight", 0, int(weight.shape[0]))]
@@ -504,9 +502,7 @@ class _GroupBuilder:
         self.blocks = {node: value.block for node, value in space.values}
         self.binary = binary
         self.binary_producers = {m for _, m in space.producers if m in binary}
-        self.bn_modules = {
-            op.module for _, v in space.values for op in v.chain if op.kind == "bn"
-        }
+        self.bn_modules = {op.module for _, v in space.values for op in v.chain if op.kind == "bn"}
 
     def _unsupported(self, why: str) -> UnsupportedModelError:
         producers = ", ".join(m for _, m in self.space.producers)
@@ -716,6 +712,7 @@ class _GroupBuilder:
         if not gamma_beta:
             return [], []
         return gamma_beta + readers, gamma_beta
+
 
 def _order_cells(cells: list[CellFamily]) -> list[CellFamily]:
     """Every cell after the cells whose compensation writes into its members."""

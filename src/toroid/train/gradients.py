@@ -50,18 +50,34 @@ class Gradients(Protocol):
 
 class LoopGradients:
     """One network after another, each with its own forward and backward: exactly what a
-    network trained alone computes."""
+    network trained alone computes. With `use_generators`, a model that draws random
+    numbers in its forward (dropout) draws them from its network's own generator, which
+    stands in for torch's global CPU generator while it runs."""
 
     def __init__(self, networks: Sequence[nn.Module]) -> None:
         self.networks = list(networks)
+        self.generators: list[torch.Generator] | None = None
+
+    def use_generators(self, generators: Sequence[torch.Generator]) -> None:
+        self.generators = list(generators)
 
     def __call__(
         self, requests: Sequence[GradientRequest]
     ) -> list[tuple[torch.Tensor, torch.Tensor]]:
-        return [
-            gradient_on(self.networks[r.member], r.batch, update_bn_stats=r.update_bn_stats)
-            for r in requests
-        ]
+        return [self._one(r) for r in requests]
+
+    def _one(self, request: GradientRequest) -> tuple[torch.Tensor, torch.Tensor]:
+        network = self.networks[request.member]
+        if self.generators is None:
+            return gradient_on(network, request.batch, update_bn_stats=request.update_bn_stats)
+        own, default = self.generators[request.member], torch.default_generator
+        saved = default.get_state()
+        default.set_state(own.get_state())
+        try:
+            return gradient_on(network, request.batch, update_bn_stats=request.update_bn_stats)
+        finally:
+            own.set_state(default.get_state())
+            default.set_state(saved)
 
 
 def architecture_of(model: nn.Module) -> list[tuple[str, tuple[int, ...], torch.dtype]]:

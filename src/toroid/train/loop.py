@@ -82,8 +82,15 @@ def new_state(
     streams: dict[str, str] | None = None,
 ) -> TrainState:
     """A fresh state: each random stream (minibatch order, augmentation, optimizer noise,
-    and any in `streams`, name -> purpose) seeded from `seed`."""
-    purposes = {"batches": "batches", "augment": "augment", "noise": "noise", **(streams or {})}
+    what the model draws in its forward, and any in `streams`, name -> purpose) seeded
+    from `seed`."""
+    purposes = {
+        "batches": "batches",
+        "augment": "augment",
+        "noise": "noise",
+        "global": "global",
+        **(streams or {}),
+    }
     generators = {
         name: torch.Generator(device=device if name == "noise" else "cpu").manual_seed(
             derive_seed(seed, purpose)

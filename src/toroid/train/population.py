@@ -23,7 +23,13 @@ from toroid.models.config import CONFIG_ATTRIBUTE
 from toroid.models.finite import check_finite_data, check_finite_model
 from toroid.optim.registry import default_batch_size, make_optimizer, resolve_optimizer
 from toroid.storage import has_bundle
-from toroid.train.gradients import ENGINES, Engine, gradients_for
+from toroid.train.gradients import (
+    ENGINES,
+    Engine,
+    LoopGradients,
+    check_one_architecture,
+    gradients_for,
+)
 from toroid.train.loop import (
     Checkpoint,
     Network,
@@ -203,6 +209,7 @@ def train_population(
     train_data, test_data = _split_parts(split)
     if len(train_data) == 0:
         raise InvalidArgumentError("the training set is empty")
+    check_one_architecture(models)
     for model in models:
         check_finite_model(model)
     check_finite_data(train_data, what="the training data")
@@ -256,6 +263,8 @@ def train_population(
             new_state(net, make_optimizer(plan.optimizer, net.parameters()), plan.seed, dev)
             for net, plan in zip(networks, plans, strict=True)
         ]
+        if isinstance(gradients, LoopGradients):
+            gradients.use_generators([state.generators["global"] for state in states])
         if state_dir is not None and has_bundle(state_dir, STATE_STEM):
             if not resume:
                 raise InvalidArgumentError(

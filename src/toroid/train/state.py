@@ -20,7 +20,6 @@ from toroid.train.records import EpochRecord, StopReason
 
 STATE_STEM = "train-state"
 STATE_FORMAT = "toroid.train-state/2"
-GENERATORS: tuple[str, ...] = ("batches", "augment", "noise")
 _STOP_REASONS: tuple[str, ...] = ("zero-train-error", "epochs")
 
 
@@ -98,6 +97,14 @@ def restore_states(
     bundle written for other settings or edited by hand is refused in one line."""
     tensors, meta = read_bundle(directory, STATE_STEM)
     source = directory / f"{STATE_STEM}.json"
+    if meta.get("format") != STATE_FORMAT:
+        written = meta.get("format")
+        by = "an older toroid" if written is None else f"format {json.dumps(written)[:40]}"
+        raise ResumeMismatchError(
+            f"{source} was written by {by}, which this version cannot resume (it reads "
+            f"{STATE_FORMAT}); remove {directory} to train afresh, or finish the run with "
+            "the toroid version that started it"
+        )
     if meta.get("fingerprint") != fingerprint:
         settings = json.dumps(meta.get("settings"), default=str)
         if len(settings) > 300:
