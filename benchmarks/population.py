@@ -15,9 +15,15 @@ weights are compared across modes: "loop" must equal `fit` bit for bit, "vmap" u
 floating-point rounding, which training amplifies (the largest difference of a tensor
 relative to its largest magnitude is printed).
 
+With --study PRESET (e.g. default) it times instead the training stage of that study
+preset, once per mode: every network alone (a population of one each, how a study trained
+before populations), the study's populations with the loop engine (the CPU default), and
+with the vmap engine; each mode trains every network of the preset to its own stopping
+rule, as the study does.
+
     .venv/bin/python benchmarks/population.py [--quick] [--device cpu|cuda] [--epochs 3]
         [--repeats 3] [--seeds 3] [--lenet-seeds 8] [--sizes 2000,10000]
-        [--lenet-sizes 2000] [--test-size 1000] [--mm-size 2048]
+        [--lenet-sizes 2000] [--test-size 1000] [--mm-size 2048] [--study default]
 """
 
 from __future__ import annotations
@@ -313,6 +319,52 @@ def compare(
     )
 
 
+def study_training_stage(preset: str, progress: Callable[[str], None]) -> None:
+    """Wall time of a study preset's training stage: alone, loop populations, vmap
+    populations (each once, in that order)."""
+    import tempfile
+
+    import yaml
+
+    from toroid.study.config import preset_text, validate_config
+    from toroid.study.graph import Task, build_graph
+    from toroid.study.populations import jobs
+    from toroid.study.tasks import TrainParams, train_networks
+
+    raw = yaml.safe_load(preset_text(preset))
+
+    def train_tasks(engine: str) -> list[Task]:
+        config = dict(raw)
+        for block in ("main", "binary"):
+            section = config if block == "main" else config.get("binary")
+            if section is not None:
+                section["training"] = {**section.get("training", {}), "engine": engine}
+        graph = build_graph(validate_config(config))
+        return [t for t in graph if isinstance(t.params, TrainParams)]
+
+    def timed(label: str, units: Sequence[Sequence[Task]]) -> float:
+        with tempfile.TemporaryDirectory() as directory:
+            started = time.perf_counter()
+            failed = 0
+            for unit in units:
+                outcomes = train_networks([(t.params, t.key, t.hash) for t in unit], directory)
+                failed += sum(error is not None for _, _, error in outcomes)
+            seconds = time.perf_counter() - started
+        sizes = ",".join(str(len(u)) for u in units)
+        progress(f"  {label:<28} {seconds:8.1f} s  ({len(units)} jobs of {sizes}; {failed} failed)")
+        return seconds
+
+    loop_tasks, vmap_tasks = train_tasks("loop"), train_tasks("vmap")
+    print(f"\n== training stage of the {preset!r} study preset: {len(loop_tasks)} networks ==")
+    alone = timed("every network alone", [[t] for t in loop_tasks])
+    by_key = {t.key: t for t in loop_tasks}
+    loop = timed("loop populations", jobs(loop_tasks, slots=1, population_sizes={}, by_key=by_key))
+    by_key = {t.key: t for t in vmap_tasks}
+    vmap = timed("vmap populations", jobs(vmap_tasks, slots=1, population_sizes={}, by_key=by_key))
+    print(f"speedup over alone: loop populations {alone / loop:.2f}x, vmap populations "
+          f"{alone / vmap:.2f}x")  # fmt: skip
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="a smoke run (under a minute)")
@@ -325,6 +377,7 @@ def main() -> None:
     parser.add_argument("--lenet-sizes", default="2000", help="LeNet-5 training-set sizes")
     parser.add_argument("--test-size", type=int, default=1000)
     parser.add_argument("--mm-size", type=int, default=2048)
+    parser.add_argument("--study", default=None, help="time this study preset's training stage")
     args = parser.parse_args()
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         parser.error("--device cuda: no CUDA device is available")
@@ -335,6 +388,11 @@ def main() -> None:
 
     def progress(line: str) -> None:
         print(line, flush=True)
+
+    if args.study is not None:
+        print(f"device cpu, {torch.get_num_threads()} threads, torch {torch.__version__}")
+        study_training_stage(args.study, progress)
+        return
 
     print(
         f"device {args.device}, {torch.get_num_threads()} threads, torch {torch.__version__}; "
