@@ -598,12 +598,13 @@ def test_other_numerics_never_resume_a_training_state(finished: Path, tmp_path: 
     with Store(directory) as store:
         store.set_meta("numerics", numerics("ray"))
     run_study(validate_config(BASE), directory, progress=False, report=False, force=True)
+    # One training state per population: the main block's networks and the binary block's.
     populations = {
-        tuple(m.network for m in t.params.mates) or (t.key,)
+        (t.block, *(m.network for m in t.params.mates))
         for t in build_graph(validate_config(BASE))
         if isinstance(t.params, TrainParams)
     }
-    assert len(populations) == 2  # the main block's and the binary block's networks
+    assert len(populations) == 2
     assert not marker.exists() and len(list(states.iterdir())) == len(populations)
 
 
