@@ -288,7 +288,10 @@ def run_epochs(
             state.elapsed += seconds
             if isinstance(outcome, _Diverged):
                 where = ""
-                if checkpoint is not None and has_bundle(checkpoint.directory, STATE_STEM):
+                # A population's next bundle keeps no weights of a diverged network.
+                saved = checkpoint is not None and has_bundle(checkpoint.directory, STATE_STEM)
+                if saved and len(networks) == 1:
+                    assert checkpoint is not None
                     where = f" (last good state in {checkpoint.directory})"
                 state.diverged = f"{outcome.message}{where}; lower the learning rate"
                 state.finished = True

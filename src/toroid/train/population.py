@@ -97,6 +97,7 @@ def fit_population(
     With `checkpoint_dir`, the whole population's state is saved atomically after every
     epoch, and `resume=True` continues it to the same weights as an uninterrupted run.
     `on_epoch_end(member, record)` is called after each member's epoch (after the save).
+    A member's `wall_time` is the time the population took while the member trained.
     """
     if not members:
         raise InvalidArgumentError("fit_population needs at least one member")
