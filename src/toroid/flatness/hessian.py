@@ -1,6 +1,7 @@
-"""Hessian flatness measures of the cross-entropy: Hutchinson trace and top eigenvalue.
+"""Hessian flatness measures of the cross-entropy: Hutchinson trace, top eigenvalue, and
+the Hessian-vector product they are built on.
 
-Both work on the Hessian H of the mean cross-entropy over all of the data with respect to
+All work on the Hessian H of the mean cross-entropy over all of the data with respect to
 every parameter of the model (weights and BatchNorm affine parameters; running statistics
 are buffers and stay fixed), in eval mode, by default at the canonical point (every hidden
 cell unit-norm, see `toroid.symmetry.canonicalize`). Hessian-vector products are exact
@@ -11,7 +12,7 @@ from __future__ import annotations
 
 import copy
 import math
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -133,11 +134,52 @@ def _rademacher(params: Vector, generator: torch.Generator) -> Vector:
     ]
 
 
+def _as_vector(work: nn.Module, params: Vector, vector: Mapping[str, torch.Tensor]) -> Vector:
+    """A user vector keyed by parameter name, as one tensor per parameter of `work` in its
+    order, on the parameters' device and dtype."""
+    names = [name for name, _ in work.named_parameters()]
+    if set(vector) != set(names):
+        raise InvalidArgumentError(
+            f"a vector must have exactly the parameter names {names}, got {sorted(vector)}"
+        )
+    out = []
+    for name, p in zip(names, params, strict=True):
+        v = vector[name]
+        if tuple(v.shape) != tuple(p.shape):
+            raise InvalidArgumentError(
+                f"vector[{name!r}] has shape {tuple(v.shape)}; the parameter has {tuple(p.shape)}"
+            )
+        out.append(v.detach().to(dtype=p.dtype, device=p.device))
+    return out
+
+
+def hessian_vector_product(
+    model: nn.Module,
+    data: DataLike,
+    vector: Mapping[str, torch.Tensor],
+    *,
+    batch_size: int = 1000,
+    canonical: bool = False,
+    device: str | torch.device | None = None,
+) -> dict[str, torch.Tensor]:
+    """H v, H the Hessian of the mean cross-entropy over all of `data` with respect to every
+    parameter (eval mode, running statistics fixed), exact by double backward and summed
+    over minibatches. `vector` and the result map parameter names (`model.named_parameters`)
+    to tensors of the parameters' shapes. `canonical=False` (the default) takes H at the
+    model as it is; `canonical=True` at its canonical form, whose coordinates `vector` is
+    then in. The input model is not modified."""
+    work, params, data = _prepare(model, data, batch_size, canonical, device)
+    v = _as_vector(work, params, vector)
+    hv = _full_hvp(work, params, data, batch_size, v)
+    names = [name for name, _ in work.named_parameters()]
+    return dict(zip(names, hv, strict=True))
+
+
 def hessian_trace(
     model: nn.Module,
     data: DataLike,
     *,
-    probes: int = 32,
+    probes: int | Sequence[Mapping[str, torch.Tensor]] = 32,
     seed: int = 0,
     batch_size: int = 1000,
     canonical: bool = True,
@@ -153,11 +195,27 @@ def hessian_trace(
     cannot be canonicalized raises `UnsupportedModelError` then. `canonical=False` uses the
     model as it is. `stderr` is the sample standard deviation of the per-probe values over
     sqrt(probes) (NaN for a single probe). The input model is not modified.
+
+    `probes` may instead be the caller's own vectors (each a mapping from parameter name
+    to tensor, as in `hessian_vector_product`; canonical coordinates when
+    `canonical=True`): the result is then the mean of v^T H v over them, a trace estimate
+    only when E[v v^T] = I (e.g. Gaussian or Rademacher probes), and `seed` is unused.
     """
-    _check_positive("probes", probes)
+    given: list[Vector] | None = None
+    if isinstance(probes, int) and not isinstance(probes, bool):
+        _check_positive("probes", probes)
+        count = probes
+    elif isinstance(probes, Sequence) and probes and not isinstance(probes, str):
+        count = len(probes)
+    else:
+        raise InvalidArgumentError(
+            f"probes must be a positive integer or a non-empty sequence of vectors, got {probes!r}"
+        )
     work, params, data = _prepare(model, data, batch_size, canonical, device)
+    if not isinstance(probes, int):
+        given = [_as_vector(work, params, v) for v in probes]
     device = params[0].device
-    sums = torch.zeros(probes, dtype=torch.float64, device=device)
+    sums = torch.zeros(count, dtype=torch.float64, device=device)
     total = -(-len(data) // batch_size)
     with task("Hessian trace", total, enabled=progress) as reporter:
         for batch in _batches(data, batch_size, params[0]):
@@ -165,19 +223,21 @@ def hessian_trace(
             # The same probes for every batch: v^T H v = sum over batches of v^T H_b v, and
             # regenerating them keeps one probe in memory at a time.
             generator = torch.Generator().manual_seed(seed)
-            for k in range(probes):
-                v = _rademacher(params, generator)
-                hv = _hvp(grads, params, v, retain=k < probes - 1)
+            for k in range(count):
+                v = _rademacher(params, generator) if given is None else given[k]
+                hv = _hvp(grads, params, v, retain=k < count - 1)
                 sums[k] += _dot(v, hv).double()
             reporter.advance()
     samples = sums.cpu()
     value = float(samples.mean())
-    stderr = float(samples.std(unbiased=True)) / math.sqrt(probes) if probes > 1 else math.nan
+    stderr = float(samples.std(unbiased=True)) / math.sqrt(count) if count > 1 else math.nan
+    method = (
+        f"hutchinson-rademacher(probes={count}, seed={seed})"
+        if given is None
+        else f"quadratic-form-mean(probes={count}, given)"
+    )
     return HessianEstimate(
-        value=value,
-        stderr=stderr,
-        samples=tuple(float(s) for s in samples),
-        method=f"hutchinson-rademacher(probes={probes}, seed={seed})",
+        value=value, stderr=stderr, samples=tuple(float(s) for s in samples), method=method
     )
 
 

@@ -25,14 +25,18 @@ from toroid.evaluate import (
     stack_states,
 )
 from toroid.flatness.parts import SplitName, measured_parts
-from toroid.manifold.perturb import NOISES, Noise, draw_noise, perturbed_state
+from toroid.manifold.perturb import NOISES, draw_noise, perturbed_state
 from toroid.models.finite import check_finite_data, check_finite_model
 from toroid.symmetry.canonical import canonical_state
 from toroid.symmetry.transform import with_state
 from toroid.symmetry.types import SymmetrySpec
 
-EnergyNoise = Literal["multiplicative", "spherical", "flip"]
-ENERGY_NOISES: tuple[str, ...] = ("multiplicative", "spherical", "flip")
+EnergyNoise = Literal["multiplicative", "spherical", "additive", "flip"]
+ENERGY_NOISES: tuple[str, ...] = ("multiplicative", "spherical", "additive", "flip")
+# The noises of `local_energy`: the perturbations of `toroid.manifold.perturb`, and additive
+# noise theta + sigma z, the usual one outside the symmetry-aware setting.
+ContinuousNoise = Literal["multiplicative", "spherical", "additive"]
+CONTINUOUS_NOISES: tuple[str, ...] = (*NOISES, "additive")
 
 
 @dataclass(frozen=True)
@@ -41,7 +45,8 @@ class LocalEnergy:
     of every local energy, continuous or binary.
 
     `levels` are the noise levels: the relative sizes sigma for `noise="multiplicative"`
-    and `"spherical"` (`local_energy`), the flip probabilities p for `noise="flip"`
+    and `"spherical"`, the absolute standard deviation sigma for `"additive"`
+    (`local_energy`), the flip probabilities p for `noise="flip"`
     (`flip_energy`). `mean[split][i]` and `stderr[split][i]` belong to `levels[i]`;
     `raw[split][i][s]` is the increase for noise sample s (the same noise draw for every
     level: common random numbers, so curves are smooth in the level). `base[split]` is
@@ -103,13 +108,29 @@ class LocalEnergy:
 _DEFAULT_PLAN = EvalPlan(max_sets=32)
 
 
+def _additive_family(
+    base: Mapping[str, torch.Tensor],
+    noise: Sequence[Mapping[str, torch.Tensor]],
+    sets: Sequence[tuple[float, int] | None],
+) -> AffineFamily:
+    """The family theta + sigma z_s: one direction z_s per noise draw, one set per entry of
+    `sets`, (sigma, s) or None for the unperturbed network."""
+    names = list(noise[0])
+    directions = {name: torch.stack([z[name] for z in noise]) for name in names}
+    coefficients = torch.zeros(len(sets), len(noise), dtype=torch.float64)
+    for k, entry in enumerate(sets):
+        if entry is not None:
+            coefficients[k, entry[1]] = entry[0]
+    return AffineFamily(dict(base), directions, coefficients)
+
+
 def local_energy(
     model: nn.Module,
     data: Split | DataLike,
     *,
     sigmas: Sequence[float],
     samples: int = 8,
-    noise: Noise = "multiplicative",
+    noise: ContinuousNoise = "multiplicative",
     split: SplitName = "train",
     seed: int = 0,
     spec: SymmetrySpec | None = None,
@@ -128,11 +149,15 @@ def local_energy(
     The network is first put in canonical form (output layer kept, so errors and losses are
     its own), then, for each of `samples` noise draws z_s (seeded by `seed`) and each
     sigma, its parameters (weights, biases, BatchNorm affine parameters; never running
-    statistics) are perturbed: `multiplicative` theta (1 + sigma z), or `spherical` (each
-    cell moved on its sphere). Every perturbed network, and the unperturbed one, gets its
+    statistics) are perturbed: `multiplicative` theta (1 + sigma z), `spherical` (each
+    cell moved on its sphere), or `additive` theta + sigma z, z ~ N(0, I) per parameter, in
+    the coordinates the network has after the `canonical` step (`canonical=False`: its
+    raw weights, the plain Gaussian-perturbation flatness; note that it is not invariant
+    under the scale symmetries, so the same function measures differently at different
+    points of its orbit). Every perturbed network, and the unperturbed one, gets its
     BatchNorm statistics recomputed on the training inputs (DESIGN.md's policy) and is
-    evaluated with `evaluate_sets`. Multiplicative noise goes to `evaluate_sets` as an
-    affine family, so the input layer costs one pass per noise draw, not one per network.
+    evaluated with `evaluate_sets`. Multiplicative and additive noise go to `evaluate_sets`
+    as an affine family, so the input layer costs one pass per noise draw, not one per network.
     dE at sigma = 0 is exactly 0.
 
     How the networks are evaluated is `plan` (an `EvalPlan`; its `bn` must be
@@ -159,8 +184,10 @@ def local_energy(
         raise InvalidArgumentError(f"sigmas must be strictly increasing, got {list(values)}")
     if samples < 1:
         raise InvalidArgumentError(f"samples must be at least 1, got {samples}")
-    if noise not in NOISES:
-        raise InvalidArgumentError(f"noise must be one of {', '.join(NOISES)}, got {noise!r}")
+    if noise not in CONTINUOUS_NOISES:
+        raise InvalidArgumentError(
+            f"noise must be one of {', '.join(CONTINUOUS_NOISES)}, got {noise!r}"
+        )
     if split not in ("train", "test", "both"):
         raise InvalidArgumentError(f"split must be train, test or both, got {split!r}")
     parts = measured_parts(data, split)
@@ -194,15 +221,12 @@ def local_energy(
     jobs: list[tuple[int, int] | None] = [*pairs, None]
     per_draw, most = max(1, len(pairs) // samples), plan.max_sets
     chunk_size = most // per_draw * per_draw if per_draw <= most else most
-    family = (
-        multiplicative_family(
-            {n: state[n] for n in names},
-            directions,
-            [None if job is None else (values[job[0]], job[1]) for job in jobs],
-        )
-        if noise == "multiplicative"
-        else None
-    )
+    entries = [None if job is None else (values[job[0]], job[1]) for job in jobs]
+    family: AffineFamily | None = None
+    if noise == "multiplicative":
+        family = multiplicative_family({n: state[n] for n in names}, directions, entries)
+    elif noise == "additive":
+        family = _additive_family({n: state[n] for n in names}, directions, entries)
 
     def sets(begin: int, stop: int) -> AffineFamily | dict[str, torch.Tensor]:
         if family is not None:
@@ -214,7 +238,7 @@ def local_energy(
                 else {
                     n: v
                     for n, v in perturbed_state(
-                        state, values[job[0]], directions[job[1]], kind=noise, spec=spec
+                        state, values[job[0]], directions[job[1]], kind="spherical", spec=spec
                     ).items()
                     if n in directions[job[1]]
                 }
