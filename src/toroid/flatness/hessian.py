@@ -3,8 +3,9 @@ the Hessian-vector product they are built on.
 
 All work on the Hessian H of the mean cross-entropy over all of the data with respect to
 every parameter of the model (weights and BatchNorm affine parameters; running statistics
-are buffers and stay fixed), in eval mode, by default at the canonical point (every hidden
-cell unit-norm, see `toroid.symmetry.canonicalize`). Hessian-vector products are exact
+are buffers and stay fixed), in eval mode; the trace and the top eigenvalue by default at
+the canonical point (every hidden cell unit-norm, see `toroid.symmetry.canonicalize`), the
+Hessian-vector product at the model as it is. Hessian-vector products are exact
 (double backward), accumulated over minibatches weighted by their size.
 """
 
