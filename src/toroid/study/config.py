@@ -35,6 +35,26 @@ EnergySplit = Literal["train", "test", "both"]
 BendMethod = Literal["fit", "retrain"]
 BendKind = Literal["polychain", "bezier"]
 TrainEngine = Literal["vmap", "loop"]
+MeasureName = Literal[
+    "local_energy",
+    "raw_energy",
+    "hessian_trace",
+    "hessian_top",
+    "raw_hessian_trace",
+    "sam_sharpness",
+    "pac_bayes",
+    "log_norm",
+]
+MEASURES: tuple[MeasureName, ...] = (
+    "local_energy",
+    "raw_energy",
+    "hessian_trace",
+    "hessian_top",
+    "raw_hessian_trace",
+    "sam_sharpness",
+    "pac_bayes",
+    "log_norm",
+)
 # A label names networks, task keys and weight files: keep it to a safe file-name part.
 LABEL = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,39}")
 MAX_SEED = 2**63 - 1
@@ -194,11 +214,66 @@ class BendSpec(_Strict):
     points: int = Field(default=21, ge=2)
 
 
+class ReparametrizeSpec(_Strict):
+    """The function-preserving reparametrization of Dinh et al. (2017): every network
+    transformed by a random element of its symmetry group (`random_symmetry`: log-uniform
+    positive scales in `scale_range` per cell, random signs, and unit permutations when
+    `permutations`), seeded per network from `seed`; the output layer's global factor,
+    which scales the logits, is left out, so the copy's logits and loss are the network's
+    own. Permutations are off by default: they
+    change no measure's distribution, only which noise draw hits which unit, so with them a
+    before/after comparison carries Monte Carlo noise that says nothing about invariance."""
+
+    scale_range: tuple[float, float] = (0.1, 10.0)
+    seed: int = Field(default=0, ge=0, le=MAX_SEED)
+    permutations: bool = False
+
+    @field_validator("scale_range")
+    @classmethod
+    def _range(cls, value: tuple[float, float]) -> tuple[float, float]:
+        low, high = value
+        if not (math.isfinite(low) and math.isfinite(high) and 0 < low <= high):
+            raise ValueError(f"scale_range must be 0 < low <= high, got {list(value)}")
+        return value
+
+
+class MeasuresSpec(_Strict):
+    """Flatness measures side by side on every network of the main block, each on the
+    trained network and, with `reparametrize`, on its reparametrized copy (docs/study.md)."""
+
+    kinds: list[MeasureName] = Field(default_factory=lambda: list[MeasureName](MEASURES))
+    sigmas: list[float] = Field(default_factory=lambda: [0.1, 0.2, 0.3])
+    samples: int = Field(default=8, gt=0)
+    bn_samples: int = Field(default=1000, gt=1)
+    train_samples: int | None = Field(default=1000, gt=1)
+    probes: int = Field(default=16, gt=0)
+    iters: int = Field(default=20, gt=0)
+    rho: float = Field(default=0.05, gt=0)
+    sam_steps: int = Field(default=5, gt=0)
+    deviation: float = Field(default=0.1, gt=0, lt=1)
+    reparametrize: ReparametrizeSpec | None = Field(default_factory=ReparametrizeSpec)
+
+    _text = field_validator("sigmas", mode="before")(_grid)
+
+    @field_validator("sigmas")
+    @classmethod
+    def _sigmas(cls, value: list[float]) -> list[float]:
+        return _increasing(value, "sigmas")
+
+    @field_validator("kinds")
+    @classmethod
+    def _kinds(cls, value: list[str]) -> list[str]:
+        if not value or len(set(value)) != len(value):
+            raise ValueError(f"kinds must be distinct measures, at least one, got {value}")
+        return value
+
+
 class AnalysesSpec(_Strict):
     local_energy: LocalEnergySpec | None = Field(default_factory=LocalEnergySpec)
     distances: DistanceSpec | None = Field(default_factory=DistanceSpec)
     paths: PathSpec | None = Field(default_factory=PathSpec)
     bends: BendSpec | None = Field(default_factory=BendSpec)
+    measures: MeasuresSpec | None = None
 
 
 def _seeds(value: list[int]) -> list[int]:

@@ -16,7 +16,7 @@ from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from itertools import combinations
-from typing import Any
+from typing import Any, Literal
 
 from toroid.evaluate import EvalPlan
 from toroid.study.config import (
@@ -37,6 +37,7 @@ from toroid.study.tasks import (
     FlipChainParams,
     FlipEnergyParams,
     FlipPathParams,
+    MeasureParams,
     ProfileParams,
     TaskParams,
     TrainParams,
@@ -101,6 +102,9 @@ class Analysis:
     make: PerNetwork | PerPair
     pairs: PairScope | None = None
     heavy: bool = True  # asks for the GPU when the study runs on one
+    # Per-network analyses read the canonical network, or the network as trained (measures
+    # in the coordinates training left it in).
+    reads: Literal["canonical", "trained"] = "canonical"
 
 
 @dataclass(frozen=True)
@@ -219,6 +223,35 @@ def main_block(config: StudyConfig) -> Block:
                 pairs=bends.pairs,
             )
         )
+    if (measures := analyses.measures) is not None:
+        variants: list[tuple[str, tuple[float, float, int, bool] | None]] = [("measure", None)]
+        if (again := measures.reparametrize) is not None:
+            low, high = again.scale_range
+            variants.append(("measure-reparametrized", (low, high, again.seed, again.permutations)))
+        for prefix, reparametrize in variants:
+            found.append(
+                Analysis(
+                    "measure",
+                    prefix,
+                    lambda n, reparametrize=reparametrize: MeasureParams(
+                        n.name,
+                        MAIN,
+                        data,
+                        tuple(measures.kinds),
+                        tuple(measures.sigmas),
+                        measures.samples,
+                        measures.train_samples,
+                        measures.probes,
+                        measures.iters,
+                        measures.rho,
+                        measures.sam_steps,
+                        measures.deviation,
+                        measured(measures.bn_samples, MAX_SETS),
+                        reparametrize,
+                    ),
+                    reads="trained",
+                )
+            )
     kinds = tuple(distance.kinds) if distance is not None else ()
     path_kinds = tuple(paths.kinds) if paths is not None else ()
     return Block(
@@ -446,7 +479,11 @@ def build_graph(config: StudyConfig) -> list[Task]:
                         analysis.kind,
                         block.name,
                         make_one(net),
-                        (canonical_key(net.name),),
+                        (
+                            canonical_key(net.name)
+                            if analysis.reads == "canonical"
+                            else train_key(net.name),
+                        ),
                         analysis.heavy,
                     )
             else:

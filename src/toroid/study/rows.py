@@ -105,7 +105,31 @@ class BendRow:
     weights: str
 
 
-Row = NetworkRow | CanonicalRow | AlignmentRow | EnergyRow | DistanceRow | ProfileRow | BendRow
+@dataclass(frozen=True)
+class MeasureRow:
+    """One flatness measure of one network (`reparametrized`: of its copy transformed by a
+    random symmetry), at `level` (a noise scale, for the energies; None otherwise), with
+    its standard error where the measure has one."""
+
+    network: str
+    block: str
+    measure: str
+    reparametrized: bool
+    level: float | None
+    value: float
+    stderr: float | None
+
+
+Row = (
+    NetworkRow
+    | CanonicalRow
+    | AlignmentRow
+    | EnergyRow
+    | DistanceRow
+    | ProfileRow
+    | BendRow
+    | MeasureRow
+)
 
 # Result table of each row type, in the order the store creates them.
 TABLES: dict[type, str] = {
@@ -116,4 +140,5 @@ TABLES: dict[type, str] = {
     DistanceRow: "distances",
     ProfileRow: "profiles",
     BendRow: "bends",
+    MeasureRow: "measures",
 }

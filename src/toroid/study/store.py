@@ -36,7 +36,7 @@ from toroid.errors import ToroidError
 from toroid.storage import read_bundle, write_bundle
 from toroid.study.rows import TABLES, Row
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 DB_FILE = "study.db"
 R = TypeVar("R", bound=Row)
 

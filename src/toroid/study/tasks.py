@@ -10,6 +10,7 @@ gives the same numbers."""
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import hashlib
 import json
@@ -22,7 +23,7 @@ from typing import Any, Generic, TypeVar
 import torch
 from torch import nn
 
-from toroid.data import Split, load
+from toroid.data import Split, TensorData, load
 from toroid.errors import InvalidArgumentError, TrainingDivergedError
 from toroid.evaluate import EvalPlan
 from toroid.manifold.distance import distances
@@ -37,6 +38,7 @@ from toroid.study.config import (
     DistanceName,
     EnergyNoise,
     EnergySplit,
+    MeasureName,
     Schedule,
     TrainEngine,
 )
@@ -46,6 +48,7 @@ from toroid.study.rows import (
     CanonicalRow,
     DistanceRow,
     EnergyRow,
+    MeasureRow,
     NetworkRow,
     ProfileRow,
     Row,
@@ -200,6 +203,28 @@ class FlipChainParams:
     plan: EvalPlan  # how the flip paths are evaluated
 
 
+@dataclass(frozen=True)
+class MeasureParams:
+    """Flatness measures of one trained network (in the coordinates it was trained in),
+    or of its copy under a random symmetry when `reparametrize` is (low, high, seed,
+    permutations)."""
+
+    network: str
+    block: str
+    data: DataParams
+    kinds: tuple[MeasureName, ...]
+    sigmas: tuple[float, ...]
+    samples: int
+    train_samples: int | None
+    probes: int
+    iters: int
+    rho: float
+    sam_steps: int
+    deviation: float
+    plan: EvalPlan
+    reparametrize: tuple[float, float, int, bool] | None
+
+
 TaskParams = (
     TrainParams
     | CanonicalParams
@@ -211,6 +236,7 @@ TaskParams = (
     | BendParams
     | FlipPathParams
     | FlipChainParams
+    | MeasureParams
 )
 
 
@@ -469,6 +495,86 @@ def run_energy(p: EnergyParams, inputs: TaskInputs) -> list[Row]:
     return _energy_rows(p.network, p.block, result)
 
 
+def _training_subset(split: Split, size: int | None) -> TensorData:
+    """The training set, or `size` of its examples drawn with seed 0 (the same for every
+    network), on which the gradient-based measures are computed."""
+    train = split.train
+    if size is None or size >= len(train):
+        return train
+    order = torch.randperm(len(train), generator=torch.Generator().manual_seed(0))
+    return train.subset(order[:size])
+
+
+def run_measure(p: MeasureParams, inputs: TaskInputs) -> list[Row]:
+    from toroid import flatness
+    from toroid.symmetry.transform import apply_symmetry, random_symmetry
+
+    model = inputs.model(train_key(p.network))
+    if p.reparametrize is not None:
+        low, high, seed, permutations = p.reparametrize
+        _, transform = random_symmetry(
+            model,
+            seed=derive_seed(seed, p.network),
+            scale_range=(low, high),
+            permutations=permutations,
+        )
+        # Without the output layer's global factor, which scales the logits: the copy
+        # computes the same function, logits and loss included.
+        model = apply_symmetry(model, dataclasses.replace(transform, output_scale=1.0))
+    split = data_for(p.data)
+    subset = _training_subset(split, p.train_samples)
+    rows: list[Row] = []
+
+    def add(measure: str, value: float, stderr: float | None, level: float | None = None) -> None:
+        rows.append(
+            MeasureRow(
+                network=p.network,
+                block=p.block,
+                measure=measure,
+                reparametrized=p.reparametrize is not None,
+                level=level,
+                value=value,
+                stderr=stderr,
+            )
+        )
+
+    for kind in p.kinds:
+        if kind in ("local_energy", "raw_energy"):
+            raw = kind == "raw_energy"
+            energy = flatness.local_energy(
+                model,
+                split,
+                sigmas=p.sigmas,
+                samples=p.samples,
+                noise="additive" if raw else "multiplicative",
+                canonical=not raw,
+                split="train",
+                plan=p.plan,
+                progress=False,
+            )
+            for i, level in enumerate(energy.levels):
+                add(kind, energy.mean["train"][i], energy.stderr["train"][i], level)
+        elif kind in ("hessian_trace", "raw_hessian_trace"):
+            trace = flatness.hessian_trace(
+                model, subset, probes=p.probes, canonical=kind == "hessian_trace"
+            )
+            add(kind, trace.value, trace.stderr)
+        elif kind == "hessian_top":
+            top = flatness.hessian_top_eigenvalue(model, subset, iters=p.iters)
+            add(kind, top.value, None)
+        elif kind == "sam_sharpness":
+            sharp = flatness.sam_sharpness(model, subset, rho=p.rho, steps=p.sam_steps)
+            add(kind, sharp.value, None, p.rho)
+        elif kind == "pac_bayes":
+            pac = flatness.pac_bayes_flatness(
+                model, subset, deviation=p.deviation, samples=p.samples, plan=p.plan
+            )
+            add(kind, pac.sigma, None, p.deviation)
+        else:
+            add(kind, flatness.log_norm_product(model), None)
+    return rows
+
+
 def run_flip_energy(p: FlipEnergyParams, inputs: TaskInputs) -> list[Row]:
     from toroid.flatness.flip_energy import flip_energy
 
@@ -648,6 +754,7 @@ KINDS: dict[str, TaskKind[Any]] = {
         TaskKind("flip_path", FlipPathParams, run_flip_path, "flip-path profiles"),
         TaskKind("bend", BendParams, run_bend, "single-bend chains"),
         TaskKind("flip_chain", FlipChainParams, run_flip_chain, "two-segment flip chains"),
+        TaskKind("measure", MeasureParams, run_measure, "flatness measures"),
     )
 }
 
