@@ -14,7 +14,7 @@ import re
 from importlib import resources
 from itertools import pairwise
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import torch
 import yaml
@@ -45,16 +45,7 @@ MeasureName = Literal[
     "pac_bayes",
     "log_norm",
 ]
-MEASURES: tuple[MeasureName, ...] = (
-    "local_energy",
-    "raw_energy",
-    "hessian_trace",
-    "hessian_top",
-    "raw_hessian_trace",
-    "sam_sharpness",
-    "pac_bayes",
-    "log_norm",
-)
+MEASURES: tuple[MeasureName, ...] = get_args(MeasureName)
 # A label names networks, task keys and weight files: keep it to a safe file-name part.
 LABEL = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,39}")
 MAX_SEED = 2**63 - 1

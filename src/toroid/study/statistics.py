@@ -86,6 +86,23 @@ def _row_pearson(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return np.asarray(out, dtype=float)
 
 
+def _check_bootstrap(reps: int, level: float) -> None:
+    if not 0 < level < 1:
+        raise InvalidArgumentError(f"level must lie in (0, 1), got {level}")
+    if reps < 1:
+        raise InvalidArgumentError(f"reps must be at least 1, got {reps}")
+
+
+def _percentile_interval(stats: np.ndarray, reps: int, level: float) -> tuple[float, float]:
+    """The percentile interval at `level` of the resamples' statistics, those undefined
+    (NaN) dropped; NaN when fewer than half of the `reps` are defined."""
+    valid = stats[~np.isnan(stats)]
+    if valid.size < reps / 2:
+        return NAN, NAN
+    low, high = np.quantile(valid, [(1 - level) / 2, (1 + level) / 2])
+    return float(low), float(high)
+
+
 def bootstrap_spearman(
     x: Sequence[float],
     y: Sequence[float],
@@ -96,10 +113,7 @@ def bootstrap_spearman(
 ) -> Correlation:
     """Spearman's rho of (x, y) and its percentile-bootstrap interval over resampled
     points. Resamples with a constant coordinate (rho undefined) are dropped."""
-    if not 0 < level < 1:
-        raise InvalidArgumentError(f"level must lie in (0, 1), got {level}")
-    if reps < 1:
-        raise InvalidArgumentError(f"reps must be at least 1, got {reps}")
+    _check_bootstrap(reps, level)
     rho = spearman(x, y)
     n = len(x)
     if math.isnan(rho):
@@ -109,11 +123,7 @@ def bootstrap_spearman(
     # Ranking every resample at once is the same computation as spearmanr per resample
     # (Pearson's r of average ranks), 2000 times faster to call.
     rhos = _row_pearson(_rank_rows(a[index]), _rank_rows(b[index]))
-    valid = rhos[~np.isnan(rhos)]
-    if valid.size < reps / 2:
-        return Correlation(rho, NAN, NAN, n, level, reps, seed)
-    low, high = np.quantile(valid, [(1 - level) / 2, (1 + level) / 2])
-    return Correlation(rho, float(low), float(high), n, level, reps, seed)
+    return Correlation(rho, *_percentile_interval(rhos, reps, level), n, level, reps, seed)
 
 
 # Kendall's tau-b -------------------------------------------------------------------------
@@ -207,10 +217,7 @@ def bootstrap_kendall(
     coordinate (tau-b undefined) are dropped. Memory grows as n^2 + reps * n floats and time
     as reps * n^2 operations (three matrix products): 2000 resamples of 200 points take
     under 0.1 s on two CPU cores."""
-    if not 0 < level < 1:
-        raise InvalidArgumentError(f"level must lie in (0, 1), got {level}")
-    if reps < 1:
-        raise InvalidArgumentError(f"reps must be at least 1, got {reps}")
+    _check_bootstrap(reps, level)
     tau = kendall_tau(x, y)
     n = len(x)
     if math.isnan(tau):
@@ -221,11 +228,7 @@ def bootstrap_kendall(
     offsets = index + n * np.arange(reps)[:, None]
     counts = np.bincount(offsets.reshape(-1), minlength=reps * n).reshape(reps, n).astype(float)
     taus = _tau_b_of_counts(counts, _pair_signs(a, b))
-    valid = taus[~np.isnan(taus)]
-    if valid.size < reps / 2:
-        return KendallTau(tau, NAN, NAN, n, level, reps, seed)
-    low, high = np.quantile(valid, [(1 - level) / 2, (1 + level) / 2])
-    return KendallTau(tau, float(low), float(high), n, level, reps, seed)
+    return KendallTau(tau, *_percentile_interval(taus, reps, level), n, level, reps, seed)
 
 
 # Granulated Kendall coefficient ------------------------------------------------------------
