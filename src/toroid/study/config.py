@@ -97,6 +97,8 @@ class OptimizerSpec(_Strict):
     name: str
     label: str | None = None
     epochs: int | None = Field(default=None, gt=0)
+    # This entry's minibatch size (default: training.batch_size, else the preset's).
+    batch_size: int | None = Field(default=None, gt=0)
     hparams: dict[str, Any] = Field(default_factory=dict)
 
     @model_validator(mode="after")
@@ -107,7 +109,7 @@ class OptimizerSpec(_Strict):
                 f"optimizer label {self.key!r} must be 1-40 letters, digits, '_', '.' or '-' "
                 f"(starting with a letter or digit): it names files and task keys; {advice}"
             )
-        reserved = sorted({"name", "label", "epochs"} & set(self.hparams))
+        reserved = sorted({"name", "label", "epochs", "batch_size"} & set(self.hparams))
         if reserved:
             raise ValueError(
                 f"optimizer {self.key!r}: {reserved[0]!r} is not a hyperparameter; set it on "
@@ -133,10 +135,10 @@ def _optimizer_list(value: Any) -> Any:
         elif (
             isinstance(item, dict) and "name" in item and isinstance(item.get("hparams", {}), dict)
         ):
-            own = ("name", "label", "epochs", "hparams")
+            own = ("name", "label", "epochs", "batch_size", "hparams")
             extra = {k: v for k, v in item.items() if k not in own}
             merged = {**item.get("hparams", {}), **extra}
-            out.append({**{k: item[k] for k in own[:3] if k in item}, "hparams": merged})
+            out.append({**{k: item[k] for k in own[:4] if k in item}, "hparams": merged})
         else:
             out.append(item)
     return out
@@ -286,6 +288,73 @@ def _distinct_labels(optimizers: list[OptimizerSpec]) -> list[OptimizerSpec]:
     return optimizers
 
 
+class GridSpec(_Strict):
+    """The main block's hyperparameter grid (Jiang et al. 2020): every optimizer entry is
+    trained at each of `batch_sizes` and with its learning rate times each of `lr_factors`
+    (Keskar et al. 2017: batch size moves flatness and test error; the rate does too), so
+    that flatness and generalization spread for known reasons. Each grid point is an
+    optimizer label of its own, `<label>-b<batch size>-lr<factor>`."""
+
+    batch_sizes: list[int] | None = None
+    lr_factors: list[float] | None = None
+
+    @model_validator(mode="after")
+    def _axes(self) -> GridSpec:
+        for name, values in (("batch_sizes", self.batch_sizes), ("lr_factors", self.lr_factors)):
+            if values is None:
+                continue
+            if not values or len(set(values)) != len(values):
+                raise ValueError(f"{name} must be distinct values, at least one, got {values}")
+            if any(not (isinstance(v, int | float) and math.isfinite(v) and v > 0) for v in values):
+                raise ValueError(f"{name} must be positive numbers, got {values}")
+        if self.batch_sizes is None and self.lr_factors is None:
+            raise ValueError("a grid needs batch_sizes, lr_factors or both")
+        return self
+
+
+def grid_points(
+    optimizers: list[OptimizerSpec], grid: GridSpec | None, batch_size: int | None
+) -> tuple[list[OptimizerSpec], dict[str, dict[str, Any]]]:
+    """The optimizer entries a block trains (each grid point an entry of its own) and each
+    entry's hyperparameters by label: its base label, batch size and learning rate (None
+    for an optimizer without one)."""
+    from toroid.optim import default_batch_size
+
+    sizes: list[int | None] = list(grid.batch_sizes) if grid and grid.batch_sizes else [None]
+    factors: list[float | None] = list(grid.lr_factors) if grid and grid.lr_factors else [None]
+    entries: list[OptimizerSpec] = []
+    axes: dict[str, dict[str, Any]] = {}
+    for spec in optimizers:
+        resolved = spec.resolved()
+        lr = resolved.get("lr")
+        for size in sizes:
+            for factor in factors:
+                label = spec.key + (f"-b{size}" if size else "")
+                label += f"-lr{factor:g}" if factor else ""
+                hparams = dict(spec.hparams)
+                if factor is not None:
+                    if lr is None:
+                        raise ValueError(
+                            f"optimizer {spec.key!r} has no learning rate for grid.lr_factors"
+                        )
+                    hparams["lr"] = float(lr) * factor
+                chosen = size or spec.batch_size
+                entry = spec.model_copy(
+                    update={
+                        "label": label if grid else spec.label,
+                        "hparams": hparams,
+                        "batch_size": chosen,
+                    }
+                )
+                axes[entry.key] = {
+                    "optimizer": spec.key,
+                    "batch_size": chosen or batch_size or default_batch_size(resolved),
+                    "lr": hparams.get("lr", lr),
+                }
+                entries.append(entry)
+    return entries, axes
+
+
 class BinarySpec(_Strict):
     """Binary networks trained and analysed alongside: flip local energy, overlap
     distances, flip paths and the two-segment chain through a re-trained midpoint."""
@@ -340,12 +409,25 @@ class StudyConfig(_Strict):
     analyses: AnalysesSpec = Field(default_factory=AnalysesSpec)
     report: ReportSpec = Field(default_factory=ReportSpec)
     binary: BinarySpec | None = None
+    grid: GridSpec | None = None
     device: str = "cpu"
     needs_gpu: bool = False
 
     _optimizers = field_validator("optimizers", mode="before")(_optimizer_list)
     _labels = field_validator("optimizers")(_distinct_labels)
     _seed_range = field_validator("seeds")(_seeds)
+
+    @model_validator(mode="after")
+    def _grid_labels(self) -> StudyConfig:
+        entries, _ = grid_points(self.optimizers, self.grid, self.training.batch_size)
+        for entry in entries:
+            if not LABEL.fullmatch(entry.key):
+                raise ValueError(
+                    f"grid label {entry.key!r} must be 1-40 letters, digits, '_', '.' or '-': "
+                    "shorten the optimizer's label"
+                )
+        _distinct_labels(entries)
+        return self
 
     def digest(self, *parts: str) -> str:
         """A short hash of the named top-level parts (all when none are named)."""
@@ -390,8 +472,9 @@ def validate_config(raw: Any, *, source: str = "config") -> StudyConfig:
         config = StudyConfig.model_validate(raw)
     except ValidationError as exc:
         raise StudyConfigError(f"{source}: {_describe(exc)}") from None
+    entries, _ = grid_points(config.optimizers, config.grid, config.training.batch_size)
     for spec in (
-        *config.optimizers,
+        *entries,
         *(config.binary.optimizers if config.binary else ()),
     ):
         try:

@@ -25,6 +25,7 @@ from toroid.study.config import (
     StudyConfig,
     StudyConfigError,
     TrainingSpec,
+    grid_points,
 )
 from toroid.study.store import StoreError, TaskRecord, check_key
 from toroid.study.tasks import (
@@ -126,6 +127,9 @@ class Block:
     barrier_paths: tuple[str, ...]
     chain_path: str
     steps: Mapping[str, str]  # a generic step (energy, path, chain) -> its task kind here
+    # Optimizer label -> {"optimizer": base label, "batch_size": ..., "lr": ...}: the
+    # hyperparameter axes of the block's networks (a grid's, or one point per entry).
+    hyperparameters: Mapping[str, Mapping[str, Any]] = dataclasses.field(default_factory=dict)
 
     @property
     def networks(self) -> list[Network]:
@@ -154,6 +158,7 @@ def _planner(config: StudyConfig) -> Callable[[int, int], EvalPlan]:
 def main_block(config: StudyConfig) -> Block:
     data, device, analyses = _data(config), config.device, config.analyses
     measured = _planner(config)
+    entries, axes = grid_points(config.optimizers, config.grid, config.training.batch_size)
     found: list[Analysis] = []
     if (energy := analyses.local_energy) is not None:
         found.append(
@@ -257,7 +262,8 @@ def main_block(config: StudyConfig) -> Block:
     return Block(
         name=MAIN,
         model=config.model,
-        optimizers=tuple(config.optimizers),
+        optimizers=tuple(entries),
+        hyperparameters=axes,
         seeds=tuple(config.seeds),
         training=config.training,
         analyses=tuple(found),
@@ -345,6 +351,7 @@ def binary_block(config: StudyConfig) -> Block | None:
         name=BINARY,
         model=binary.model,
         optimizers=tuple(binary.optimizers),
+        hyperparameters=grid_points(binary.optimizers, None, binary.training.batch_size)[1],
         seeds=tuple(binary.seeds),
         training=t,
         analyses=analyses,
@@ -441,7 +448,7 @@ def build_graph(config: StudyConfig) -> list[Task]:
                 data=data,
                 epochs=spec.epochs if spec.epochs is not None else block.training.epochs,
                 schedule=block.training.schedule,
-                batch_size=block.training.batch_size,
+                batch_size=spec.batch_size or block.training.batch_size,
                 stop_at_zero_train_error=block.training.stop_at_zero_train_error,
                 augment=block.training.augment,
                 device=config.device,
