@@ -8,15 +8,22 @@ kept alongside, so the report can say what is missing."""
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Hashable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from toroid.study.config import StudyConfig
 from toroid.study.graph import Block, Task, blocks, build_graph, standing_of
-from toroid.study.rows import DistanceRow, EnergyRow, NetworkRow, ProfileRow, Row
-from toroid.study.statistics import interpolate, summary_level
+from toroid.study.rows import DistanceRow, EnergyRow, MeasureRow, NetworkRow, ProfileRow, Row
+from toroid.study.statistics import (
+    GranulatedTau,
+    KendallTau,
+    bootstrap_kendall,
+    granulated_tau,
+    interpolate,
+    summary_level,
+)
 from toroid.study.store import Store, TaskRecord
 from toroid.study.tasks import KINDS
 
@@ -45,6 +52,18 @@ class EnergyCurve:
 
 
 @dataclass(frozen=True)
+class MeasureValues:
+    """One flatness measure at one level (None: the measure has none) over a block's
+    networks: each network's value as trained (`before`) and on its reparametrized copy
+    (`after`, empty without copies), in network order."""
+
+    measure: str
+    level: float | None
+    before: Mapping[str, float]
+    after: Mapping[str, float]
+
+
+@dataclass(frozen=True)
 class StageProgress:
     """Tasks of one stage: finished, of which in all, and how many failed."""
 
@@ -64,7 +83,10 @@ class BlockEvidence:
     `flatness` maps each network with a local-energy curve on `flatness_split` to its dE
     at `level` (linear interpolation between measured levels); `level` is None when no
     positive level was measured. `configured` names the analyses the config asks for;
-    `progress` counts finished and total tasks per stage."""
+    `progress` counts finished and total tasks per stage. `measures` holds the flatness
+    measures side by side (analyses.measures), `hyperparameters` each network's
+    hyperparameters for the granulated tau (`network_hyperparameters`), `summary_levels`
+    the report's preferred summary levels."""
 
     block: str
     optimizers: tuple[str, ...]
@@ -82,6 +104,9 @@ class BlockEvidence:
     configured: frozenset[str]
     steps: Mapping[str, str] = field(default_factory=dict)
     progress: Mapping[str, StageProgress] = field(default_factory=dict)
+    measures: tuple[MeasureValues, ...] = ()
+    hyperparameters: Mapping[str, Mapping[str, Hashable]] = field(default_factory=dict)
+    summary_levels: tuple[float, ...] = ()
 
     def stage(self, step: str) -> str:
         """The task kind of a generic step (energy, path, chain) in this block."""
@@ -181,6 +206,221 @@ def energy_curves(rows: Sequence[EnergyRow]) -> tuple[EnergyCurve, ...]:
     return tuple(curves)
 
 
+def measure_values(
+    rows: Sequence[MeasureRow], order: Mapping[str, int]
+) -> tuple[MeasureValues, ...]:
+    """One record per (measure, level): measures in the order the rows first name them,
+    levels increasing (None first), networks in `order` (others are dropped)."""
+    grouped: dict[str, dict[float | None, tuple[dict[str, float], dict[str, float]]]] = {}
+    for row in rows:
+        if row.network in order:
+            levels = grouped.setdefault(row.measure, {})
+            before, after = levels.setdefault(row.level, ({}, {}))
+            (after if row.reparametrized else before)[row.network] = row.value
+
+    def ordered(values: Mapping[str, float]) -> dict[str, float]:
+        return {k: values[k] for k in sorted(values, key=order.__getitem__)}
+
+    return tuple(
+        MeasureValues(measure, level, ordered(before), ordered(after))
+        for measure, levels in grouped.items()
+        for level, (before, after) in sorted(
+            levels.items(), key=lambda item: -math.inf if item[0] is None else item[0]
+        )
+    )
+
+
+def values_at(found: Sequence[MeasureValues], measure: str, level: float) -> MeasureValues | None:
+    """`measure` at `level`: the measured record, or each network's values interpolated
+    linearly between its measured levels; None when nothing of `measure` has levels."""
+    mine = [v for v in found if v.measure == measure and v.level is not None]
+    for values in mine:
+        if values.level == level:
+            return values
+    if not mine:
+        return None
+
+    def at(side: str) -> dict[str, float]:
+        names = [n for n in getattr(mine[0], side) if all(n in getattr(v, side) for v in mine)]
+        levels = [float(v.level) for v in mine if v.level is not None]
+        out = {n: interpolate(levels, [getattr(v, side)[n] for v in mine], level) for n in names}
+        return {n: x for n, x in out.items() if not math.isnan(x)}
+
+    return MeasureValues(measure, level, at("before"), at("after"))
+
+
+def block_hyperparameters(block: Block) -> dict[str, Mapping[str, Any]]:
+    """Optimizer label -> its hyperparameters ({"optimizer": base label, "batch_size",
+    "lr"}) as the block's `hyperparameters` holds them; a label it does not hold (or a
+    `Block` without that field) falls back to {"optimizer": label}."""
+    known: Mapping[str, Mapping[str, Any]] = getattr(block, "hyperparameters", None) or {}
+    return {o.key: dict(known.get(o.key) or {"optimizer": o.key}) for o in block.optimizers}
+
+
+def _level_index(values: Sequence[Any]) -> dict[Any, int]:
+    """Each distinct value's position among the sorted distinct values (None first)."""
+    distinct = sorted(set(values), key=lambda v: (v is not None, v if v is not None else 0))
+    return {v: i for i, v in enumerate(distinct)}
+
+
+def network_hyperparameters(
+    by_label: Mapping[str, Mapping[str, Any]], networks: Sequence[tuple[str, str, int]]
+) -> dict[str, dict[str, Hashable]]:
+    """Per network (name, optimizer label, seed): the hyperparameters the granulated tau
+    reads: "optimizer" (the base label), every other hyperparameter that takes more than
+    one value within one optimizer, as its level within that optimizer (the k-th smallest
+    learning rate of each optimizer is level k: a grid scales every optimizer's own
+    learning rate by the same factors), and "seed". A hyperparameter that never varies
+    within an optimizer is a property of the optimizer, not an axis (docs/study.md)."""
+    base = {label: str(h.get("optimizer", label)) for label, h in by_label.items()}
+    keys = sorted({k for h in by_label.values() for k in h} - {"optimizer", "seed"})
+    levels: dict[tuple[str, str], dict[Any, int]] = {}
+    for key in keys:
+        for optimizer in set(base.values()):
+            mine = [h.get(key) for label, h in by_label.items() if base[label] == optimizer]
+            levels[(key, optimizer)] = _level_index(mine)
+    varying = [k for k in keys if any(len(levels[(k, o)]) > 1 for o in set(base.values()))]
+    out: dict[str, dict[str, Hashable]] = {}
+    for name, label, seed in networks:
+        optimizer = base.get(label, label)
+        row: dict[str, Hashable] = {"optimizer": optimizer, "seed": seed}
+        for key in varying:
+            row[key] = levels[(key, optimizer)].get(by_label.get(label, {}).get(key), 0)
+        out[name] = row
+    return out
+
+
+def hyperparameter_axes(hyperparameters: Mapping[str, Mapping[str, Hashable]]) -> tuple[str, ...]:
+    """The granulated tau's axes: every key but the seed that takes two or more values
+    ("optimizer" first)."""
+    rows = list(hyperparameters.values())
+    keys = sorted({k for row in rows for k in row} - {"seed"}, key=lambda k: (k != "optimizer", k))
+    return tuple(k for k in keys if len({row[k] for row in rows}) > 1)
+
+
+# Flatness measures against generalization ---------------------------------------------------
+
+# Invariance under the reparametrization: every network's value after equals its value
+# before to math.isclose(rel_tol=INVARIANCE_RTOL, abs_tol=INVARIANCE_ATOL); two NaNs are
+# equal. docs/study.md ("Claim 6 and the flatness measures") gives the reasons.
+INVARIANCE_RTOL = 1e-4
+INVARIANCE_ATOL = 1e-9
+# Measures computed in raw coordinates (those a reparametrization may change).
+RAW_MEASURES = ("raw_energy", "raw_hessian_trace", "sam_sharpness", "log_norm")
+
+
+def same_value(a: float, b: float) -> bool:
+    """Whether a value after the reparametrization equals the one before (the rule above)."""
+    if math.isnan(a) or math.isnan(b):
+        return math.isnan(a) and math.isnan(b)
+    return math.isclose(a, b, rel_tol=INVARIANCE_RTOL, abs_tol=INVARIANCE_ATOL)
+
+
+def relative_change(a: float, b: float) -> float:
+    """|a - b| / max(|a|, |b|) (0 for two zeros, NaN unless both are finite)."""
+    if not (math.isfinite(a) and math.isfinite(b)):
+        return math.nan
+    scale = max(abs(a), abs(b))
+    return abs(a - b) / scale if scale > 0 else 0.0
+
+
+@dataclass(frozen=True)
+class Invariance:
+    """A measure before and after the reparametrization, over the `compared` networks
+    measured both ways: `invariant` is None when there are none; `largest_change` is the
+    largest relative change (NaN when none is finite)."""
+
+    compared: int
+    invariant: bool | None
+    largest_change: float
+
+
+def invariance(values: MeasureValues) -> Invariance:
+    pairs = [(values.before[n], values.after[n]) for n in values.before if n in values.after]
+    if not pairs:
+        return Invariance(0, None, math.nan)
+    changes = [c for c in (relative_change(a, b) for a, b in pairs) if not math.isnan(c)]
+    return Invariance(
+        len(pairs),
+        all(same_value(a, b) for a, b in pairs),
+        max(changes) if changes else math.nan,
+    )
+
+
+@dataclass(frozen=True)
+class MeasureSummary:
+    """One measure at one level against generalization over a block's networks: Kendall's
+    tau-b with its bootstrap interval against test error (`test`) and against the gap
+    test error - train error (`gap`), Jiang's granulated tau against each (None without
+    an axis), the invariance under the reparametrization, and tau against test error
+    after it (`after`; None without reparametrized copies)."""
+
+    measure: str
+    level: float | None
+    test: KendallTau
+    gap: KendallTau
+    granulated_test: GranulatedTau | None
+    granulated_gap: GranulatedTau | None
+    invariance: Invariance
+    after: KendallTau | None
+    axes: tuple[str, ...]
+
+    @property
+    def n(self) -> int:
+        return self.test.n
+
+    @property
+    def raw(self) -> bool:
+        return self.measure in RAW_MEASURES
+
+
+def _points(
+    block: BlockEvidence, values: Mapping[str, float], target: str
+) -> tuple[list[str], list[float], list[float]]:
+    names, x, y = [], [], []
+    for net in block.networks:
+        value = values.get(net.name)
+        if value is None or not math.isfinite(value) or net.test_error is None:
+            continue
+        goal = net.test_error if target == "test" else net.test_error - net.train_error
+        names.append(net.name)
+        x.append(value)
+        y.append(goal)
+    return names, x, y
+
+
+def summarize_measure(
+    block: BlockEvidence, values: MeasureValues, *, reps: int, seed: int, level: float
+) -> MeasureSummary:
+    """`values` against test error and the generalization gap (`level`: the bootstrap
+    interval's confidence level)."""
+    taus: dict[str, KendallTau] = {}
+    granulated: dict[str, GranulatedTau | None] = {}
+    axes: tuple[str, ...] = ()
+    for target in ("test", "gap"):
+        names, x, y = _points(block, values.before, target)
+        taus[target] = bootstrap_kendall(x, y, reps=reps, seed=seed, level=level)
+        rows = [block.hyperparameters[n] for n in names if n in block.hyperparameters]
+        axes = hyperparameter_axes(dict(zip(names, rows, strict=False)))
+        complete = len(rows) == len(names) and bool(axes) and bool(names)
+        granulated[target] = granulated_tau(rows, x, y, axes=axes) if complete else None
+    after = None
+    if values.after:
+        _, x, y = _points(block, values.after, "test")
+        after = bootstrap_kendall(x, y, reps=reps, seed=seed, level=level)
+    return MeasureSummary(
+        values.measure,
+        values.level,
+        taus["test"],
+        taus["gap"],
+        granulated["test"],
+        granulated["gap"],
+        invariance(values),
+        after,
+        axes,
+    )
+
+
 def _flatness(
     curves: Sequence[EnergyCurve], preferred: Sequence[float]
 ) -> tuple[float | None, str, dict[str, float]]:
@@ -209,6 +449,11 @@ def _block(
     )
     curves = energy_curves([r for r in mine(EnergyRow) if isinstance(r, EnergyRow)])
     level, split, flatness = _flatness(curves, block.summary_levels)
+    measures = measure_values([r for r in mine(MeasureRow) if isinstance(r, MeasureRow)], order)
+    hyperparameters = network_hyperparameters(
+        block_hyperparameters(block),
+        [(net.name, net.optimizer, net.seed) for net in block.networks],
+    )
     return BlockEvidence(
         block=block.name,
         optimizers=tuple(o.key for o in block.optimizers),
@@ -226,6 +471,9 @@ def _block(
         configured=block.configured,
         steps=block.steps,
         progress=progress,
+        measures=measures,
+        hyperparameters=hyperparameters,
+        summary_levels=tuple(block.summary_levels),
     )
 
 
@@ -236,7 +484,7 @@ def gather(directory: str | Path, config: StudyConfig) -> Evidence:
     graph = {t.key: t.hash for t in tasks}
     records = Store.records(directory)
     tables: dict[type, list[Row]] = {
-        t: [] for t in (NetworkRow, EnergyRow, DistanceRow, ProfileRow)
+        t: [] for t in (NetworkRow, EnergyRow, DistanceRow, ProfileRow, MeasureRow)
     }
     if records:
         with Store(directory, readonly=True) as store:
@@ -251,4 +499,15 @@ def gather(directory: str | Path, config: StudyConfig) -> Evidence:
         found[1] if len(found) > 1 else None,
         tuple(standing.failed.values()),
         standing.blocked,
+    )
+
+
+def measure_summaries(
+    block: BlockEvidence, *, reps: int, seed: int, level: float = 0.95
+) -> tuple[MeasureSummary, ...]:
+    """Every measured (measure, level) of the block against generalization."""
+    return tuple(
+        summarize_measure(block, values, reps=reps, seed=seed, level=level)
+        for values in block.measures
+        if values.before
     )

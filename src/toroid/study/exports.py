@@ -9,9 +9,9 @@ import io
 import math
 from collections.abc import Sequence
 
-from toroid.study.evidence import BlockEvidence, Evidence
-from toroid.study.statistics import mean_stderr
-from toroid.study.verdicts import Verdict
+from toroid.study.evidence import BlockEvidence, Evidence, MeasureSummary, measure_summaries
+from toroid.study.statistics import KendallTau, mean_stderr
+from toroid.study.verdicts import LEVEL, REPS, SEED, Verdict
 
 Cell = str | int | float | bool | None
 
@@ -174,9 +174,61 @@ def verdicts_csv(verdicts: Sequence[Verdict]) -> str:
     return to_csv(columns, rows)
 
 
-def all_csvs(evidence: Evidence, verdicts: Sequence[Verdict]) -> dict[str, str]:
-    """File name -> CSV text."""
-    return {
+def _tau_cells(tau: KendallTau | None) -> tuple[Cell, Cell, Cell]:
+    return (None, None, None) if tau is None else (tau.tau, tau.low, tau.high)
+
+
+def measures_csv(summaries: Sequence[MeasureSummary]) -> str:
+    """The "Flatness measures" table: one row per measure and level."""
+    columns = (
+        "measure",
+        "level",
+        "raw_coordinates",
+        "n",
+        "tau_test",
+        "tau_test_low",
+        "tau_test_high",
+        "granulated_tau_test",
+        "tau_gap",
+        "tau_gap_low",
+        "tau_gap_high",
+        "granulated_tau_gap",
+        "axes",
+        "invariant",
+        "compared",
+        "largest_relative_change",
+        "n_after",
+        "tau_after",
+        "tau_after_low",
+        "tau_after_high",
+    )
+    rows = [
+        (
+            s.measure,
+            s.level,
+            s.raw,
+            s.n,
+            *_tau_cells(s.test),
+            s.granulated_test.psi if s.granulated_test is not None else None,
+            *_tau_cells(s.gap),
+            s.granulated_gap.psi if s.granulated_gap is not None else None,
+            " ".join(s.axes),
+            s.invariance.invariant,
+            s.invariance.compared,
+            s.invariance.largest_change,
+            s.after.n if s.after is not None else None,
+            *_tau_cells(s.after),
+        )
+        for s in summaries
+    ]
+    return to_csv(columns, rows)
+
+
+def all_csvs(
+    evidence: Evidence, verdicts: Sequence[Verdict], *, reps: int = REPS, seed: int = SEED
+) -> dict[str, str]:
+    """File name -> CSV text; `measures.csv` only with analyses.measures."""
+    out = {
         "networks.csv": networks_csv(evidence),
         "training.csv": training_csv(evidence),
         "local_energy.csv": local_energy_csv(evidence),
@@ -184,3 +236,7 @@ def all_csvs(evidence: Evidence, verdicts: Sequence[Verdict]) -> dict[str, str]:
         "profiles.csv": profiles_csv(evidence),
         "verdicts.csv": verdicts_csv(verdicts),
     }
+    if evidence.config.analyses.measures is not None:
+        summaries = measure_summaries(evidence.main, reps=reps, seed=seed, level=LEVEL)
+        out["measures.csv"] = measures_csv(summaries)
+    return out

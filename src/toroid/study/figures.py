@@ -156,3 +156,42 @@ def heatmap(
     figure.colorbar(image, ax=ax, label=colorbar, shrink=0.8)
     ax.set_title(title)
     return _png(figure)
+
+
+PANEL_COLUMNS = 4
+
+
+def scatter_panels(*, panels: Sequence[Panel], xlabel: str, ylabel: str, title: str) -> bytes:
+    """A grid of scatter plots (PANEL_COLUMNS per row), one per panel, each with its own x
+    axis; groups are told apart by color and marker (circles, then crosses, ...)."""
+    count = max(1, len(panels))
+    columns = min(PANEL_COLUMNS, count)
+    rows = math.ceil(count / columns)
+    figure = _figure(3.4 * columns + 0.6, 3.0 * rows + 0.6)
+    axes = figure.subplots(rows, columns, squeeze=False)
+    markers = ("o", "x", "s", "^")
+    for index, ax in enumerate(axes.flat):
+        if index >= len(panels):
+            ax.set_visible(False)
+            continue
+        panel = panels[index]
+        for k, series in enumerate(panel.series):
+            ax.plot(
+                series.x,
+                series.y,
+                linestyle="none",
+                marker=markers[k % len(markers)],
+                markersize=5,
+                color=series.color,
+                label=series.label,
+            )
+        ax.set_title(panel.title, fontsize="small")
+        ax.set_xlabel(xlabel, fontsize="small")
+        ax.margins(0.08)
+        ax.grid(alpha=0.3)
+        if index % columns == 0:
+            ax.set_ylabel(ylabel)
+        if index == 0 and panel.series:
+            ax.legend(fontsize="x-small", loc="best")
+    figure.suptitle(title)
+    return _png(figure)

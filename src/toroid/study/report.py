@@ -45,11 +45,11 @@ def render(
 ) -> tuple[str, str, dict[str, str], tuple[Verdict, ...]]:
     """The report's HTML, Markdown and CSV texts, and the verdicts; writes nothing."""
     found = verdicts(evidence, reps=reps, seed=seed)
-    sections = all_sections(evidence, found)
+    sections = all_sections(evidence, found, reps=reps, seed=seed)
     title = f"Study {evidence.name}: the landscape with symmetries removed"
     html = to_html(title=title, sections=sections)
     markdown = to_markdown(title=title, preamble=[v.line() for v in found], sections=sections)
-    return html, markdown, all_csvs(evidence, found), found
+    return html, markdown, all_csvs(evidence, found, reps=reps, seed=seed), found
 
 
 def write_report(

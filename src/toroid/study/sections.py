@@ -11,11 +11,25 @@ from collections.abc import Sequence
 
 from toroid.study import figures
 from toroid.study.document import Image, Item, Paragraph, Section, Table, number, plus_minus
-from toroid.study.evidence import STAGES, BlockEvidence, Evidence, NetworkRecord, ProfileRecord
+from toroid.study.evidence import (
+    INVARIANCE_ATOL,
+    INVARIANCE_RTOL,
+    STAGES,
+    BlockEvidence,
+    Evidence,
+    MeasureSummary,
+    MeasureValues,
+    NetworkRecord,
+    ProfileRecord,
+    measure_summaries,
+)
 from toroid.study.figures import Panel, Series
-from toroid.study.statistics import bootstrap_spearman, mean_stderr
+from toroid.study.statistics import KendallTau, bootstrap_spearman, mean_stderr
 from toroid.study.verdicts import (
+    LEVEL,
+    REPS,
     RULES,
+    SEED,
     Verdict,
     barrier_path,
     chains,
@@ -146,6 +160,8 @@ def verdict_section(verdicts: Sequence[Verdict]) -> Section:
         f"Correlation claims: {RULES['correlation']}. Chains: {RULES['chains']}. "
         f"Binary networks: {RULES['binary']}."
     )
+    if any(v.claim == "6" for v in verdicts):
+        rules += f" Symmetry removal (claim 6): {RULES['symmetry']}."
     return Section("Verdicts", (verdict_table(verdicts), Paragraph(rules)))
 
 
@@ -609,6 +625,128 @@ def raw_section(block: BlockEvidence) -> Section:
     return Section(title, tuple(items))
 
 
+# Flatness measures side by side -------------------------------------------------------------
+
+MEASURES_TITLE = "Flatness measures"
+
+
+def _tau_text(tau: KendallTau | None) -> str:
+    if tau is None or math.isnan(tau.tau):
+        return "—"
+    if not tau.defined:
+        return f"{tau.tau:.2f} [—]"
+    return f"{tau.tau:.2f} [{tau.low:.2f}, {tau.high:.2f}]"
+
+
+def _yes_no(value: bool | None) -> str:
+    return "—" if value is None else ("yes" if value else "no")
+
+
+def measures_table(summaries: Sequence[MeasureSummary]) -> Table:
+    columns = (
+        "measure",
+        "level",
+        "n",
+        "tau vs test error [95%]",
+        "granulated tau (test error)",
+        "tau vs gap [95%]",
+        "granulated tau (gap)",
+        "invariant",
+        "largest relative change",
+        "tau after vs test error [95%]",
+    )
+    rows = tuple(
+        (
+            s.measure,
+            number(s.level),
+            str(s.n),
+            _tau_text(s.test),
+            number(s.granulated_test.psi, 2) if s.granulated_test is not None else "—",
+            _tau_text(s.gap),
+            number(s.granulated_gap.psi, 2) if s.granulated_gap is not None else "—",
+            _yes_no(s.invariance.invariant),
+            number(s.invariance.largest_change, 2),
+            _tau_text(s.after),
+        )
+        for s in summaries
+    )
+    return Table(columns, rows)
+
+
+def measure_panel(block: BlockEvidence, values: MeasureValues) -> Panel:
+    """One measure at one level against test error: before (C0) and after (C1)."""
+    tests = {n.name: n.test_error for n in block.networks if n.test_error is not None}
+    series = []
+    for label, side, tone in (
+        ("as trained", values.before, 0),
+        ("reparametrized", values.after, 1),
+    ):
+        names = [n for n, v in side.items() if n in tests and math.isfinite(v)]
+        if names:
+            series.append(
+                Series(
+                    label,
+                    tuple(side[n] for n in names),
+                    tuple(float(tests[n]) for n in names),
+                    color=figures.color(tone),
+                )
+            )
+    title = values.measure if values.level is None else f"{values.measure} at {values.level:g}"
+    return Panel(title, tuple(series))
+
+
+def measures_section(
+    evidence: Evidence, verdict: Verdict | None, *, reps: int = REPS, seed: int = SEED
+) -> Section:
+    """Every flatness measure against test error and the generalization gap, before and
+    after the reparametrization (analyses.measures), and claim 6."""
+    block = evidence.main
+    items: list[Item] = [Paragraph(f"Claim {verdict.line()}")] if verdict is not None else []
+    progress = block.progress.get("measure")
+    absent = (
+        f"{progress.done} of {progress.total} flatness measures tasks finished"
+        + (f", {progress.failed} failed" if progress.failed else "")
+        if progress is not None and progress.missing
+        else None
+    )
+    summaries = measure_summaries(block, reps=reps, seed=seed, level=LEVEL)
+    if not summaries:
+        items.append(_note(f"No flatness measures yet: {absent or 'nothing measured'}."))
+        return Section(MEASURES_TITLE, tuple(items))
+    axes = sorted({a for s in summaries for a in s.axes})
+    items += [
+        Paragraph(
+            "Kendall's tau-b of each measure against test error and against the "
+            "generalization gap (test error - train error) over the main block's networks, "
+            f"with its {LEVEL:.0%} bootstrap interval ({reps} resamples of the networks, seed "
+            f"{seed}); Jiang et al.'s granulated tau over the axes "
+            f"{', '.join(axes) if axes else '(none vary: no granulated tau)'}, the seed "
+            "held fixed. Invariant: every network's value on the reparametrized copy equals "
+            f"its value as trained to relative {INVARIANCE_RTOL:g} plus absolute "
+            f"{INVARIANCE_ATOL:g}; largest relative change: |after - before| / max(|after|, "
+            "|before|) over the networks. Tau after: against test error on the copies, "
+            "which compute the same functions."
+        ),
+        measures_table(summaries),
+    ]
+    panels = [measure_panel(block, v) for v in block.measures if v.before]
+    items.append(
+        Image(
+            figures.scatter_panels(
+                panels=panels,
+                xlabel="measure",
+                ylabel="test error",
+                title="Test error against each measure, as trained and reparametrized",
+            ),
+            "test error against each flatness measure before and after reparametrization",
+            "One point per network; circles: as trained, crosses: on the reparametrized copy "
+            "(the same function, so the same test error).",
+        )
+    )
+    items.extend(_notes(absent))
+    return Section(MEASURES_TITLE, tuple(items))
+
+
 # Binary block -----------------------------------------------------------------------------
 
 
@@ -650,8 +788,16 @@ def binary_sections(evidence: Evidence, verdict: Verdict) -> list[Section]:
     ]
 
 
-def all_sections(evidence: Evidence, verdicts: Sequence[Verdict]) -> list[Section]:
+def all_sections(
+    evidence: Evidence, verdicts: Sequence[Verdict], *, reps: int = REPS, seed: int = SEED
+) -> list[Section]:
     main = evidence.main
+    sixth = next((v for v in verdicts if v.claim == "6"), None)
+    measures = (
+        [measures_section(evidence, sixth, reps=reps, seed=seed)]
+        if evidence.config.analyses.measures is not None
+        else []
+    )
     return [
         verdict_section(verdicts),
         overview(evidence),
@@ -662,5 +808,6 @@ def all_sections(evidence: Evidence, verdicts: Sequence[Verdict]) -> list[Sectio
         barrier_section(main, verdicts[2]),
         chain_section(main, verdicts[3]),
         raw_section(main),
+        *measures,
         *binary_sections(evidence, verdicts[4]),
     ]

@@ -12,7 +12,11 @@ pairs):
   minimizers (both endpoints at zero training error) never leave zero training error,
   and is inconclusive with fewer than MIN_CHAINS such chains;
 - the binary claim holds when all four claims hold for the binary block, does not hold
-  when any of them does not hold, and is inconclusive otherwise.
+  when any of them does not hold, and is inconclusive otherwise;
+- claim 6 (only with `analyses.measures`) holds when toroid's canonical local energy at the
+  summary sigma is invariant under the random reparametrization and at least one
+  raw-coordinate measure is not, with its Kendall tau against test error moved by more
+  than the half-width of its before interval (`symmetry_word`).
 
 docs/study.md ("Report") states the same rules for readers of the report."""
 
@@ -23,8 +27,15 @@ from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from typing import Literal
 
-from toroid.study.evidence import BlockEvidence, Evidence
-from toroid.study.statistics import Correlation, bootstrap_spearman
+from toroid.study.evidence import (
+    RAW_MEASURES,
+    BlockEvidence,
+    Evidence,
+    MeasureSummary,
+    summarize_measure,
+    values_at,
+)
+from toroid.study.statistics import Correlation, bootstrap_spearman, summary_level
 
 Word = Literal["holds", "does not hold", "inconclusive", "not configured"]
 MIN_POINTS = 4
@@ -39,6 +50,7 @@ TITLES: dict[str, str] = {
     "3": "barriers between flat minima are small",
     "4": "single-bend chains reach zero training error",
     "5": "binary networks agree",
+    "6": "the results hinge on symmetry removal",
 }
 RULES: dict[str, str] = {
     "correlation": (
@@ -53,6 +65,18 @@ RULES: dict[str, str] = {
     "binary": (
         "holds if claims 1-4 all hold for the binary block; does not hold if any does not "
         "hold; inconclusive otherwise"
+    ),
+    "symmetry": (
+        "holds if toroid's canonical local energy at the summary sigma is invariant under the "
+        "reparametrization (every network's value after equals its value before to relative "
+        "1e-4 plus absolute 1e-9) and at least one raw-coordinate measure (raw_energy, "
+        "raw_hessian_trace, sam_sharpness, log_norm) is not invariant and its Kendall tau "
+        "against test error moves by more than half the width of its 95% bootstrap interval "
+        "before; does not hold if the canonical local energy is not invariant, or if every "
+        "raw-coordinate measure is decided and none moves that far; inconclusive without "
+        "reparametrized copies, without local_energy or a raw-coordinate measure, with fewer "
+        f"than {MIN_POINTS} networks measured before and after, or when the only measures "
+        "that could move have an undefined tau or interval"
     ),
 }
 
@@ -382,9 +406,155 @@ def claim_binary(block: BlockEvidence | None, *, reps: int = REPS, seed: int = S
     )
 
 
+def half_width(summary: MeasureSummary) -> float:
+    """Half the width of the before tau's (against test error) bootstrap interval."""
+    return (summary.test.high - summary.test.low) / 2
+
+
+def moved(summary: MeasureSummary) -> bool:
+    """Claim 6's test for one raw-coordinate measure: not invariant, and its tau against
+    test error after the reparametrization differs from the one before by more than the
+    before interval's half-width (False when that cannot be computed)."""
+    if summary.invariance.invariant is not False or summary.after is None:
+        return False
+    if not summary.test.defined or math.isnan(summary.after.tau):
+        return False
+    return abs(summary.after.tau - summary.test.tau) > half_width(summary)
+
+
+def decided(summary: MeasureSummary) -> bool:
+    """Whether claim 6 can tell if the measure moved: measured before and after on at
+    least MIN_POINTS networks, and invariant or with both taus and the interval defined."""
+    found = summary.invariance
+    if found.compared < MIN_POINTS or found.invariant is None:
+        return False
+    if found.invariant:
+        return True
+    return summary.after is not None and summary.test.defined and not math.isnan(summary.after.tau)
+
+
+def symmetry_word(canonical: MeasureSummary | None, raws: Sequence[MeasureSummary]) -> Word:
+    """Claim 6's rule (docs/study.md) on the canonical local energy at the summary sigma
+    and the raw-coordinate measures (one summary per measure and level)."""
+    if canonical is None or not raws:
+        return "inconclusive"
+    found = canonical.invariance
+    if found.compared < MIN_POINTS or found.invariant is None:
+        return "inconclusive"
+    if not found.invariant:
+        return "does not hold"
+    if any(moved(r) for r in raws):
+        return "holds"
+    return "does not hold" if all(decided(r) for r in raws) else "inconclusive"
+
+
+def measure_name(summary: MeasureSummary) -> str:
+    """`measure` or `measure@level`."""
+    return summary.measure if summary.level is None else f"{summary.measure}@{summary.level:g}"
+
+
+def _describe_symmetry(canonical: MeasureSummary, raws: Sequence[MeasureSummary]) -> str:
+    found = canonical.invariance
+    level = f" at sigma={canonical.level:g}" if canonical.level is not None else ""
+    change = (
+        f"largest relative change {found.largest_change:.1e}"
+        if not math.isnan(found.largest_change)
+        else "no finite pair"
+    )
+    word = "invariant" if found.invariant else "not invariant"
+    parts = [f"local_energy{level} {word} ({change})"]
+    shifted = [r for r in raws if moved(r)]
+    changed = sum(r.invariance.invariant is False for r in raws)
+    for r in shifted:
+        after = r.after.tau if r.after is not None else math.nan
+        parts.append(
+            f"{measure_name(r)} tau(test error) {r.test.tau:.2f} -> {after:.2f} "
+            f"(half-width {half_width(r):.2f})"
+        )
+    if not shifted:
+        undecided = [measure_name(r) for r in raws if not decided(r)]
+        text = "no raw-coordinate measure's tau moved beyond its half-width"
+        if undecided:
+            text += f" (undecided: {', '.join(undecided)})"
+        parts.append(text)
+    parts.append(f"{changed} of {len(raws)} raw-coordinate measures not invariant")
+    return "; ".join(parts) + f"; n = {found.compared} networks"
+
+
+def symmetry_measures(
+    block: BlockEvidence, *, reps: int = REPS, seed: int = SEED
+) -> tuple[MeasureSummary | None, tuple[MeasureSummary, ...]]:
+    """What claim 6 reads: the canonical local energy at the block's summary sigma
+    (interpolated between measured sigmas; None when not measured) and every raw-coordinate
+    measure at every level."""
+    levels = [v.level for v in block.measures if v.measure == "local_energy" and v.level]
+    level = summary_level(block.summary_levels, [float(v) for v in levels if v is not None])
+    canonical = None
+    if level is not None:
+        values = values_at(block.measures, "local_energy", level)
+        if values is not None:
+            canonical = summarize_measure(block, values, reps=reps, seed=seed, level=LEVEL)
+    raws = tuple(
+        summarize_measure(block, v, reps=reps, seed=seed, level=LEVEL)
+        for v in block.measures
+        if v.measure in RAW_MEASURES and v.before
+    )
+    return canonical, raws
+
+
+def claim_symmetry(evidence: Evidence, *, reps: int = REPS, seed: int = SEED) -> Verdict | None:
+    """Claim 6; None when `analyses.measures` is not configured (no line at all)."""
+    spec = evidence.config.analyses.measures
+    if spec is None:
+        return None
+    rule = RULES["symmetry"]
+
+    def inconclusive(reason: str) -> Verdict:
+        return Verdict("6", TITLES["6"], "inconclusive", reason, rule)
+
+    if spec.reparametrize is None:
+        return inconclusive("no reparametrized copies (analyses.measures.reparametrize is null)")
+    if "local_energy" not in spec.kinds:
+        return inconclusive("local_energy is not among analyses.measures.kinds")
+    if not any(k in RAW_MEASURES for k in spec.kinds):
+        return inconclusive("no raw-coordinate measure among analyses.measures.kinds")
+    block = evidence.main
+    progress = block.progress.get("measure")
+    partial = (
+        f"{progress.done} of {progress.total} flatness measures tasks finished"
+        if progress is not None and progress.missing
+        else None
+    )
+    canonical, raws = symmetry_measures(block, reps=reps, seed=seed)
+    if canonical is None or not raws:
+        return inconclusive(f"no data: {partial or 'no local_energy or raw measure rows'}")
+    statistic = _describe_symmetry(canonical, raws)
+    if canonical.invariance.compared < MIN_POINTS:
+        statistic += f" (< {MIN_POINTS})"
+    if partial is not None:
+        statistic += f" (partial: {partial})"
+    shifts = [
+        abs(r.after.tau - r.test.tau)
+        for r in raws
+        if r.after is not None and not math.isnan(r.after.tau - r.test.tau)
+    ]
+    return Verdict(
+        "6",
+        TITLES["6"],
+        symmetry_word(canonical, raws),
+        statistic,
+        rule,
+        value=max(shifts) if shifts else None,
+        n=canonical.invariance.compared,
+    )
+
+
 def verdicts(evidence: Evidence, *, reps: int = REPS, seed: int = SEED) -> tuple[Verdict, ...]:
-    """The five verdict lines of a study, in claim order."""
+    """The verdict lines of a study, in claim order: five, and claim 6 when
+    `analyses.measures` is configured."""
+    sixth = claim_symmetry(evidence, reps=reps, seed=seed)
     return (
         *block_verdicts(evidence.main, reps=reps, seed=seed),
         claim_binary(evidence.binary, reps=reps, seed=seed),
+        *((sixth,) if sixth is not None else ()),
     )
