@@ -25,8 +25,10 @@ from toroid.study.evidence import (
     MeasureSummary,
     MeasureValues,
     block_hyperparameters,
+    gather,
     hyperparameter_axes,
     invariance,
+    measure_summaries,
     network_hyperparameters,
     same_value,
     summarize_measure,
@@ -293,3 +295,28 @@ def test_report_figure_and_sixth_verdict_line(measured_study: Path) -> None:
     claims = _csv(measured_study / "csv" / "verdicts.csv")
     assert [r["claim"] for r in claims] == ["1", "2", "3", "4", "5", "6"]
     assert "half the width" in claims[5]["rule"] and claims[5]["n"] == "4"
+
+
+def test_a_grid_gives_the_granulated_tau_its_learning_rate_axis(tmp_path: Path) -> None:
+    raw = copy.deepcopy(SMALL)
+    raw["grid"] = {"lr_factors": [0.5, 1.0]}
+    raw["analyses"]["measures"].update(kinds=["log_norm"], reparametrize=None)
+    config = validate_config(raw)
+    assert run_study(config, tmp_path, progress=False, report=False).complete
+    evidence = gather(tmp_path, config)
+    assert evidence.main.hyperparameters["main/adam-lr1/s1"] == {
+        "optimizer": "adam",
+        "lr": 1,
+        "seed": 1,
+    }
+    (summary,) = measure_summaries(evidence.main, reps=REPS, seed=0)
+    assert summary.n == 8 and summary.axes == ("optimizer", "lr")
+    assert summary.granulated_test is not None
+    # Every (optimizer, seed) cell varies lr; every (lr, seed) cell varies the optimizer.
+    assert summary.granulated_test.axis("lr").cells == 4
+    assert (
+        summary.granulated_test.axis("optimizer").cells
+        + (summary.granulated_test.axis("optimizer").undefined)
+        == 4
+    )
+    assert summary.after is None and claim_symmetry(evidence, reps=REPS) is not None
