@@ -599,3 +599,16 @@ def test_dropout_draws_from_each_networks_own_generator(small: Split) -> None:
     assert same_weights(trained(reordered[0]).model, trained(together[2]).model)
     with pytest.raises(InvalidArgumentError, match="vectorized population"):
         population([member(0), member(1)], small, epochs=1, engine="vmap")
+
+
+def test_running_out_of_memory_is_not_called_a_model_vmap_cannot_batch(
+    small: Split, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from toroid.train import gradients
+
+    def out_of_memory(*args: Any, **kwargs: Any) -> Any:
+        raise torch.OutOfMemoryError("CUDA out of memory")
+
+    monkeypatch.setattr(gradients, "vmap", lambda *a, **k: out_of_memory)
+    with pytest.raises(torch.OutOfMemoryError):
+        population([Member(plain_mlp(0), batch_size=32)], small, epochs=1, engine="vmap")

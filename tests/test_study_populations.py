@@ -113,3 +113,44 @@ def test_the_engine_defaults_to_loop_on_a_cpu_and_vmap_on_a_gpu() -> None:
     assert {t.params.engine for t in _train_tasks(config_with(binary=None))} == {"loop"}
     cuda = config_with(binary=None, device="cuda")
     assert {t.params.engine for t in _train_tasks(cuda)} == {"vmap"}
+
+
+def test_a_job_records_only_the_networks_asked_for(tmp_path: Path) -> None:
+    from toroid.study.tasks import train_networks
+
+    tasks = _train_tasks(SMALL)
+    members = [(t.params, t.key, t.hash) for t in tasks]
+    chosen = tasks[1].key
+    outcomes = train_networks(members, tmp_path, record=frozenset({chosen}))
+    for task, (rows, _, error) in zip(tasks, outcomes, strict=True):
+        assert error is None
+        assert (rows is not None) is (task.key == chosen)
+    saved = sorted(p.name for p in (tmp_path / "weights").glob("*.json"))
+    assert len(saved) == 1 and saved[0].startswith(chosen.replace("/", "_"))
+
+
+def test_the_loop_engine_keeps_one_resumable_state_per_network(tmp_path: Path) -> None:
+    from toroid.study.tasks import STATE_DIR, state_dir_name, train_networks
+
+    tasks = _train_tasks(config_with(seeds=[0, 1], binary=None))
+    assert {t.params.engine for t in tasks} == {"loop"}
+    train_networks([(t.params, t.key, t.hash) for t in tasks], tmp_path)
+    folders = sorted(p.name for p in (tmp_path / STATE_DIR).iterdir())
+    assert folders == sorted(state_dir_name(t.key, t.hash) for t in tasks)
+
+
+def test_a_job_that_fails_as_a_whole_is_each_tasks_outcome(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from toroid.study import executors, tasks
+
+    def full(*args: Any, **kwargs: Any) -> Any:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(tasks.Weights, "save", full)
+    job = tuple(_train_tasks(SMALL))
+    runner = executors.InProcess(tmp_path)
+    runner.submit(job, frozenset(t.key for t in job))
+    outcomes = runner.wait()
+    assert [t.key for t, *_ in outcomes] == [t.key for t in job]
+    assert all(isinstance(error, OSError) and rows is None for _, rows, _, error in outcomes)

@@ -41,12 +41,19 @@ def run_task(task: Task, directory: str | Path) -> Result:
     return execute(task.kind, task.params, task.key, task.hash, directory)
 
 
-def run_job(job: Job, directory: str | Path) -> list[TrainOutcome]:
-    """Run a job; per task, its rows, seconds and error. A population's train tasks train
-    together; any other job is one task."""
+def run_job(
+    job: Job, directory: str | Path, record: frozenset[str] | None = None
+) -> list[TrainOutcome]:
+    """Run a job; per task, its rows, seconds and error, of the tasks in `record` (default:
+    all; the others train along, unrecorded). A population's train tasks train together;
+    any other job is one task. Never raises: an error is the outcome of the tasks it
+    concerns."""
     if all(isinstance(t.params, TrainParams) for t in job):
         members = [(t.params, t.key, t.hash) for t in job if isinstance(t.params, TrainParams)]
-        return train_networks(members, directory)
+        try:
+            return train_networks(members, directory, record=record)
+        except Exception as exc:  # the job as a whole was wrong: every task fails with it
+            return [(None, 0.0, exc) for _ in job]
     outcomes: list[TrainOutcome] = []
     for task in job:
         try:
@@ -83,7 +90,7 @@ class Executor(Protocol):
     slots: int
     gpus: float  # GPUs the executor's tasks can use
 
-    def submit(self, job: Job) -> None: ...
+    def submit(self, job: Job, record: frozenset[str]) -> None: ...
 
     def wait(self) -> list[Outcome]: ...
 
@@ -100,8 +107,8 @@ class InProcess:
         self.gpus = float(torch.cuda.device_count())
         self._done: list[Outcome] = []
 
-    def submit(self, job: Job) -> None:
-        self._done.extend(_outcomes(job, run_job(job, self.directory)))
+    def submit(self, job: Job, record: frozenset[str]) -> None:
+        self._done.extend(_outcomes(job, run_job(job, self.directory, record)))
 
     def wait(self) -> list[Outcome]:
         done, self._done = self._done, []
@@ -137,8 +144,8 @@ class LocalPool:
         )
         self._running: dict[Future[list[TrainOutcome]], Job] = {}
 
-    def submit(self, job: Job) -> None:
-        self._running[self._pool.submit(run_job, job, self.directory)] = job
+    def submit(self, job: Job, record: frozenset[str]) -> None:
+        self._running[self._pool.submit(run_job, job, self.directory, record)] = job
 
     def wait(self) -> list[Outcome]:
         done, _ = wait(list(self._running), return_when=FIRST_COMPLETED)
@@ -192,11 +199,11 @@ class RayExecutor:
         self._remote = ray.remote(_ray_execute)
         self._running: dict[Any, Job] = {}
 
-    def submit(self, job: Job) -> None:
+    def submit(self, job: Job, record: frozenset[str]) -> None:
         # A population is one Ray task: it needs what its most demanding network needs.
         handle = self._remote.options(
             num_cpus=max(t.cpus for t in job), num_gpus=max(t.gpus for t in job)
-        ).remote(job, str(self.directory))
+        ).remote(job, str(self.directory), record)
         self._running[handle] = job
 
     def wait(self) -> list[Outcome]:
@@ -219,9 +226,9 @@ class RayExecutor:
             self._ray.shutdown()
 
 
-def _ray_execute(job: Job, directory: str) -> list[TrainOutcome]:
+def _ray_execute(job: Job, directory: str, record: frozenset[str]) -> list[TrainOutcome]:
     torch.set_num_threads(threads_per_task("ray", workers=1))
-    return run_job(job, directory)
+    return run_job(job, directory, record)
 
 
 def check_executor(name: str, *, workers: int = 1, address: str | None = None) -> None:

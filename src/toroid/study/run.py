@@ -319,13 +319,15 @@ def run_study(
                     )
                     running_jobs = [j for j in running_jobs if any(t.key in running for t in j)]
                     for job in ready_jobs[: max(0, runner.slots - len(running_jobs))]:
+                        record = []
                         for task in job:
                             # A population's finished networks train again, unrecorded.
                             if task in waiting:
                                 waiting.remove(task)
                                 running.add(task.key)
+                                record.append(task.key)
                         running_jobs.append(job)
-                        runner.submit(job)
+                        runner.submit(job, frozenset(record))
                     if not running:
                         if waiting:
                             raise StudyTaskError(

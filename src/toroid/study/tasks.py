@@ -15,7 +15,7 @@ import functools
 import hashlib
 import json
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Generic, TypeVar
@@ -58,7 +58,7 @@ from toroid.symmetry import spec_for
 from toroid.symmetry.align import align
 from toroid.symmetry.canonical import canonical_state
 from toroid.symmetry.transform import transform_state
-from toroid.train import derive_seed
+from toroid.train import TrainResult, derive_seed
 from toroid.train.loop import NetworkPlan
 from toroid.train.population import train_population
 
@@ -344,42 +344,64 @@ def population_members(state: Path) -> list[str] | None:
 
 
 def train_networks(
-    members: Sequence[tuple[TrainParams, str, str]], directory: str | Path
+    members: Sequence[tuple[TrainParams, str, str]],
+    directory: str | Path,
+    *,
+    record: Collection[str] | None = None,
 ) -> list[TrainOutcome]:
     """Train the networks of train tasks (params, key, hash) that share
-    `TrainParams.population()` as one population, saving each network's weights; per task:
-    its rows, seconds and error (a network that diverged fails alone; an error of the
-    population fails all)."""
+    `TrainParams.population()`: per task, its rows, seconds and error (a network that
+    diverged fails alone; an error of the population fails all). Only the tasks in `record`
+    (default: all) save their weights and rows; the others (a vmap population's networks
+    already finished) train along, as they must for their mates' numbers, and are left as
+    they are. With the vmap engine the networks train as one population with one
+    resumable state; with the loop engine one after another, each with its own (its
+    numbers do not depend on the others, so a rerun may group them differently)."""
     params = [p for p, _, _ in members]
+    if len({p.population() for p in params}) != 1:
+        raise InvalidArgumentError(
+            "train tasks of one population must share block, model, data, device and engine"
+        )
+    if params[0].engine == "loop":
+        return [
+            outcome
+            for member in members
+            for outcome in _train_population([member], directory, record=record)
+        ]
     mates = [m.network for m in params[0].mates]
     if mates and [p.network for p in params] != mates:
         raise InvalidArgumentError(
             f"network {params[0].network} trains with {mates}, not {[p.network for p in params]}"
         )
-    if len({p.population() for p in params}) != 1:
-        raise InvalidArgumentError(
-            "train tasks of one population must share block, model, data, device and engine"
-        )
-    weights = Weights(directory)
+    return _train_population(members, directory, record=record)
+
+
+def _train_population(
+    members: Sequence[tuple[TrainParams, str, str]],
+    directory: str | Path,
+    *,
+    record: Collection[str] | None,
+) -> list[TrainOutcome]:
+    params = [p for p, _, _ in members]
     first = params[0]
-    state = population_state_dir(Path(directory), [(key, hash) for _, key, hash in members])
-    if len(members) > 1:
-        state.mkdir(parents=True, exist_ok=True)
-        names = [state_dir_name(key, hash) for _, key, hash in members]
-        atomic_write_bytes(state / POPULATION_MEMBERS, json.dumps(names).encode())
-    plans = [
-        NetworkPlan(
-            optimizer=dict(p.optimizer),
-            epochs=p.epochs,
-            batch_size=default_batch_size(p.optimizer) if p.batch_size is None else p.batch_size,
-            schedule=p.schedule,
-            seed=p.seed,
-            stop_at_zero_train_error=p.stop_at_zero_train_error,
-        )
-        for p in params
-    ]
     started = time.perf_counter()
     try:
+        state = population_state_dir(Path(directory), [(key, hash) for _, key, hash in members])
+        if len(members) > 1:
+            state.mkdir(parents=True, exist_ok=True)
+            names = [state_dir_name(key, hash) for _, key, hash in members]
+            atomic_write_bytes(state / POPULATION_MEMBERS, json.dumps(names).encode())
+        plans = [
+            NetworkPlan(
+                optimizer=dict(p.optimizer),
+                epochs=p.epochs,
+                batch_size=p.batch_size or default_batch_size(p.optimizer),
+                schedule=p.schedule,
+                seed=p.seed,
+                stop_at_zero_train_error=p.stop_at_zero_train_error,
+            )
+            for p in params
+        ]
         with torch.random.fork_rng():
             torch.manual_seed(0)
             # Each network starts from its own initialization: with one init per seed,
@@ -404,34 +426,44 @@ def train_networks(
             )
     except Exception as exc:  # every network of the population fails with it
         return [(None, time.perf_counter() - started, exc) for _ in members]
+    weights = Weights(directory)
     outcomes: list[TrainOutcome] = []
     for (p, key, _), result in zip(members, results, strict=True):
-        if isinstance(result, TrainingDivergedError):
+        if record is not None and key not in record:
+            outcomes.append((None, 0.0, None))
+        elif isinstance(result, TrainingDivergedError):
             outcomes.append((None, 0.0, result))
-            continue
-        stem = weights.save(
-            key,
-            result.model.cpu().state_dict(),
-            {"model": model_config(result.model), "optimizer": dict(p.optimizer), "seed": p.seed},
-        )
-        test = result.test
-        row = NetworkRow(
-            network=p.network,
-            block=p.block,
-            optimizer=p.optimizer_label,
-            seed=p.seed,
-            epochs=result.epochs,
-            reached_zero_train_error=result.reached_zero_train_error,
-            train_error=result.train.error,
-            train_loss=result.train.loss,
-            test_error=None if test is None else test.error,
-            test_loss=None if test is None else test.loss,
-            grad_evals=result.grad_evals,
-            wall_time=result.wall_time,
-            weights=stem,
-        )
-        outcomes.append(([row], result.wall_time, None))
+        else:
+            try:
+                outcomes.append(([_network_row(p, key, result, weights)], result.wall_time, None))
+            except Exception as exc:  # this network's weights could not be written
+                outcomes.append((None, result.wall_time, exc))
     return outcomes
+
+
+def _network_row(p: TrainParams, key: str, result: TrainResult, weights: Weights) -> NetworkRow:
+    """Save a trained network's weights; its row."""
+    stem = weights.save(
+        key,
+        result.model.cpu().state_dict(),
+        {"model": model_config(result.model), "optimizer": dict(p.optimizer), "seed": p.seed},
+    )
+    test = result.test
+    return NetworkRow(
+        network=p.network,
+        block=p.block,
+        optimizer=p.optimizer_label,
+        seed=p.seed,
+        epochs=result.epochs,
+        reached_zero_train_error=result.reached_zero_train_error,
+        train_error=result.train.error,
+        train_loss=result.train.loss,
+        test_error=None if test is None else test.error,
+        test_loss=None if test is None else test.loss,
+        grad_evals=result.grad_evals,
+        wall_time=result.wall_time,
+        weights=stem,
+    )
 
 
 def run_canonical(p: CanonicalParams, inputs: TaskInputs) -> list[Row]:

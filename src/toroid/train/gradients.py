@@ -199,6 +199,8 @@ class StackedGradients:
                 warnings.filterwarnings("ignore", message=".*batching rule.*")
                 losses, logits = vmap(loss_and_logits, randomness="error")(params, buffers, x, y)
                 losses.sum().backward()  # type: ignore[no-untyped-call]
+        except torch.OutOfMemoryError:
+            raise  # a lack of memory, which another run may not meet: not the model's fault
         except RuntimeError as exc:
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise InvalidArgumentError(

@@ -91,8 +91,11 @@ def new_state(
         "global": "global",
         **(streams or {}),
     }
+    # Only an optimizer's noise is drawn on the training device, and only for one that
+    # draws noise: the other states load on any device, so a run can resume elsewhere.
+    noise_device = device if isinstance(optimizer, DrawsNoise) else torch.device("cpu")
     generators = {
-        name: torch.Generator(device=device if name == "noise" else "cpu").manual_seed(
+        name: torch.Generator(device=noise_device if name == "noise" else "cpu").manual_seed(
             derive_seed(seed, purpose)
         )
         for name, purpose in purposes.items()

@@ -226,7 +226,9 @@ def _restore_member(
             generator.set_state(tensor(key))
         except (RuntimeError, TypeError, ValueError) as exc:
             raise CheckpointError(
-                f"{source}: generator state {key!r} is not a valid generator state"
+                f"{source}: generator state {key!r} is not a valid {generator.device.type} "
+                "generator state (corrupt, or saved by a run on another device: resume on "
+                "the device the run started on)"
             ) from exc
 
 
