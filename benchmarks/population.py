@@ -16,10 +16,10 @@ floating-point rounding, which training amplifies (the largest difference of a t
 relative to its largest magnitude is printed).
 
 With --study PRESET (e.g. default) it times instead the training stage of that study
-preset, once per mode: every network alone (a population of one each, how a study trained
-before populations), the study's populations with the loop engine (the CPU default), and
-with the vmap engine; each mode trains every network of the preset to its own stopping
-rule, as the study does.
+preset, once per mode: every network alone (one job each, how a study trained before
+populations), the study's jobs with the loop engine (the CPU default: a block's networks
+one after another in one job), and its vmap populations; each mode trains every network of
+the preset to its own stopping rule, as the study does.
 
     .venv/bin/python benchmarks/population.py [--quick] [--device cpu|cuda] [--epochs 3]
         [--repeats 3] [--seeds 3] [--lenet-seeds 8] [--sizes 2000,10000]
@@ -320,7 +320,7 @@ def compare(
 
 
 def study_training_stage(preset: str, progress: Callable[[str], None]) -> None:
-    """Wall time of a study preset's training stage: alone, loop populations, vmap
+    """Wall time of a study preset's training stage: alone, loop-engine jobs, vmap
     populations (each once, in that order)."""
     import tempfile
 
@@ -358,10 +358,10 @@ def study_training_stage(preset: str, progress: Callable[[str], None]) -> None:
     print(f"\n== training stage of the {preset!r} study preset: {len(loop_tasks)} networks ==")
     alone = timed("every network alone", [[t] for t in loop_tasks])
     by_key = {t.key: t for t in loop_tasks}
-    loop = timed("loop populations", jobs(loop_tasks, slots=1, population_sizes={}, by_key=by_key))
+    loop = timed("loop-engine jobs", jobs(loop_tasks, slots=1, population_sizes={}, by_key=by_key))
     by_key = {t.key: t for t in vmap_tasks}
     vmap = timed("vmap populations", jobs(vmap_tasks, slots=1, population_sizes={}, by_key=by_key))
-    print(f"speedup over alone: loop populations {alone / loop:.2f}x, vmap populations "
+    print(f"speedup over alone: loop-engine jobs {alone / loop:.2f}x, vmap populations "
           f"{alone / vmap:.2f}x")  # fmt: skip
 
 
