@@ -267,7 +267,7 @@ def state_dir_name(key: str, hash: str) -> str:
 
 class TaskInputs:
     """What a runner may touch besides its `Params`: the weights of the tasks it reads, and
-    a place for its own weights and resumable state (both named after its key)."""
+    a place for its own weights (named after its key) in the study `directory`."""
 
     def __init__(self, weights: Weights, key: str, hash: str) -> None:
         self._weights = weights
@@ -289,10 +289,6 @@ class TaskInputs:
         return self._weights.save(
             self.key, model.state_dict(), {"model": model_config(model), **meta}
         )
-
-    @property
-    def state_dir(self) -> Path:
-        return self._weights.directory / STATE_DIR / state_dir_name(self.key, self.hash)
 
 
 @functools.lru_cache(maxsize=4)

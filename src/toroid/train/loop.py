@@ -27,7 +27,7 @@ from toroid.data.tensordata import TensorData
 from toroid.evaluate import evaluate, recompute_bn
 from toroid.optim.protocol import DrawsNoise, ProgressAware, RecomputesBatchNorm, plan_of
 from toroid.storage import has_bundle
-from toroid.train.closure import Batch, BatchCursor, gradient_on
+from toroid.train.closure import Batch, BatchClosure
 from toroid.train.gradients import GradientRequest, Gradients
 from toroid.train.records import EpochRecord, derive_seed
 from toroid.train.schedules import Schedule, lr_factor
@@ -138,8 +138,7 @@ class Network:
         self.batches_per_epoch = batch_count(
             len(train), plan.batch_size, merge_single_last=self.batchnorm
         )
-        self.cursor = _Cursor(self._stream(), self._stream, on_take, state)
-        self.alone = _Alone(state.model, self.cursor)
+        self.cursor = _Cursor(state, self._stream(), self._stream, on_take)
         self.lr = state.base_lrs[0]
         self._counted = 0  # the cursor's gradient evaluations already in state.grad_evals
 
@@ -186,7 +185,7 @@ class Network:
                     group["lr"] = base * factor
                 self.lr = state.base_lrs[0] * factor
             cursor.next_batch()
-            step = plan_of(opt, cursor, self.alone)
+            step = plan_of(opt, cursor, cursor)
             try:
                 update_bn_stats = next(step)
                 while True:
@@ -205,38 +204,20 @@ class Network:
         return float(cursor.loss_sum) / cursor.seen, int(cursor.wrong) / cursor.seen
 
 
-class _Alone:
-    """The network alone on its current minibatch, as a step closure: for optimizers
-    without a step plan that evaluate more than once per step."""
-
-    def __init__(self, model: nn.Module, cursor: BatchCursor) -> None:
-        self.model, self.cursor = model, cursor
-
-    def __call__(self, *, update_bn_stats: bool = True) -> torch.Tensor:
-        loss, wrong = gradient_on(self.model, self.cursor.batch, update_bn_stats=update_bn_stats)
-        self.cursor.record(loss, wrong)
-        return loss
-
-    def next_batch(self) -> None:
-        self.cursor.next_batch()
-
-    @property
-    def grad_evals(self) -> int:
-        return self.cursor.grad_evals
-
-
-class _Cursor(BatchCursor):
-    """A cursor that tells the network (through `on_take`) when a minibatch becomes the
-    current one: a bend draws its point on the path there."""
+class _Cursor(BatchClosure):
+    """The network's minibatch stream, and its step closure when it runs alone (for
+    optimizers without a step plan that evaluate more than once per step). Tells the
+    network (through `on_take`) when a minibatch becomes the current one: a bend draws its
+    point on the path there."""
 
     def __init__(
         self,
+        state: TrainState,
         batches: Iterator[Batch],
         refill: Callable[[], Iterator[Batch]],
         on_take: Callable[[TrainState], None] | None,
-        state: TrainState,
     ) -> None:
-        super().__init__(batches, refill)
+        super().__init__(state.model, batches, refill)
         self._on_take, self._state = on_take, state
 
     def next_batch(self) -> None:

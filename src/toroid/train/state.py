@@ -135,13 +135,8 @@ def restore_states(
     if len(epochs) > 1:
         raise bad("members", sorted(epochs), "one epoch for every network still training")
 
-    def tensor(key: str) -> torch.Tensor:
-        if key not in tensors:
-            raise CheckpointError(f"{source}: its tensor file holds no {key!r}; it is corrupt")
-        return tensors[key]
-
     try:
-        torch.set_rng_state(tensor("rng/cpu"))
+        torch.set_rng_state(_tensor(tensors, "rng/cpu", source))
         if "rng/cuda" in tensors and device.type == "cuda":
             torch.cuda.set_rng_state(tensors["rng/cuda"], device)
     except (RuntimeError, TypeError, ValueError) as exc:
@@ -149,6 +144,12 @@ def restore_states(
 
 
 Bad = Callable[[str, object, str], CheckpointError]
+
+
+def _tensor(tensors: dict[str, torch.Tensor], key: str, source: Path) -> torch.Tensor:
+    if key not in tensors:
+        raise CheckpointError(f"{source}: its tensor file holds no {key!r}; it is corrupt")
+    return tensors[key]
 
 
 def _restore_member(
@@ -193,11 +194,6 @@ def _restore_member(
     if diverged is not None:
         return  # nothing of it trains again, and its weights were not kept
 
-    def tensor(key: str) -> torch.Tensor:
-        if key not in tensors:
-            raise CheckpointError(f"{source}: its tensor file holds no {key!r}; it is corrupt")
-        return tensors[key]
-
     model_prefix = f"{key_prefix}model/"
     try:
         state.model.load_state_dict(
@@ -223,7 +219,7 @@ def _restore_member(
     for name, generator in state.generators.items():
         key = f"{key_prefix}rng/{name}"
         try:
-            generator.set_state(tensor(key))
+            generator.set_state(_tensor(tensors, key, source))
         except (RuntimeError, TypeError, ValueError) as exc:
             raise CheckpointError(
                 f"{source}: generator state {key!r} is not a valid {generator.device.type} "
