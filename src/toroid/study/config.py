@@ -78,7 +78,10 @@ class TrainingSpec(_Strict):
     epochs: int = Field(default=60, gt=0)
     schedule: Schedule = "cosine"
     batch_size: int | None = Field(default=None, gt=0)
-    stop_at_zero_train_error: bool = True
+    # Off by default (issue 16): a minimizer trains through the schedule's end, so that it
+    # is not a network that has just crossed the decision boundary at its first epoch with
+    # zero training error; true stops there (the cheaper, older behaviour).
+    stop_at_zero_train_error: bool = False
     augment: bool = False
     # How the networks of one architecture train together (toroid.train.fit_population):
     # "vmap" in one vectorized pass, "loop" one after another; by default vmap on a GPU and
