@@ -20,7 +20,7 @@ import torch
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from toroid.data import DATASETS
+from toroid.data import DATASET_SIZES, DATASETS
 from toroid.errors import InvalidArgumentError, ToroidError
 from toroid.grid import parse_grid
 from toroid.optim import make_optimizer, resolve_optimizer
@@ -65,6 +65,11 @@ class DataSpec(_Strict):
     test_size: int | None = Field(default=None, gt=0)
     seed: int = 0
     root: str | None = None
+    # The analyses (every task but training) evaluate on fixed, seeded, class-balanced
+    # subsets of this many examples of the training and test splits the networks trained
+    # on (None: the whole split); training and its recorded errors use the whole splits.
+    eval_train_size: int | None = Field(default=None, gt=0)
+    eval_test_size: int | None = Field(default=None, gt=0)
 
     @field_validator("name")
     @classmethod
@@ -72,6 +77,21 @@ class DataSpec(_Strict):
         if value not in DATASETS:
             raise ValueError(f"unknown dataset {value!r}; valid: {', '.join(DATASETS)}")
         return value
+
+    @model_validator(mode="after")
+    def _eval_sizes(self) -> DataSpec:
+        full = DATASET_SIZES.get(self.name)
+        for field, size, loaded, index, split in (
+            ("eval_train_size", self.eval_train_size, self.train_size, 0, "training"),
+            ("eval_test_size", self.eval_test_size, self.test_size, 1, "test"),
+        ):
+            available = loaded if loaded is not None else (full[index] if full else None)
+            if size is not None and available is not None and size > available:
+                raise ValueError(
+                    f"{field} {size} is larger than the {split} split ({available} examples); "
+                    f"choose at most {available}, or leave it out for the whole split"
+                )
+        return self
 
 
 class TrainingSpec(_Strict):

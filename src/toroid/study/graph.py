@@ -43,6 +43,7 @@ from toroid.study.tasks import (
     TaskParams,
     TrainParams,
     canonical_key,
+    hash_view,
     train_key,
 )
 
@@ -83,7 +84,7 @@ class Task:
 def task_hash(kind: str, params: TaskParams, inputs: Sequence[tuple[str, str]]) -> str:
     """The hash of a task: its kind, its `Params`, and (key, hash) of every input."""
     text = json.dumps(
-        {"kind": kind, "params": dataclasses.asdict(params), "inputs": [list(i) for i in inputs]},
+        {"kind": kind, "params": hash_view(params), "inputs": [list(i) for i in inputs]},
         sort_keys=True,
     )
     return hashlib.sha256(text.encode()).hexdigest()[:16]
@@ -137,8 +138,12 @@ class Block:
 
 
 def _data(config: StudyConfig) -> DataParams:
+    """The analyses' data: with `data.eval_train_size` / `eval_test_size`, subsets of the
+    splits the networks trained on (training reads `_data(config).full`)."""
     d = config.data
-    return DataParams(d.name, d.train_size, d.test_size, d.seed, d.root)
+    return DataParams(
+        d.name, d.train_size, d.test_size, d.seed, d.root, d.eval_train_size, d.eval_test_size
+    )
 
 
 # Parameter sets evaluated together (memory, not results): the measurements' defaults.
@@ -421,7 +426,7 @@ def _optimizer(block: Block, label: str) -> OptimizerSpec:
 def build_graph(config: StudyConfig) -> list[Task]:
     """Every task of the study, dependencies before dependents; keys are checked to be safe
     file names and distinct."""
-    data = _data(config)
+    data = _data(config).full
     gpus = 1.0 if config.device.startswith("cuda") else 0.0
     tasks: list[Task] = []
     hashes: dict[str, str] = {}

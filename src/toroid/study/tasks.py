@@ -24,6 +24,7 @@ import torch
 from torch import nn
 
 from toroid.data import Split, TensorData, load
+from toroid.data.subsets import balanced_indices
 from toroid.errors import InvalidArgumentError, TrainingDivergedError
 from toroid.evaluate import EvalPlan
 from toroid.manifold.distance import distances
@@ -65,15 +66,48 @@ from toroid.train.population import train_population
 # Parameters --------------------------------------------------------------------------------
 
 
+# A field with this metadata is left out of the task hash while it is None: a setting added
+# later, so that a config without it keeps the hashes (and results) it had.
+OMIT_WHEN_NONE = "omit_when_none"
+
+
+def hash_view(value: Any) -> Any:
+    """What a task's hash covers of `value`: `dataclasses.asdict`'s view of it (mappings and
+    sequences recursed, tuples as lists), without the fields marked `OMIT_WHEN_NONE` that
+    are None."""
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {
+            f.name: hash_view(getattr(value, f.name))
+            for f in dataclasses.fields(value)
+            if not (f.metadata.get(OMIT_WHEN_NONE) and getattr(value, f.name) is None)
+        }
+    if isinstance(value, Mapping):
+        return {k: hash_view(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [hash_view(v) for v in value]
+    return value
+
+
 @dataclass(frozen=True)
 class DataParams:
-    """Which dataset and subset; `toroid.data.load`'s arguments."""
+    """Which dataset and subset; `toroid.data.load`'s arguments. The analyses (every task
+    but training) evaluate on fixed, seeded, class-balanced subsets of `eval_train_size`
+    and `eval_test_size` examples of the loaded splits (None: the whole split; the inputs
+    stay normalized with the whole training split's statistics); a train task's
+    `DataParams` never sets them (`full`)."""
 
     name: str
     train_size: int | None
     test_size: int | None
     seed: int
     root: str | None
+    eval_train_size: int | None = dataclasses.field(default=None, metadata={OMIT_WHEN_NONE: True})
+    eval_test_size: int | None = dataclasses.field(default=None, metadata={OMIT_WHEN_NONE: True})
+
+    @property
+    def full(self) -> DataParams:
+        """The data as loaded, without evaluation subsets (what training reads)."""
+        return dataclasses.replace(self, eval_train_size=None, eval_test_size=None)
 
 
 @dataclass(frozen=True)
@@ -291,17 +325,51 @@ class TaskInputs:
         )
 
 
-@functools.lru_cache(maxsize=4)
+@functools.lru_cache(maxsize=8)
 def data_for(spec: DataParams, device: str = "cpu") -> Split:
-    """The study's dataset, loaded once per process."""
-    split = load(
-        spec.name,
-        root=spec.root,
-        train_size=spec.train_size,
-        test_size=spec.test_size,
-        seed=spec.seed,
-    )
+    """The study's dataset, loaded once per process; with evaluation sizes, the evaluation
+    subsets of it (`evaluation_split`)."""
+    if spec.eval_train_size is None and spec.eval_test_size is None:
+        split = load(
+            spec.name,
+            root=spec.root,
+            train_size=spec.train_size,
+            test_size=spec.test_size,
+            seed=spec.seed,
+        )
+    else:
+        split = evaluation_split(data_for(spec.full), spec)
     return split.to(device) if device != "cpu" else split
+
+
+def evaluation_subset(data: TensorData, size: int | None, *, num_classes: int, seed: int,
+                      purpose: str) -> TensorData:  # fmt: skip
+    """`size` examples of `data` (all of them when None or at least its size): a
+    class-balanced subset drawn with a seed derived from `seed` and `purpose`."""
+    if size is None or size >= len(data):
+        return data
+    generator = torch.Generator().manual_seed(derive_seed(seed, purpose))
+    return data.subset(balanced_indices(data.y, size, num_classes=num_classes, generator=generator))
+
+
+def evaluation_split(full: Split, spec: DataParams) -> Split:
+    """The analyses' data: fixed subsets of the training and test splits as loaded
+    (`spec.eval_train_size`, `spec.eval_test_size`), drawn from `spec.seed`; the inputs are
+    those of `full`, normalized with its whole training split's statistics."""
+    classes = full.num_classes
+    train = evaluation_subset(
+        full.train, spec.eval_train_size, num_classes=classes, seed=spec.seed, purpose="eval/train"
+    )
+    test = evaluation_subset(
+        full.test, spec.eval_test_size, num_classes=classes, seed=spec.seed, purpose="eval/test"
+    )
+    meta = {
+        **full.meta,
+        "train_size": len(train),
+        "test_size": len(test),
+        "evaluation_subset_of": {"train_size": len(full.train), "test_size": len(full.test)},
+    }
+    return Split(train, test, meta)
 
 
 # Runners ------------------------------------------------------------------------------------
