@@ -276,6 +276,14 @@ def test_planted_trends_hold(tmp_path: Path) -> None:
     assert found["4"].value == 1.0 and found["4"].n == math.comb(4, 2)  # first-seed pairs
     assert found["5"].word == "not configured"
     assert "dE at sigma=0.1" in found["1"].statistic
+    assert found["1"].statistic.startswith("Kendall tau(dE at sigma=0.1, test error) = 1.00")
+    # Within each seed the optimizers order test error as flatness does.
+    assert "; granulated tau 1.00 (axes optimizer)" in found["1"].statistic
+    assert "n = 4 optimizer labels" in found["2"].statistic
+    assert found["1"].statistic_name == "kendall_tau"
+    # 6 of 6: interval [0.54, 1], low end above 50%.
+    assert found["4"].statistic_name == "fraction"
+    assert found["4"].low == pytest.approx(0.025 ** (1 / 6))
 
 
 def test_reversed_trends_do_not_hold(tmp_path: Path) -> None:
@@ -308,9 +316,10 @@ def test_chains_between_non_minimizers_are_skipped(tmp_path: Path) -> None:
     config = planted_config()
     fill(tmp_path, config, Plant(minimizer=lambda name: name != "main/sgd/s0"))
     chain = _verdicts(tmp_path, config)["4"]
-    # sgd/s0 is an end of three of the six first-seed chains.
+    # sgd/s0 is an end of three of the six first-seed chains; 3 of 3 has the interval
+    # [0.29, 1], whose low end is not above 50%.
     assert chain.n == 3 and "3 chains skipped" in chain.statistic
-    assert chain.word == "holds"
+    assert chain.value == 1.0 and chain.word == "inconclusive"
 
 
 def test_chain_fraction_rule(tmp_path: Path) -> None:
@@ -318,13 +327,19 @@ def test_chain_fraction_rule(tmp_path: Path) -> None:
     failing = {("main/sgd/s0", "main/adam/s0")}
     fill(tmp_path, config, Plant(chain_max=lambda a, b: 0.1 if (a, b) in failing else 0.0))
     chain = _verdicts(tmp_path, config)["4"]
-    assert chain.value == pytest.approx(5 / 6)  # below 90%
-    assert chain.word == "does not hold"
-    assert "5 of 6 polychain chains" in chain.statistic
+    assert chain.value == pytest.approx(5 / 6)  # below 90%, but the interval reaches 0.996
+    assert chain.word == "inconclusive"
+    assert (chain.low, chain.high) == pytest.approx(stats.beta.ppf([0.025, 0.975], [5, 6], [2, 1]))
+    assert (
+        "5 of 6 polychain chains between minimizers stay at zero training error (0.83, 95% "
+        "Clopper-Pearson interval [0.36, 1.00])" in chain.statistic
+    )
 
 
 def test_binary_block_agrees_or_not(tmp_path: Path) -> None:
-    config = planted_config(binary=BINARY_BLOCK)
+    # All 28 pairs chained: 4 within-optimizer chains could not decide claim 5d either way
+    # (4 of 4 has the interval [0.40, 1]).
+    config = planted_config(binary=dict(BINARY_BLOCK, chain_pairs="all"))
     fill(tmp_path / "agree", config)
     found = _verdicts(tmp_path / "agree", config)
     assert [found[c].word for c in ("5a", "5b", "5c", "5d")] == ["holds"] * 4
@@ -467,6 +482,8 @@ def test_tiny_study_csvs(tiny_study: Path) -> None:
     assert all(float(r["barrier_train"]) >= -1e-12 for r in profiles)
     rows = _csv(folder / "verdicts.csv")
     assert [r["claim"] for r in rows] == ["1", "2", "3", "4", "5"]
+    assert [r["statistic_name"] for r in rows] == ["kendall_tau"] * 3 + ["fraction", ""]
+    assert "Clopper-Pearson" in rows[3]["rule"] and "Kendall's tau-b" in rows[0]["rule"]
     assert {r["verdict"] for r in rows} <= {
         "holds",
         "does not hold",

@@ -166,10 +166,36 @@ def profiles_csv(evidence: Evidence) -> str:
 
 
 def verdicts_csv(verdicts: Sequence[Verdict]) -> str:
-    columns = ("claim", "statement", "verdict", "value", "low", "high", "n", "statistic", "rule")
+    """One row per claim and binary sub-claim: the word, the value it rests on and what
+    that value is (`statistic_name`: kendall_tau, fraction, tau_shift or empty), its
+    interval, n, the statistic as the report writes it and the rule."""
+    columns = (
+        "claim",
+        "statement",
+        "verdict",
+        "value",
+        "statistic_name",
+        "low",
+        "high",
+        "n",
+        "statistic",
+        "rule",
+    )
     flat = [d for v in verdicts for d in (v, *v.details)]
     rows = [
-        (v.claim, v.title, v.word, v.value, v.low, v.high, v.n, v.statistic, v.rule) for v in flat
+        (
+            v.claim,
+            v.title,
+            v.word,
+            v.value,
+            v.statistic_name,
+            v.low,
+            v.high,
+            v.n,
+            v.statistic,
+            v.rule,
+        )
+        for v in flat
     ]
     return to_csv(columns, rows)
 

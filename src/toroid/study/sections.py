@@ -24,7 +24,7 @@ from toroid.study.evidence import (
     measure_summaries,
 )
 from toroid.study.figures import Panel, Series
-from toroid.study.statistics import KendallTau, bootstrap_spearman, mean_stderr
+from toroid.study.statistics import KendallTau, bootstrap_kendall, mean_stderr
 from toroid.study.verdicts import (
     LEVEL,
     REPS,
@@ -297,13 +297,13 @@ def _groups(
 
 def _verdict_note(verdict: Verdict) -> str:
     if verdict.value is None:
-        return f"rho undefined, n = {verdict.n}: {verdict.word}"
+        return f"tau undefined, n = {verdict.n}: {verdict.word}"
     interval = (
         f" [{verdict.low:.2f}, {verdict.high:.2f}]"
         if verdict.low is not None and verdict.high is not None
         else ""
     )
-    return f"rho = {verdict.value:.2f}{interval}, n = {verdict.n}: {verdict.word}"
+    return f"tau = {verdict.value:.2f}{interval}, n = {verdict.n}: {verdict.word}"
 
 
 def flatness_test_section(block: BlockEvidence, verdict: Verdict) -> Section:
@@ -322,7 +322,7 @@ def flatness_test_section(block: BlockEvidence, verdict: Verdict) -> Section:
             Image(
                 png,
                 "test error against flatness",
-                "One point per network; Spearman's rho with a 95% bootstrap interval.",
+                "One point per network; Kendall's tau-b with a 95% bootstrap interval.",
             )
         )
     else:
@@ -586,7 +586,7 @@ def raw_section(block: BlockEvidence) -> Section:
         values = [p.barrier_train for p in block.profiles_on(path)]
         stats = mean_stderr(values)
         points = flatness_vs_barrier(block, path)
-        correlation = bootstrap_spearman(points.x, points.y)
+        correlation = bootstrap_kendall(points.x, points.y, reps=REPS, seed=SEED, level=LEVEL)
         summary.append(
             (
                 path,

@@ -1,6 +1,7 @@
 """The statistics of the report: means with standard errors, Spearman's rho and Kendall's
 tau-b with seeded percentile-bootstrap intervals, the granulated Kendall coefficient of
-Jiang et al. (2020), and linear interpolation of a measured curve.
+Jiang et al. (2020), the Clopper-Pearson interval of a proportion, and linear interpolation
+of a measured curve.
 
 Pure functions of sequences of floats; NaN marks a value that cannot be computed (too few
 points, constant or non-finite input), never an exception, so a partial study still gets a
@@ -375,6 +376,36 @@ def granulated_tau(
     defined = [a.psi for a in per_axis if a.defined]
     psi = float(np.mean(defined)) if defined else NAN
     return GranulatedTau(psi, per_axis, n)
+
+
+# Binomial proportions ------------------------------------------------------------------------
+
+
+def clopper_pearson(successes: int, trials: int, *, level: float = 0.95) -> tuple[float, float]:
+    """The exact (Clopper and Pearson 1934) interval at `level` for a binomial proportion
+    after `successes` of `trials`: the low end is the p at which P(X >= successes) =
+    (1 - level) / 2, the high end the p at which P(X <= successes) = (1 - level) / 2, read
+    off the beta quantiles Beta(s, n - s + 1) and Beta(s + 1, n - s). The low end is 0 for
+    no successes and the high end 1 for all, where the tail that defines them is empty.
+    Exact rather than a normal approximation: the report's counts are small (a few dozen
+    chains) and often all or nothing, where a Wald interval collapses to a point. (NaN, NaN)
+    for no trials."""
+    if not 0 < level < 1:
+        raise InvalidArgumentError(f"level must lie in (0, 1), got {level}")
+    if trials < 0 or not 0 <= successes <= max(trials, 0):
+        raise InvalidArgumentError(
+            f"successes must lie in [0, trials], got {successes} of {trials}"
+        )
+    if trials == 0:
+        return NAN, NAN
+    tail = (1 - level) / 2
+    low = 0.0 if successes == 0 else float(stats.beta.ppf(tail, successes, trials - successes + 1))
+    high = (
+        1.0
+        if successes == trials
+        else float(stats.beta.ppf(1 - tail, successes + 1, trials - successes))
+    )
+    return low, high
 
 
 def interpolate(xs: Sequence[float], ys: Sequence[float], x: float) -> float:

@@ -1,16 +1,21 @@
 """One verdict per claim of the paper, each with its statistic and a word.
 
 Flatness is a network's dE at the block's summary level (sigma, or flip probability p)
-on the training split; "flat" means small dE. The correlation claims take Spearman's rho
-with a seeded percentile-bootstrap 95% interval over the points (networks, optimizers or
-pairs):
+on the training split; "flat" means small dE. The correlation claims take Kendall's tau-b
+with a seeded percentile-bootstrap 95% interval over the points (networks, optimizer labels
+or pairs):
 
 - holds when the interval lies above 0, does not hold when it lies at or below 0,
-  inconclusive when it contains 0, when rho is undefined (constant values) or when
-  there are fewer than MIN_POINTS points;
-- the chain claim holds when at least CHAIN_FRACTION of the chains between two
-  minimizers (both endpoints at zero training error) never leave zero training error,
-  and is inconclusive with fewer than MIN_CHAINS such chains;
+  inconclusive when it contains 0, when tau is undefined (constant values) or when
+  there are fewer than MIN_POINTS points; claim 1 also shows Jiang's granulated tau over
+  the block's hyperparameter axes, for information only;
+- the chain claim counts the chains between two minimizers (both endpoints at zero
+  training error) that never leave zero training error, with a Clopper-Pearson 95%
+  interval for that fraction: it holds when the fraction is at least CHAIN_FRACTION and the
+  interval's low end is above CHAIN_LOW, does not hold when the interval's high end is
+  below CHAIN_FRACTION, and is inconclusive otherwise or with fewer than MIN_CHAINS such
+  chains. A point fraction alone is not enough to reject: 12 of 15 is 0.80, but its
+  interval [0.52, 0.96] still contains 90%;
 - the binary claim holds when all four claims hold for the binary block, does not hold
   when any of them does not hold, and is inconclusive otherwise;
 - claim 6 (only with `analyses.measures`) holds when toroid's canonical local energy at the
@@ -32,15 +37,26 @@ from toroid.study.evidence import (
     BlockEvidence,
     Evidence,
     MeasureSummary,
+    hyperparameter_axes,
     summarize_measure,
     values_at,
 )
-from toroid.study.statistics import Correlation, bootstrap_spearman, summary_level
+from toroid.study.statistics import (
+    GranulatedTau,
+    KendallTau,
+    bootstrap_kendall,
+    clopper_pearson,
+    granulated_tau,
+    summary_level,
+)
 
 Word = Literal["holds", "does not hold", "inconclusive", "not configured"]
 MIN_POINTS = 4
 MIN_CHAINS = 3
 CHAIN_FRACTION = 0.9
+# The chain claim holds only if the interval's low end is above this: with all chains at
+# zero error that needs 6 or more of them (5 of 5 gives [0.48, 1]).
+CHAIN_LOW = 0.5
 REPS = 2000
 SEED = 0
 LEVEL = 0.95
@@ -54,13 +70,16 @@ TITLES: dict[str, str] = {
 }
 RULES: dict[str, str] = {
     "correlation": (
-        f"holds if the {LEVEL:.0%} bootstrap interval of Spearman's rho lies above 0; does not "
-        "hold if it lies at or below 0; inconclusive if it contains 0, if rho is undefined, "
-        f"or with fewer than {MIN_POINTS} points"
+        f"holds if the {LEVEL:.0%} bootstrap interval of Kendall's tau-b lies above 0; does "
+        "not hold if it lies at or below 0; inconclusive if it contains 0, if tau is "
+        f"undefined, or with fewer than {MIN_POINTS} points"
     ),
     "chains": (
-        f"holds if at least {CHAIN_FRACTION:.0%} of the chains between two minimizers stay at "
-        f"zero training error; inconclusive with fewer than {MIN_CHAINS} such chains"
+        f"holds if at least {CHAIN_FRACTION:.0%} of the chains between minimizers stay at zero "
+        f"training error and the {LEVEL:.0%} Clopper-Pearson interval's lower end is above "
+        f"{CHAIN_LOW:.0%}; does not hold if the interval's upper end is below "
+        f"{CHAIN_FRACTION:.0%}; inconclusive otherwise, or with fewer than {MIN_CHAINS} such "
+        "chains"
     ),
     "binary": (
         "holds if claims 1-4 all hold for the binary block; does not hold if any does not "
@@ -84,7 +103,11 @@ RULES: dict[str, str] = {
 @dataclass(frozen=True)
 class Verdict:
     """A claim's word and the statistic behind it; `details` holds sub-verdicts (the
-    binary block's claims)."""
+    binary block's claims). `value` is the number the word rests on (None where it is
+    undefined or nothing was measured), with its interval `low`, `high` over `n` points;
+    `statistic_name` says what it is whether or not it could be computed: "kendall_tau",
+    "fraction" of zero-error chains, "tau_shift" (claim 6's largest move of a raw
+    measure's tau), or "" for claim 5, which only combines its sub-claims."""
 
     claim: str
     title: str
@@ -96,6 +119,7 @@ class Verdict:
     high: float | None = None
     n: int = 0
     details: tuple[Verdict, ...] = ()
+    statistic_name: str = ""
 
     def line(self) -> str:
         return f"{self.claim}. {self.title}: {self.word.upper()} — {self.statistic}"
@@ -145,9 +169,11 @@ def within_distances(block: BlockEvidence, kind: str) -> dict[str, list[float]]:
 
 
 def flatness_vs_closeness(block: BlockEvidence) -> Points:
-    """Per optimizer: the mean flatness of its networks and the mean distance between
-    them. The optimizer, not the network, is the unit: networks of one optimizer share
-    their pairwise distances, so per-network points would not be independent."""
+    """Per optimizer label: the mean flatness of its networks and the mean distance
+    between them. The label, not the network, is the unit: networks of one label share
+    their pairwise distances, so per-network points would not be independent. With a
+    hyperparameter grid every grid point is a label of its own (`sam-bs64-lr0.5`), so the
+    unit is then a grid cell: one optimizer at one batch size and learning rate."""
     within = within_distances(block, block.distance_kind)
     rows = []
     for optimizer in block.optimizers:
@@ -189,7 +215,7 @@ def chains(block: BlockEvidence) -> tuple[Chain, ...]:
 # Rules ----------------------------------------------------------------------------------
 
 
-def correlation_word(correlation: Correlation, *, minimum: int = MIN_POINTS) -> Word:
+def correlation_word(correlation: KendallTau, *, minimum: int = MIN_POINTS) -> Word:
     if correlation.n < minimum or not correlation.defined:
         return "inconclusive"
     if correlation.low > 0:
@@ -200,9 +226,17 @@ def correlation_word(correlation: Correlation, *, minimum: int = MIN_POINTS) -> 
 
 
 def chain_word(zero: int, eligible: int) -> Word:
+    """Claim 4's rule on `zero` of `eligible` chains between minimizers at zero training
+    error. The interval, not the point fraction, decides "does not hold": 12 of 15 (0.80)
+    has the interval [0.52, 0.96], which still contains 90%, so it is inconclusive."""
     if eligible < MIN_CHAINS:
         return "inconclusive"
-    return "holds" if zero / eligible >= CHAIN_FRACTION else "does not hold"
+    low, high = clopper_pearson(zero, eligible, level=LEVEL)
+    if zero / eligible >= CHAIN_FRACTION and low > CHAIN_LOW:
+        return "holds"
+    if high < CHAIN_FRACTION:
+        return "does not hold"
+    return "inconclusive"
 
 
 def binary_word(words: Sequence[Word]) -> Word:
@@ -226,18 +260,41 @@ def _undefined_reason(points: Points) -> str:
     return "the bootstrap resamples are mostly constant"
 
 
-def describe_correlation(correlation: Correlation, points: Points, what: str, unit: str) -> str:
+def describe_correlation(correlation: KendallTau, points: Points, what: str, unit: str) -> str:
     count = f"n = {correlation.n} {unit}"
     if not correlation.defined:
-        rho = "" if math.isnan(correlation.rho) else f" = {correlation.rho:.2f}"
-        return (
-            f"Spearman rho({what}){rho}, interval undefined: {_undefined_reason(points)}; {count}"
-        )
+        tau = "" if math.isnan(correlation.tau) else f" = {correlation.tau:.2f}"
+        return f"Kendall tau({what}){tau}, interval undefined: {_undefined_reason(points)}; {count}"
     short = f" (< {MIN_POINTS})" if correlation.n < MIN_POINTS else ""
     return (
-        f"Spearman rho({what}) = {correlation.rho:.2f}, {correlation.level:.0%} bootstrap "
+        f"Kendall tau({what}) = {correlation.tau:.2f}, {correlation.level:.0%} bootstrap "
         f"interval [{correlation.low:.2f}, {correlation.high:.2f}]; {count}{short}"
     )
+
+
+def granulated(block: BlockEvidence, points: Points) -> GranulatedTau | None:
+    """Jiang's granulated tau of `points` (per network: flatness, test error) over the
+    block's hyperparameter axes, as the "Flatness measures" table computes it; None
+    without an axis or when a network has no hyperparameters."""
+    rows = [block.hyperparameters[n] for n in points.labels if n in block.hyperparameters]
+    if not points.labels or len(rows) != len(points.labels):
+        return None
+    axes = hyperparameter_axes(dict(zip(points.labels, rows, strict=True)))
+    if not axes:
+        return None
+    return granulated_tau(rows, points.x, points.y, axes=axes)
+
+
+def describe_granulated(found: GranulatedTau | None) -> str:
+    """The text claim 1 appends, e.g. "; granulated tau 0.35 (axes optimizer, lr)"; empty
+    when it is undefined."""
+    if found is None or not found.per_axis or math.isnan(found.psi):
+        return ""
+    used = [a.axis for a in found.per_axis if a.defined]
+    text = f"; granulated tau {found.psi:.2f} (axes {', '.join(used)}"
+    if found.left_out:
+        text += f"; no cell along {', '.join(found.left_out)}"
+    return text + ")"
 
 
 def _correlation_verdict(
@@ -250,13 +307,16 @@ def _correlation_verdict(
     absent: str | None,
     reps: int,
     seed: int,
+    extra: str = "",
 ) -> Verdict:
     rule = RULES["correlation"]
     if not points.x:
         reason = absent or "nothing measured (no pairs or networks selected)"
-        return Verdict(claim, title, "inconclusive", f"no data: {reason}", rule)
-    correlation = bootstrap_spearman(points.x, points.y, reps=reps, seed=seed, level=LEVEL)
-    statistic = describe_correlation(correlation, points, what, unit)
+        return Verdict(
+            claim, title, "inconclusive", f"no data: {reason}", rule, statistic_name="kendall_tau"
+        )
+    correlation = bootstrap_kendall(points.x, points.y, reps=reps, seed=seed, level=LEVEL)
+    statistic = describe_correlation(correlation, points, what, unit) + extra
     if absent is not None:
         statistic += f" (partial: {absent})"
     return Verdict(
@@ -265,10 +325,11 @@ def _correlation_verdict(
         correlation_word(correlation),
         statistic,
         rule,
-        value=None if math.isnan(correlation.rho) else correlation.rho,
+        value=None if math.isnan(correlation.tau) else correlation.tau,
         low=None if math.isnan(correlation.low) else correlation.low,
         high=None if math.isnan(correlation.high) else correlation.high,
         n=correlation.n,
+        statistic_name="kendall_tau",
     )
 
 
@@ -280,16 +341,24 @@ def claim_flatness_test(
     block: BlockEvidence, *, claim: str = "1", reps: int = REPS, seed: int = SEED
 ) -> Verdict:
     absent = block.why_missing("local_energy", ("train", "energy"))
+    points = flatness_vs_test(block)
     return _correlation_verdict(
         claim,
         TITLES["1"],
-        flatness_vs_test(block),
+        points,
         what=f"{_level(block)}, test error",
         unit="networks",
         absent=absent,
         reps=reps,
         seed=seed,
+        extra=describe_granulated(granulated(block, points)),
     )
+
+
+def has_grid(block: BlockEvidence) -> bool:
+    """Whether the block's optimizer labels are grid points (a hyperparameter other than
+    the optimizer varies within an optimizer)."""
+    return any(a != "optimizer" for a in hyperparameter_axes(block.hyperparameters))
 
 
 def claim_closer(
@@ -302,8 +371,9 @@ def claim_closer(
         claim,
         TITLES["2"],
         flatness_vs_closeness(block),
-        what=f"mean {_level(block)}, mean {block.distance_kind} distance within the optimizer",
-        unit="optimizers",
+        what=f"mean {_level(block)}, mean {block.distance_kind} distance within the optimizer "
+        "label",
+        unit="optimizer labels (grid cells)" if has_grid(block) else "optimizer labels",
         absent=absent,
         reps=reps,
         seed=seed,
@@ -339,15 +409,19 @@ def claim_chains(block: BlockEvidence, *, claim: str = "4") -> Verdict:
     eligible = [c for c in found if c.between_minimizers]
     if not found:
         statistic = f"no chains: {absent or 'no pairs selected'}"
-        return Verdict(claim, TITLES["4"], "inconclusive", statistic, rule)
+        return Verdict(
+            claim, TITLES["4"], "inconclusive", statistic, rule, statistic_name="fraction"
+        )
     zero = sum(c.zero for c in eligible)
     skipped = len(found) - len(eligible)
     worst = max(c.max_train_error for c in found)
     fraction = zero / len(eligible) if eligible else math.nan
+    low, high = clopper_pearson(zero, len(eligible), level=LEVEL)
     if eligible:
         statistic = (
             f"{zero} of {len(eligible)} {block.chain_path} chains between minimizers stay at "
-            f"zero training error"
+            f"zero training error ({fraction:.2f}, {LEVEL:.0%} Clopper-Pearson interval "
+            f"[{low:.2f}, {high:.2f}])"
         )
     else:
         statistic = f"no {block.chain_path} chain joins two minimizers"
@@ -366,7 +440,10 @@ def claim_chains(block: BlockEvidence, *, claim: str = "4") -> Verdict:
         statistic,
         rule,
         value=None if math.isnan(fraction) else fraction,
+        low=None if math.isnan(low) else low,
+        high=None if math.isnan(high) else high,
         n=len(eligible),
+        statistic_name="fraction",
     )
 
 
@@ -393,7 +470,8 @@ def claim_binary(block: BlockEvidence | None, *, reps: int = REPS, seed: int = S
         for v in block_verdicts(block, prefix="5", reps=reps, seed=seed)
     )
     statistic = (
-        "; ".join(f"{v.claim} {v.word}" for v in details) + " (claims 1-4 on the binary block)"
+        "; ".join(f"{v.claim} {v.word} (n = {v.n})" for v in details)
+        + " (claims 1-4 on the binary block)"
     )
     return Verdict(
         "5",
@@ -510,7 +588,7 @@ def claim_symmetry(evidence: Evidence, *, reps: int = REPS, seed: int = SEED) ->
     rule = RULES["symmetry"]
 
     def inconclusive(reason: str) -> Verdict:
-        return Verdict("6", TITLES["6"], "inconclusive", reason, rule)
+        return Verdict("6", TITLES["6"], "inconclusive", reason, rule, statistic_name="tau_shift")
 
     if spec.reparametrize is None:
         return inconclusive("no reparametrized copies (analyses.measures.reparametrize is null)")
@@ -546,6 +624,7 @@ def claim_symmetry(evidence: Evidence, *, reps: int = REPS, seed: int = SEED) ->
         rule,
         value=max(shifts) if shifts else None,
         n=canonical.invariance.compared,
+        statistic_name="tau_shift",
     )
 
 
