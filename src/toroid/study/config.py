@@ -8,6 +8,7 @@ its field path (`StudyConfigError`).
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import math
 import re
@@ -311,15 +312,37 @@ def _distinct_labels(optimizers: list[OptimizerSpec]) -> list[OptimizerSpec]:
     return optimizers
 
 
+# A grid model's label is part of every optimizer label of its networks: keep it short.
+MODEL_LABEL = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,15}")
+
+
 class GridSpec(_Strict):
     """The main block's hyperparameter grid (Jiang et al. 2020): every optimizer entry is
     trained at each of `batch_sizes` and with its learning rate times each of `lr_factors`
     (Keskar et al. 2017: batch size moves flatness and test error; the rate does too), so
-    that flatness and generalization spread for known reasons. Each grid point is an
-    optimizer label of its own, `<label>-b<batch size>-lr<factor>`."""
+    that flatness and generalization spread for known reasons, and, with `models`, once per
+    architecture (a short label -> a model config as `toroid.models.build` takes it; the
+    top-level `model` is then not trained). Each grid point is an optimizer label of its
+    own, `<label>[-<model>][-b<batch size>][-lr<factor>]`."""
 
     batch_sizes: list[int] | None = None
     lr_factors: list[float] | None = None
+    models: dict[str, dict[str, Any]] | None = None
+
+    @field_validator("models")
+    @classmethod
+    def _model_labels(cls, value: dict[str, dict[str, Any]] | None) -> Any:
+        if value is None:
+            return value
+        if not value:
+            raise ValueError("models must name at least one model")
+        for label in value:
+            if not MODEL_LABEL.fullmatch(label):
+                raise ValueError(
+                    f"model label {label!r} must be 1-16 letters, digits, '_', '.' or '-' "
+                    "(starting with a letter or digit): it is part of the optimizer labels"
+                )
+        return value
 
     @model_validator(mode="after")
     def _axes(self) -> GridSpec:
@@ -330,8 +353,8 @@ class GridSpec(_Strict):
                 raise ValueError(f"{name} must be distinct values, at least one, got {values}")
             if any(not (isinstance(v, int | float) and math.isfinite(v) and v > 0) for v in values):
                 raise ValueError(f"{name} must be positive numbers, got {values}")
-        if self.batch_sizes is None and self.lr_factors is None:
-            raise ValueError("a grid needs batch_sizes, lr_factors or both")
+        if self.batch_sizes is None and self.lr_factors is None and self.models is None:
+            raise ValueError("a grid needs batch_sizes, lr_factors or both, and/or models")
         return self
 
 
@@ -340,41 +363,43 @@ def grid_points(
 ) -> tuple[list[OptimizerSpec], dict[str, dict[str, Any]]]:
     """The optimizer entries a block trains (each grid point an entry of its own) and each
     entry's hyperparameters by label: its base label, batch size and learning rate (None
-    for an optimizer without one)."""
+    for an optimizer without one), and with `grid.models` its model label ("model")."""
     from toroid.optim import default_batch_size
 
     sizes: list[int | None] = list(grid.batch_sizes) if grid and grid.batch_sizes else [None]
     factors: list[float | None] = list(grid.lr_factors) if grid and grid.lr_factors else [None]
+    models: list[str | None] = list(grid.models) if grid and grid.models else [None]
     entries: list[OptimizerSpec] = []
     axes: dict[str, dict[str, Any]] = {}
     for spec in optimizers:
         resolved = spec.resolved()
         lr = resolved.get("lr")
-        for size in sizes:
-            for factor in factors:
-                label = spec.key + (f"-b{size}" if size else "")
-                label += f"-lr{factor:g}" if factor else ""
-                hparams = dict(spec.hparams)
-                if factor is not None:
-                    if lr is None:
-                        raise ValueError(
-                            f"optimizer {spec.key!r} has no learning rate for grid.lr_factors"
-                        )
-                    hparams["lr"] = float(lr) * factor
-                chosen = size or spec.batch_size
-                entry = spec.model_copy(
-                    update={
-                        "label": label if grid else spec.label,
-                        "hparams": hparams,
-                        "batch_size": chosen,
-                    }
-                )
-                axes[entry.key] = {
-                    "optimizer": spec.key,
-                    "batch_size": chosen or batch_size or default_batch_size(resolved),
-                    "lr": hparams.get("lr", lr),
+        for model, size, factor in itertools.product(models, sizes, factors):
+            label = spec.key + (f"-{model}" if model is not None else "")
+            label += f"-b{size}" if size else ""
+            label += f"-lr{factor:g}" if factor else ""
+            hparams = dict(spec.hparams)
+            if factor is not None:
+                if lr is None:
+                    raise ValueError(
+                        f"optimizer {spec.key!r} has no learning rate for grid.lr_factors"
+                    )
+                hparams["lr"] = float(lr) * factor
+            chosen = size or spec.batch_size
+            entry = spec.model_copy(
+                update={
+                    "label": label if grid else spec.label,
+                    "hparams": hparams,
+                    "batch_size": chosen,
                 }
-                entries.append(entry)
+            )
+            axes[entry.key] = {
+                "optimizer": spec.key,
+                "batch_size": chosen or batch_size or default_batch_size(resolved),
+                "lr": hparams.get("lr", lr),
+                **({"model": model} if model is not None else {}),
+            }
+            entries.append(entry)
     return entries, axes
 
 
@@ -447,7 +472,7 @@ class StudyConfig(_Strict):
             if not LABEL.fullmatch(entry.key):
                 raise ValueError(
                     f"grid label {entry.key!r} must be 1-40 letters, digits, '_', '.' or '-': "
-                    "shorten the optimizer's label"
+                    "shorten the optimizer's label (or the model's)"
                 )
         _distinct_labels(entries)
         return self
@@ -508,11 +533,18 @@ def validate_config(raw: Any, *, source: str = "config") -> StudyConfig:
     for where, model in (("model", config.model), ("binary.model", binary_model(config))):
         if model is not None:
             _check_model(model, f"{source}: {where}")
+    for label, model in grid_models(config).items():
+        _check_model(model, f"{source}: grid.models.{label}")
     return config
 
 
 # More parameters than this is a typo (a width of 10**9), not a study a machine can train.
 MAX_PARAMETERS = 2**31
+
+
+def grid_models(config: StudyConfig) -> dict[str, dict[str, Any]]:
+    """The main block's architectures by label (`grid.models`); empty without them."""
+    return dict(config.grid.models) if config.grid is not None and config.grid.models else {}
 
 
 def binary_model(config: StudyConfig) -> dict[str, Any] | None:

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from toroid.study.config import StudyConfig
-from toroid.study.graph import Block, Task, blocks, build_graph, standing_of
+from toroid.study.graph import Block, Task, build_graph, report_blocks, standing_of
 from toroid.study.rows import DistanceRow, EnergyRow, MeasureRow, NetworkRow, ProfileRow, Row
 from toroid.study.statistics import (
     GranulatedTau,
@@ -489,7 +489,8 @@ def gather(directory: str | Path, config: StudyConfig) -> Evidence:
     if records:
         with Store(directory, readonly=True) as store:
             tables = {row_type: current_rows(store, row_type, graph) for row_type in tables}
-    found = [_block(b, tables, _progress(tasks, records, b.name)) for b in blocks(config)]
+    # With grid.models the main block's architectures are pooled into one (report_blocks).
+    found = [_block(b, tables, _progress(tasks, records, b.name)) for b in report_blocks(config)]
     standing = standing_of(tasks, records, lambda record: False)
     return Evidence(
         config.name,

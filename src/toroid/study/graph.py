@@ -25,6 +25,7 @@ from toroid.study.config import (
     StudyConfig,
     StudyConfigError,
     TrainingSpec,
+    grid_models,
     grid_points,
 )
 from toroid.study.store import StoreError, TaskRecord, check_key
@@ -131,6 +132,8 @@ class Block:
     # Optimizer label -> {"optimizer": base label, "batch_size": ..., "lr": ...}: the
     # hyperparameter axes of the block's networks (a grid's, or one point per entry).
     hyperparameters: Mapping[str, Mapping[str, Any]] = dataclasses.field(default_factory=dict)
+    # The label of its architecture in `grid.models` (None without them).
+    architecture: str | None = None
 
     @property
     def networks(self) -> list[Network]:
@@ -160,10 +163,41 @@ def _planner(config: StudyConfig) -> Callable[[int, int], EvalPlan]:
     )
 
 
+def main_blocks(config: StudyConfig) -> list[Block]:
+    """The main networks: one block, or with `grid.models` one block per architecture (all
+    named main: their networks' labels are distinct, and the report pools them), so that
+    pairs, alignments and populations are formed within one architecture only."""
+    entries, axes = grid_points(config.optimizers, config.grid, config.training.batch_size)
+    models = grid_models(config)
+    if not models:
+        return [_main_block(config, None, config.model, entries, axes)]
+    out = []
+    for label, model in models.items():
+        mine = [e for e in entries if axes[e.key].get("model") == label]
+        out.append(_main_block(config, label, model, mine, {e.key: axes[e.key] for e in mine}))
+    return out
+
+
 def main_block(config: StudyConfig) -> Block:
+    """The main block of a config with one architecture (without `grid.models`, or with
+    one model)."""
+    found = main_blocks(config)
+    if len(found) != 1:
+        raise StudyConfigError(
+            f"the main networks form {len(found)} blocks, one per grid model; use main_blocks"
+        )
+    return found[0]
+
+
+def _main_block(
+    config: StudyConfig,
+    architecture: str | None,
+    model: Mapping[str, Any],
+    entries: Sequence[OptimizerSpec],
+    axes: Mapping[str, Mapping[str, Any]],
+) -> Block:
     data, device, analyses = _data(config), config.device, config.analyses
     measured = _planner(config)
-    entries, axes = grid_points(config.optimizers, config.grid, config.training.batch_size)
     found: list[Analysis] = []
     if (energy := analyses.local_energy) is not None:
         found.append(
@@ -266,7 +300,8 @@ def main_block(config: StudyConfig) -> Block:
     path_kinds = tuple(paths.kinds) if paths is not None else ()
     return Block(
         name=MAIN,
-        model=config.model,
+        model=model,
+        architecture=architecture,
         optimizers=tuple(entries),
         hyperparameters=axes,
         seeds=tuple(config.seeds),
@@ -371,14 +406,38 @@ def binary_block(config: StudyConfig) -> Block | None:
 
 
 def blocks(config: StudyConfig) -> list[Block]:
-    """The study's blocks: main, then binary when configured."""
+    """The study's blocks as the task graph forms them: main (one per architecture with
+    `grid.models`), then binary when configured."""
     binary = binary_block(config)
-    return [main_block(config)] + ([binary] if binary is not None else [])
+    return main_blocks(config) + ([binary] if binary is not None else [])
+
+
+def pooled(found: Sequence[Block]) -> Block:
+    """Blocks of one name (the main block's architectures) as one, as the report reads
+    them: their optimizer entries and hyperparameters in order; everything else is the
+    first's (the analyses' settings are the same in all)."""
+    first = found[0]
+    if len(found) == 1:
+        return first
+    return dataclasses.replace(
+        first,
+        optimizers=tuple(o for b in found for o in b.optimizers),
+        hyperparameters={k: v for b in found for k, v in b.hyperparameters.items()},
+        architecture=None,
+    )
+
+
+def report_blocks(config: StudyConfig) -> list[Block]:
+    """The study's blocks as the report reads them: one per name (main, then binary), the
+    main block's architectures pooled."""
+    grouped: dict[str, list[Block]] = {}
+    for block in blocks(config):
+        grouped.setdefault(block.name, []).append(block)
+    return [pooled(group) for group in grouped.values()]
 
 
 def networks(config: StudyConfig, block: str = MAIN) -> list[Network]:
-    found = next((b for b in blocks(config) if b.name == block), None)
-    return [] if found is None else found.networks
+    return [n for b in blocks(config) if b.name == block for n in b.networks]
 
 
 def pairs(nets: list[Network], scope: PairScope) -> list[tuple[Network, Network]]:

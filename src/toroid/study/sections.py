@@ -94,10 +94,24 @@ def flatness_order(block: BlockEvidence) -> list[str]:
 
 def overview(evidence: Evidence) -> Section:
     config = evidence.config
+    grid_models = config.grid.models if config.grid is not None else None
+    # With grid.models the main networks are those architectures (the top-level model is
+    # not trained).
+    models = (
+        "models " + ", ".join(f"{label} ({m.get('name', '?')})" for label, m in grid_models.items())
+        if grid_models
+        else f"model {config.model.get('name', '?')}"
+    )
+    evaluated = (
+        f"; the analyses evaluate on {config.data.eval_train_size or 'all'} training and "
+        f"{config.data.eval_test_size or 'all'} test examples"
+        if config.data.eval_train_size or config.data.eval_test_size
+        else ""
+    )
     items: list[Item] = [
         Paragraph(
             f"Dataset {config.data.name} (train size {config.data.train_size or 'all'}, test "
-            f"size {config.data.test_size or 'all'}); model {config.model.get('name', '?')}; "
+            f"size {config.data.test_size or 'all'}{evaluated}); {models}; "
             f"optimizers {', '.join(o.key for o in config.optimizers)}; seeds "
             f"{', '.join(str(s) for s in config.seeds)}; device {config.device}."
         )
