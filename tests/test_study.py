@@ -196,6 +196,21 @@ def test_pair_scopes() -> None:
     assert len(pairs(nets, "within+first-seeds")) == 12 and pairs(nets, "none") == []
 
 
+def test_distance_pairs_follow_their_scope() -> None:
+    base = {**TINY, "optimizers": ["sgd", "adam", "sam"], "seeds": [0, 1, 2]}
+
+    def distance_keys(scope: str | None) -> set[str]:
+        distances = {} if scope is None else {"pairs": scope}
+        config = validate_config({**base, "analyses": {**TINY["analyses"], "distances": distances}})
+        return {t.key for t in build_graph(config) if t.key.startswith("distance/")}
+
+    assert len(distance_keys(None)) == 36  # every pair, as before the setting existed
+    nets = networks(validate_config(base))
+    expected = {f"distance/{a.name}/{b.name}" for a, b in pairs(nets, "within+first-seeds")}
+    assert distance_keys("within+first-seeds") == expected and len(expected) == 12
+    assert distance_keys("none") == set()
+
+
 def test_hashes_change_only_where_the_config_does() -> None:
     base = {t.key: t.hash for t in build_graph(validate_config(TINY))}
     analyses = {**TINY["analyses"], "local_energy": {**TINY["analyses"]["local_energy"]}}

@@ -210,6 +210,9 @@ class DistanceSpec(_Strict):
     kinds: list[DistanceName] = Field(
         default_factory=lambda: list[DistanceName](["geodesic", "mean_angle", "overlap"])
     )
+    # Each pair is aligned once (weight matching), which dominates its cost: a large grid
+    # measures the pairs claim 2 and the distance matrix need, not all of them.
+    pairs: PairScope = "all"
 
 
 class PathSpec(_Strict):

@@ -222,7 +222,7 @@ def _main_block(
                 "distance",
                 "distance",
                 lambda a, b: DistanceParams(a.name, b.name, MAIN, tuple(distance.kinds)),
-                pairs="all",
+                pairs=distance.pairs,
                 heavy=False,
             )
         )
