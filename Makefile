@@ -2,6 +2,8 @@
 # Each creates .venv when missing and installs with pip and constraints.txt; the stamp file
 # makes a second run install nothing unless pyproject.toml or constraints.txt changed.
 PYTHON ?= python3
+# Worker processes for `make demo` (its time in the README was measured with 2 on 2 cores).
+WORKERS ?= 2
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.toroid-installed
@@ -22,7 +24,7 @@ data:
 	@scripts/setup-data.sh
 
 demo: setup data
-	$(BIN)/toroid study run --preset default --out runs/study-default
+	$(BIN)/toroid study run --preset default --out runs/study-default --workers $(WORKERS)
 
 test: setup data
 	$(BIN)/python -m pytest -q

@@ -138,10 +138,31 @@ def test_a_gpu_config_is_refused_without_a_gpu(tmp_path: Path) -> None:
     assert not (tmp_path / "gpu").exists()
 
 
-def test_default_preset_meets_the_issue() -> None:
+def test_default_preset_meets_its_design() -> None:
+    """docs/study.md, "Design": a grid of optimizers x batch sizes x learning rates with
+    several seeds per cell, 48 networks for claim 1's interval width, minimizers trained
+    through the schedule's end, the measures with reparametrized copies, a binary block."""
     config = load_config(preset="default")
-    assert len(config.optimizers) >= 5 and len(config.seeds) >= 3
+    assert config.grid is not None and config.grid.batch_sizes and config.grid.lr_factors
+    assert len(config.grid.batch_sizes) >= 2 and len(config.grid.lr_factors) >= 2
+    assert len(config.optimizers) >= 3 and len(config.seeds) >= 4
+    main = [n for n in networks(config) if n.block == "main"]
+    assert len(main) >= 48
+    assert not config.training.stop_at_zero_train_error
+    measures = config.analyses.measures
+    assert measures is not None and measures.reparametrize is not None
     assert config.binary is not None
+
+
+def test_paper_cpu_preset_meets_its_design() -> None:
+    config = load_config(preset="paper-cpu")
+    assert config.data.name == "fashion-mnist"
+    assert config.data.train_size is None and config.data.test_size is None  # 60k / 10k
+    assert config.grid is not None and config.grid.models is not None
+    models = {m["name"]: m for m in config.grid.models.values()}
+    assert models["mlp"]["widths"] == [500, 500] and "lenet5" in models
+    assert not config.training.stop_at_zero_train_error
+    assert config.analyses.measures is not None and config.binary is not None
 
 
 @pytest.mark.parametrize(

@@ -26,7 +26,7 @@ from toroid.errors import InvalidArgumentError, ToroidError
 from toroid.grid import parse_grid
 from toroid.optim import make_optimizer, resolve_optimizer
 
-PRESETS: tuple[str, ...] = ("quick", "default")
+PRESETS: tuple[str, ...] = ("quick", "default", "paper-cpu")
 DistanceName = Literal["geodesic", "mean_angle", "overlap"]
 StudyPathKind = Literal["linear", "geodesic", "raw-linear"]
 PairScope = Literal["all", "within", "first-seeds", "within+first-seeds", "none"]
