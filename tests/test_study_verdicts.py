@@ -276,3 +276,22 @@ def test_verdicts_csv_names_the_value() -> None:
     assert float(rows[1]["value"]) == pytest.approx(0.9) and rows[1]["verdict"] == "holds"
     assert float(rows[1]["low"]) == pytest.approx(clopper_pearson(9, 10)[0])
     assert rows[1]["n"] == "10" and rows[1]["rule"] == RULES["chains"]
+
+
+def test_the_verdict_table_gives_each_claim_its_n_and_rule() -> None:
+    from toroid.study.sections import verdict_table
+    from toroid.study.verdicts import RULES, Verdict
+
+    table = verdict_table(
+        (
+            Verdict(
+                "1", "flatness tracks test error", "holds", "tau = 0.4", RULES["correlation"], n=48
+            ),
+            Verdict("4", "chains", "inconclusive", "2 of 2", RULES["chains"], n=2),
+        )
+    )
+    assert table.columns[-2:] == ("n", "rule")
+    assert [row[-2:] for row in table.rows] == [
+        ("48", RULES["correlation"]),
+        ("2", RULES["chains"]),
+    ]

@@ -160,9 +160,11 @@ def overview(evidence: Evidence) -> Section:
 
 
 def verdict_table(verdicts: Sequence[Verdict]) -> Table:
+    """One row per claim: its word, the statistic behind it, its n and the rule that made
+    the word (fixed before any outcome, docs/study.md)."""
     return Table(
-        ("claim", "statement", "verdict", "statistic"),
-        tuple((v.claim, v.title, v.word, v.statistic) for v in verdicts),
+        ("claim", "statement", "verdict", "statistic", "n", "rule"),
+        tuple((v.claim, v.title, v.word, v.statistic, str(v.n), v.rule) for v in verdicts),
     )
 
 
