@@ -340,22 +340,22 @@ class CatNet(nn.Module):
         return out
 
 
-class FunctionalGelu(nn.Module):
+class FunctionalHardswish(nn.Module):
     def __init__(self) -> None:
         super().__init__()
         self.a = nn.Linear(4, 3)
         self.out = nn.Linear(3, 2)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out: torch.Tensor = self.out(F.gelu(self.a(x)))
+        out: torch.Tensor = self.out(F.hardswish(self.a(x)))
         return out
 
 
 UNSUPPORTED = {
-    "gelu": (
-        lambda: nn.Sequential(nn.Linear(4, 5), nn.GELU(), nn.Linear(5, 2)),
+    "hardswish": (
+        lambda: nn.Sequential(nn.Linear(4, 5), nn.Hardswish(), nn.Linear(5, 2)),
         (4,),
-        ("GELU", "'1'"),
+        ("Hardswish", "'1'"),
     ),
     "layernorm": (
         lambda: nn.Sequential(nn.Linear(4, 5), nn.LayerNorm(5), nn.ReLU(), nn.Linear(5, 2)),
@@ -363,7 +363,7 @@ UNSUPPORTED = {
         ("LayerNorm", "'1'"),
     ),
     "cat": (CatNet, (4,), ("cat",)),
-    "functional_gelu": (FunctionalGelu, (4,), ("gelu",)),
+    "functional_hardswish": (FunctionalHardswish, (4,), ("hardswish",)),
     "grouped_conv": (
         lambda: nn.Sequential(
             nn.Conv2d(2, 4, 3), nn.ReLU(), nn.Conv2d(4, 4, 3, groups=2), nn.ReLU(),

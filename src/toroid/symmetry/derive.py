@@ -11,6 +11,10 @@ consumers' input columns; in binary units a positive scale in front of the sign
 activation needs no compensation at all (sign(c x) = sign(x)); a sign flip passes through
 odd activations and linear operations (average pooling, flatten, dropout), but not
 max-pooling or ReLU.
+Any other element-wise activation (GELU, SiLU, Softplus, ELU, Sigmoid, Mish: kind
+`elementwise`) commutes with permutations only: a scale does not pass it, so the units
+in front of it get no cell (their weights stay Euclidean coordinates, outside cells) and
+no sign symmetry; a segment before it that ends in a BatchNorm keeps its `absorbed` cell.
 Binary layers (sign of latent weights) have no scale symmetry: their latent rows form
 `binary` cells that canonical form replaces by their signs.
 """
@@ -39,6 +43,7 @@ OpKind = Literal[
     "relu",
     "odd",
     "sign",
+    "elementwise",
     "maxpool",
     "avgpool",
     "flatten",
@@ -64,6 +69,12 @@ _MODULE_KINDS: dict[type[nn.Module], OpKind] = {
     nn.Tanh: "odd",
     nn.Hardtanh: "odd",
     Sign: "sign",
+    nn.GELU: "elementwise",
+    nn.SiLU: "elementwise",
+    nn.Softplus: "elementwise",
+    nn.ELU: "elementwise",
+    nn.Sigmoid: "elementwise",
+    nn.Mish: "elementwise",
     nn.MaxPool1d: "maxpool",
     nn.MaxPool2d: "maxpool",
     nn.AvgPool1d: "avgpool",
@@ -86,6 +97,13 @@ _FUNCTION_KINDS: dict[Callable[..., Any], OpKind] = {
     F.tanh: "odd",
     F.hardtanh: "odd",
     torch.sign: "sign",
+    F.gelu: "elementwise",
+    F.silu: "elementwise",
+    F.softplus: "elementwise",
+    F.elu: "elementwise",
+    torch.sigmoid: "elementwise",
+    F.sigmoid: "elementwise",
+    F.mish: "elementwise",
     F.max_pool1d: "maxpool",
     F.max_pool2d: "maxpool",
     F.avg_pool1d: "avgpool",
@@ -106,6 +124,7 @@ _METHOD_KINDS: dict[str, OpKind] = {
     "relu_": "relu",
     "tanh": "odd",
     "sign": "sign",
+    "sigmoid": "elementwise",
     "flatten": "flatten",
     "view": "flatten",
     "reshape": "flatten",
@@ -118,7 +137,9 @@ _METHOD_KINDS: dict[str, OpKind] = {
 def register_module_kind(module_type: type[nn.Module], kind: OpKind) -> None:
     """Teach the derivation a module type of your own: 'producer' (a Linear or Conv),
     'binary' (one whose forward uses the sign of its latent `weight`), 'sign' (a
-    scale-invariant odd activation), 'odd', 'relu', 'bn', pooling, 'flatten' or 'pass'."""
+    scale-invariant odd activation), 'odd', 'relu', 'elementwise' (any other element-wise
+    activation: its units have permutation symmetry only), 'bn', pooling, 'flatten' or
+    'pass'."""
     _MODULE_KINDS[module_type] = kind
 
 
@@ -186,7 +207,7 @@ def _kind(node: fx.Node, modules: dict[str, nn.Module]) -> OpKind:
             raise UnsupportedModelError(
                 f"unsupported {_describe(node, modules)}; toroid's symmetry derivation handles "
                 "Linear, Conv1d/2d, their binary variants, BatchNorm1d/2d, ReLU, LeakyReLU, "
-                "Tanh, Hardtanh, Sign, "
+                "Tanh, Hardtanh, Sign, GELU, SiLU, Softplus, ELU, Sigmoid, Mish, "
                 "pooling, flatten/view, dropout, identity and residual add (write a "
                 "SymmetrySpec by hand, or register_module_kind, for others)"
             )

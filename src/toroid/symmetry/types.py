@@ -54,7 +54,10 @@ class UnitGroup:
     reader of a residual stream). `slots`: every tensor axis the permutation acts on.
     `flip`: the slices a unit's sign flip negates (empty unless the units feed an odd
     activation); `sign_rule`: the slices whose sum fixes the canonical sign.
-    `activation_nodes`: graph nodes whose outputs carry the group's channels."""
+    `activation_nodes`: graph nodes whose outputs carry the group's channels. Per-unit
+    scale freedom lives in the spec's cells, sign freedom in `flip`: a unit with neither
+    (e.g. in front of GELU without BatchNorm) has permutation symmetry only, and the slices
+    no cell holds are Euclidean coordinates of the network (outside cells)."""
 
     name: str
     size: int
@@ -104,6 +107,8 @@ class SymmetrySpec:
         for g in self.groups:
             kind = "residual stream" if g.stream else "layer"
             sign = ", sign-symmetric" if g.odd else ""
+            if not g.odd and not any(c.group == g.name for c in self.cells):
+                sign = ", permutations only"
             lines.append(f"group {g.name}: {g.size} units ({kind}{sign}), {len(g.slots)} axes")
             for cell in self.cells:
                 if cell.group == g.name:
