@@ -30,7 +30,8 @@ class Alignment:
     `permutations[g][i]` is the unit of the canonical model that became unit i;
     `signs[g][i]` the sign it was multiplied by. `similarity_before/after`: per group, the
     cosine between the two networks over every tensor the group touches, before and after;
-    `total_before/after` the same over all grouped tensors."""
+    `total_before/after` the same over all grouped tensors. `iterations`: the sweeps of the
+    kept descent; `start`: the weight-matching start it came from (0: the single start)."""
 
     model: nn.Module
     reference: nn.Module
@@ -42,6 +43,7 @@ class Alignment:
     total_after: float
     iterations: int
     method: AlignMethod
+    start: int = 0
 
     def transform(self) -> SymmetryTransform:
         """The group element that maps the canonical model onto `model`."""
@@ -66,6 +68,7 @@ class _Matcher:
         self.signs = {
             g.name: torch.ones(g.size, dtype=a[g.slots[0].tensor].dtype) for g in spec.groups
         }
+        self.a_rows: dict[Slot, torch.Tensor] = {}  # A never changes: its unit rows, once
 
     def transformed(self, tensor: str, *, skip: str | None = None) -> torch.Tensor:
         """B's tensor with every group's current permutation and signs applied, except `skip`."""
@@ -88,7 +91,9 @@ class _Matcher:
         for slot in group.slots:
             if not slot.match or (usable is not None and slot.tensor not in usable):
                 continue
-            a_rows = unit_rows(self.a[slot.tensor], slot, group.size)
+            if slot not in self.a_rows:
+                self.a_rows[slot] = unit_rows(self.a[slot.tensor], slot, group.size)
+            a_rows = self.a_rows[slot]
             b_rows = unit_rows(self.transformed(slot.tensor, skip=group.name), slot, group.size)
             product = a_rows @ b_rows.T
             if slot in group.flip:
@@ -112,11 +117,12 @@ class _Matcher:
         self.perms[group.name], self.signs[group.name] = perm, signs
         return changed
 
-    def layer_by_layer(self) -> None:
-        """From input to output, each group matched on the tensors whose other grouped axes
-        are already matched (its input weights first, as in Pittorino et al. 2022)."""
+    def layer_by_layer(self, *, reverse: bool = False) -> None:
+        """From input to output (or, `reverse`, from output to input), each group matched on
+        the tensors whose other grouped axes are already matched (its input weights first,
+        as in Pittorino et al. 2022)."""
         done: set[str] = set()
-        for group in self.spec.groups:
+        for group in reversed(self.spec.groups) if reverse else self.spec.groups:
             usable = {
                 slot.tensor
                 for slot in group.slots
@@ -129,12 +135,32 @@ class _Matcher:
 
     def descend(self, *, max_iter: int, generator: torch.Generator) -> int:
         """Coordinate descent: each step an exact linear assignment for one group with all
-        others fixed; stops when a sweep over all groups (random order) changes nothing."""
+        others fixed; stops when a sweep over all groups (random order) changes nothing.
+        A group none of whose neighbours (the groups sharing a matched tensor with it) has
+        changed since its last step here is skipped: its scores, hence its assignment,
+        would be the same, so the result is that of solving it again."""
         groups = list(self.spec.groups)
+        neighbours = {
+            g.name: sorted(
+                {h.name for s in g.slots if s.match for h, _ in self.touching[s.tensor]} - {g.name}
+            )
+            for g in groups
+        }
+        changes = dict.fromkeys(neighbours, 0)  # how often each group's assignment changed
+        seen: dict[str, tuple[int, ...]] = {}  # neighbours' changes at a group's last step
         for iteration in range(1, max_iter + 1):
             order = torch.randperm(len(groups), generator=generator).tolist()
-            changed = [self.solve(groups[i]) for i in order]
-            if not any(changed):
+            changed = False
+            for i in order:
+                name = groups[i].name
+                now = tuple(changes[n] for n in neighbours[name])
+                if seen.get(name) == now:
+                    continue
+                if self.solve(groups[i]):
+                    changes[name] += 1
+                    changed = True
+                seen[name] = now
+            if not changed:
                 return iteration
         return max_iter
 
@@ -144,10 +170,17 @@ class _Matcher:
             out[tensor] = self.transformed(tensor)
         return out
 
+    def shuffle(self, generator: torch.Generator) -> None:
+        """A random permutation of every group's units (signs kept), a start for `descend`."""
+        for group in self.spec.groups:
+            self.perms[group.name] = torch.randperm(group.size, generator=generator)
+
     def objective(self) -> float:
+        """The summed inner products of A's and B's (transformed) grouped tensors, each
+        tensor once: the numerator of the total cosine, which `descend` never decreases."""
         return sum(
-            float((self.a[s.tensor] * self.transformed(s.tensor)).sum())
-            for s in {s for g in self.spec.groups for s in g.slots if s.match}
+            float((self.a[t] * self.transformed(t)).sum())
+            for t in sorted({s.tensor for g in self.spec.groups for s in g.slots if s.match})
         )
 
 
@@ -159,7 +192,8 @@ def _cosines(spec: SymmetrySpec, a: State, b: State) -> tuple[dict[str, float], 
     }
 
     def cosine(tensors: set[str]) -> float:
-        dot, na, nb = (sum(parts[t][i] for t in tensors) for i in range(3))
+        # summed in a fixed order, so that the last bit does not depend on hash seeds
+        dot, na, nb = (sum(parts[t][i] for t in sorted(tensors)) for i in range(3))
         return dot / max(float(np.sqrt(na * nb)), 1e-300)
 
     per_group = {g.name: cosine({s.tensor for s in g.slots if s.match}) for g in spec.groups}
@@ -228,6 +262,44 @@ def _activation_correlations(
     return correlations
 
 
+def _weight_matching(
+    spec: SymmetrySpec, a: State, b: State, *, max_iter: int, starts: int, seed: int
+) -> tuple[_Matcher, int, int]:
+    """Coordinate descent from `starts` starts; every random choice (sweep orders, random
+    starts) drawn in turn from one generator seeded with `seed`, so the first k starts are
+    the same for every `starts` >= k. Returns the matcher with the highest objective (ties:
+    the earliest start), its iterations and its start's index.
+    - start 0, the single-start algorithm: layer by layer from input to output, then the
+      descent (from the identity instead, should that end below the identity's objective);
+    - start 1: layer by layer from output to input, then the descent;
+    - start 2: the descent from the identity (Git Re-Basin's start, Ainsworth et al. 2023);
+    - starts 3, 4, ...: the descent from a random permutation of every group."""
+    generator = torch.Generator().manual_seed(seed)
+    best = _Matcher(spec, a, b)
+    identity_objective = best.objective()
+    best.layer_by_layer()
+    iterations = best.descend(max_iter=max_iter, generator=generator)
+    best_objective = best.objective()
+    if best_objective < identity_objective:
+        # Coordinate descent never decreases the objective, so from the identity the
+        # result is at least as similar as before.
+        best = _Matcher(spec, a, b)
+        iterations = best.descend(max_iter=max_iter, generator=generator)
+        best_objective = best.objective()
+    best_start = 0
+    for start in range(1, starts):
+        matcher = _Matcher(spec, a, b)
+        if start == 1:
+            matcher.layer_by_layer(reverse=True)
+        elif start >= 3:
+            matcher.shuffle(generator)
+        used = matcher.descend(max_iter=max_iter, generator=generator)
+        objective = matcher.objective()
+        if objective > best_objective:
+            best, iterations, best_objective, best_start = matcher, used, objective, start
+    return best, iterations, best_start
+
+
 def align(
     model: nn.Module,
     reference: nn.Module,
@@ -238,20 +310,27 @@ def align(
     max_iter: int = 100,
     seed: int = 0,
     batch_size: int = 500,
+    starts: int = 4,
 ) -> Alignment:
     """Align `model` to `reference` (same architecture). Both are canonicalized first (the
     output layer normalized). `weight`: layer-by-layer assignment from input to output, then
     coordinate descent over all groups with exact linear assignments maximizing the summed
     inner products of every tensor each group touches (restarted from the identity in the
-    rare case that ends below it, so the similarity never decreases). `activation`: per group,
-    the assignment maximizing the correlation of unit outputs on `data`. Odd activations
-    match on |similarity| and flip signs."""
+    rare case that ends below it, so the similarity never decreases). With `starts` > 1 the
+    descent also runs from further starts (layer by layer from output to input, the identity,
+    then random permutations; all drawn from `seed`) and the most similar result is kept
+    (ties: the earliest start), so it is never less similar than `starts=1`, the single
+    start. `activation`: per group, the assignment maximizing the correlation of unit
+    outputs on `data` (`starts` is not used). Odd activations match on |similarity| and
+    flip signs."""
     from toroid.symmetry.derive import spec_for
 
     if method not in ("weight", "activation"):
         raise InvalidArgumentError(f"method must be 'weight' or 'activation', got {method!r}")
     if max_iter < 1:
         raise InvalidArgumentError(f"max_iter must be at least 1, got {max_iter}")
+    if isinstance(starts, bool) or not isinstance(starts, int) or starts < 1:
+        raise InvalidArgumentError(f"starts must be an integer of at least 1, got {starts!r}")
     raw_a, raw_b = reference.state_dict(), model.state_dict()
     if raw_a.keys() != raw_b.keys() or any(raw_a[k].shape != raw_b[k].shape for k in raw_a):
         raise InvalidArgumentError(
@@ -273,16 +352,9 @@ def align(
     canonical_a = with_state(reference, _cast(state_a, dtypes_a))
 
     if method == "weight":
-        generator = torch.Generator().manual_seed(seed)
-        best = _Matcher(spec, state_a, state_b)
-        identity_objective = best.objective()
-        best.layer_by_layer()
-        iterations = best.descend(max_iter=max_iter, generator=generator)
-        if best.objective() < identity_objective:
-            # Coordinate descent never decreases the objective, so from the identity the
-            # result is at least as similar as before.
-            best = _Matcher(spec, state_a, state_b)
-            iterations = best.descend(max_iter=max_iter, generator=generator)
+        best, iterations, start = _weight_matching(
+            spec, state_a, state_b, max_iter=max_iter, starts=starts, seed=seed
+        )
     else:
         if data is None:
             raise InvalidArgumentError("method='activation' needs data (inputs to correlate on)")
@@ -300,7 +372,7 @@ def align(
                 best.signs[group.name] = torch.where(chosen < 0, -1.0, 1.0).to(
                     best.signs[group.name].dtype
                 )
-        iterations = 1
+        iterations, start = 1, 0
     aligned = best.state()
     after, total_after = _cosines(spec, state_a, aligned)
     return Alignment(
@@ -314,6 +386,7 @@ def align(
         total_after=total_after,
         iterations=iterations,
         method=method,
+        start=start,
     )
 
 
