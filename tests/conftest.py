@@ -4,6 +4,7 @@ of when `evaluate_sets` took its input-layer fast path."""
 from __future__ import annotations
 
 import gzip
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -86,3 +87,20 @@ def input_layer_reuses(monkeypatch: pytest.MonkeyPatch) -> list[int]:
 
     monkeypatch.setattr(InputLayerReuse, "outputs", counted)
     return reused
+
+
+@pytest.fixture(scope="module")
+def ray_instance() -> Iterator[None]:
+    """A local Ray instance of 2 CPUs shared by a module's tests (skipped without Ray)."""
+    ray = pytest.importorskip("ray")
+    ray.init(
+        num_cpus=2,
+        include_dashboard=False,
+        _node_ip_address="127.0.0.1",
+        log_to_driver=False,
+        runtime_env={"env_vars": {"OMP_NUM_THREADS": "1"}},
+    )
+    try:
+        yield
+    finally:
+        ray.shutdown()

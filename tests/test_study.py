@@ -364,20 +364,11 @@ def test_worker_processes_match_the_in_process_run(reference: Path, tmp_path: Pa
     assert sorted(got["energy"]) == pytest.approx(sorted(expected["energy"]), abs=1e-6)
 
 
-def test_ray_executor_on_a_local_instance(reference: Path, tmp_path: Path) -> None:
-    ray = pytest.importorskip("ray")
-    ray.init(
-        num_cpus=2,
-        include_dashboard=False,
-        _node_ip_address="127.0.0.1",
-        log_to_driver=False,
-        runtime_env={"env_vars": {"OMP_NUM_THREADS": "1"}},
-    )
-    try:
-        directory = tmp_path / "ray"
-        run_study(validate_config(TINY), directory, executor="ray", progress=False, report=False)
-    finally:
-        ray.shutdown()
+def test_ray_executor_on_a_local_instance(
+    reference: Path, tmp_path: Path, ray_instance: None
+) -> None:
+    directory = tmp_path / "ray"
+    run_study(validate_config(TINY), directory, executor="ray", progress=False, report=False)
     got, expected = _numbers(directory), _numbers(reference)
     assert sorted(got["test_error"]) == pytest.approx(sorted(expected["test_error"]), abs=1e-6)
     assert status(directory).complete

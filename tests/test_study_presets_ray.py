@@ -6,7 +6,6 @@ binary block), so every task kind the preset makes runs as a Ray task."""
 from __future__ import annotations
 
 import copy
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -65,22 +64,6 @@ def shrunk(preset: str) -> dict[str, Any]:
             bn_samples=40,
         )
     return config
-
-
-@pytest.fixture(scope="module")
-def ray_instance() -> Iterator[None]:
-    ray = pytest.importorskip("ray")
-    ray.init(
-        num_cpus=2,
-        include_dashboard=False,
-        _node_ip_address="127.0.0.1",
-        log_to_driver=False,
-        runtime_env={"env_vars": {"OMP_NUM_THREADS": "1"}},
-    )
-    try:
-        yield
-    finally:
-        ray.shutdown()
 
 
 # quick's tasks are a subset of default's (no grid, no measures).
