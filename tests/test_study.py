@@ -11,6 +11,7 @@ import subprocess
 import sys
 import textwrap
 import time
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -146,8 +147,12 @@ def test_default_preset_meets_its_design() -> None:
     assert config.grid is not None and config.grid.batch_sizes and config.grid.lr_factors
     assert len(config.grid.batch_sizes) >= 2 and len(config.grid.lr_factors) >= 2
     assert len(config.optimizers) >= 3 and len(config.seeds) >= 4
-    main = [n for n in networks(config) if n.block == "main"]
-    assert len(main) >= 48
+    kinds = Counter(t.kind for t in build_graph(config))
+    # The counts docs/study.md's "Design" gives: 48 networks, 12 cells of 4 seeds, 72 pairs
+    # within cells + 66 across, 66 chains; 6 binary networks with 6 within-optimizer chains.
+    assert kinds["train"] == 48 + 6 and kinds["distance"] == 138 + 15
+    assert kinds["profile"] == 3 * 138 and kinds["bend"] == 66
+    assert kinds["flip_chain"] == 6 and kinds["measure"] == 2 * 48  # and the copies
     assert not config.training.stop_at_zero_train_error
     measures = config.analyses.measures
     assert measures is not None and measures.reparametrize is not None
@@ -163,6 +168,8 @@ def test_paper_cpu_preset_meets_its_design() -> None:
     assert models["mlp"]["widths"] == [500, 500] and "lenet5" in models
     assert not config.training.stop_at_zero_train_error
     assert config.analyses.measures is not None and config.binary is not None
+    kinds = Counter(t.kind for t in build_graph(config))
+    assert kinds["train"] == 32 + 6 and kinds["bend"] == 16 and kinds["flip_chain"] == 6
 
 
 @pytest.mark.parametrize(
@@ -230,6 +237,33 @@ def test_distance_pairs_follow_their_scope() -> None:
     expected = {f"distance/{a.name}/{b.name}" for a, b in pairs(nets, "within+first-seeds")}
     assert distance_keys("within+first-seeds") == expected and len(expected) == 12
     assert distance_keys("none") == set()
+
+
+def test_every_aligning_task_names_the_alignment_algorithm() -> None:
+    """A change to weight matching (WEIGHT_MATCHING_VERSION) re-runs exactly the tasks that
+    align, so one study never mixes results of two alignment algorithms."""
+    import dataclasses
+
+    from toroid.study.graph import task_hash
+    from toroid.symmetry.align import WEIGHT_MATCHING_VERSION
+
+    aligning = {"align", "distance", "profile", "bend", "flip_path", "flip_chain"}
+    binary = {
+        "model": {**TINY["model"], "widths": [8], "binary": True},
+        "optimizers": ["sgd"],
+        "seeds": [0, 1],
+    }
+    graph = build_graph(validate_config({**TINY, "binary": binary}))
+    seen = set()
+    for task in graph:
+        has = any(f.name == "alignment" for f in dataclasses.fields(task.params))
+        assert has == (task.kind in aligning), task.key
+        if has:
+            seen.add(task.kind)
+            assert task.params.alignment == WEIGHT_MATCHING_VERSION
+            other = dataclasses.replace(task.params, alignment="another")
+            assert task_hash(task.kind, other, ()) != task_hash(task.kind, task.params, ())
+    assert seen == aligning
 
 
 def test_hashes_change_only_where_the_config_does() -> None:

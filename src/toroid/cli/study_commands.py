@@ -61,10 +61,10 @@ def _failures(result: StudyStatus) -> None:
 @study_app.command("run")
 def run_command(
     config: Annotated[
-        Path | None, typer.Argument(help="Study config (YAML), merged over the preset.")
+        Path | None, typer.Argument(help="Study config (YAML), merged over --preset when given.")
     ] = None,
     preset: Annotated[
-        str | None, typer.Option(help="quick or default (the default without a config).")
+        str | None, typer.Option(help="quick, default or paper-cpu (default without a config).")
     ] = None,
     out: Annotated[
         Path | None, typer.Option(help="Study directory (default: runs/study-<name>).")

@@ -56,7 +56,7 @@ from toroid.study.rows import (
 )
 from toroid.study.store import Weights, stem_of
 from toroid.symmetry import spec_for
-from toroid.symmetry.align import align
+from toroid.symmetry.align import WEIGHT_MATCHING_VERSION, align
 from toroid.symmetry.canonical import canonical_state
 from toroid.symmetry.transform import transform_state
 from toroid.train import TrainResult, derive_seed
@@ -147,6 +147,9 @@ class AlignParams:
     network: str
     reference: str
     block: str
+    # Which weight-matching algorithm aligned the networks: part of the hash, so a study
+    # never mixes results of two alignment algorithms.
+    alignment: str = WEIGHT_MATCHING_VERSION
 
 
 @dataclass(frozen=True)
@@ -181,6 +184,9 @@ class DistanceParams:
     b: str
     block: str
     kinds: tuple[DistanceName, ...]
+    # Which weight-matching algorithm aligned the networks: part of the hash, so a study
+    # never mixes results of two alignment algorithms.
+    alignment: str = WEIGHT_MATCHING_VERSION
 
 
 @dataclass(frozen=True)
@@ -193,6 +199,9 @@ class ProfileParams:
     points: int
     refine: int
     plan: EvalPlan
+    # Which weight-matching algorithm aligned the networks: part of the hash, so a study
+    # never mixes results of two alignment algorithms.
+    alignment: str = WEIGHT_MATCHING_VERSION
 
 
 @dataclass(frozen=True)
@@ -208,6 +217,9 @@ class BendParams:
     points: int
     device: str  # where the bend trains
     plan: EvalPlan  # how the chain's profile is evaluated
+    # Which weight-matching algorithm aligned the networks: part of the hash, so a study
+    # never mixes results of two alignment algorithms.
+    alignment: str = WEIGHT_MATCHING_VERSION
 
 
 @dataclass(frozen=True)
@@ -219,6 +231,9 @@ class FlipPathParams:
     orders: int
     points: int
     plan: EvalPlan
+    # Which weight-matching algorithm aligned the networks: part of the hash, so a study
+    # never mixes results of two alignment algorithms.
+    alignment: str = WEIGHT_MATCHING_VERSION
 
 
 @dataclass(frozen=True)
@@ -235,6 +250,9 @@ class FlipChainParams:
     points: int
     device: str  # where the bend trains
     plan: EvalPlan  # how the flip paths are evaluated
+    # Which weight-matching algorithm aligned the networks: part of the hash, so a study
+    # never mixes results of two alignment algorithms.
+    alignment: str = WEIGHT_MATCHING_VERSION
 
 
 @dataclass(frozen=True)

@@ -300,6 +300,13 @@ def _weight_matching(
     return best, iterations, best_start
 
 
+# The weight-matching algorithm's version, named so that results it computes can say which
+# algorithm computed them (a study puts it into the hash of every task that aligns). Change
+# it whenever a change to `align` can change its permutations: "2" is the multi-start
+# descent (default 4 starts) whose objective counts every tensor once.
+WEIGHT_MATCHING_VERSION = "2"
+
+
 def align(
     model: nn.Module,
     reference: nn.Module,
@@ -390,4 +397,4 @@ def align(
     )
 
 
-__all__ = ["Alignment", "align"]
+__all__ = ["WEIGHT_MATCHING_VERSION", "Alignment", "align"]
