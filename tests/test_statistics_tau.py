@@ -18,6 +18,7 @@ from toroid.study.statistics import (
     bootstrap_kendall,
     granulated_tau,
     kendall_tau,
+    stratified_kendall,
 )
 
 
@@ -143,6 +144,121 @@ def test_bootstrap_kendall_undefined_and_bad_input() -> None:
         bootstrap_kendall([1.0, 2.0, 3.0], [1.0, 2.0, 3.0], reps=0)
     with pytest.raises(InvalidArgumentError, match="differ in length"):
         bootstrap_kendall([1.0, 2.0, 3.0], [1.0, 2.0])
+
+
+# stratified_kendall --------------------------------------------------------------------------
+
+
+def brute_stratified(x: Sequence[float], y: Sequence[float], strata: Sequence[Hashable]) -> float:
+    """Per stratum scipy's tau-b, weighted by the stratum's n_s (n_s - 1) / 2 pairs; strata
+    with fewer than 2 points or an undefined tau weigh nothing."""
+    total = weight = 0.0
+    for s in set(strata):
+        xs = [a for a, t in zip(x, strata, strict=True) if t == s]
+        ys = [b for b, t in zip(y, strata, strict=True) if t == s]
+        if len(xs) < 2:
+            continue
+        tau = scipy_tau(xs, ys)
+        if math.isnan(tau):
+            continue
+        pairs = len(xs) * (len(xs) - 1) / 2
+        total, weight = total + pairs * tau, weight + pairs
+    return total / weight if weight else math.nan
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_stratified_kendall_with_one_stratum_is_bootstrap_kendall(seed: int) -> None:
+    rng = np.random.default_rng(300 + seed)
+    n = int(rng.integers(2, 30))
+    x = list(np.round(rng.normal(size=n), 1))
+    y = list(np.round(np.asarray(x) + rng.normal(size=n), 1))
+    plain = bootstrap_kendall(x, y, reps=300, seed=seed, level=0.9)
+    one = stratified_kendall(x, y, ["mlp"] * n, reps=300, seed=seed, level=0.9)
+    assert one == plain  # every field, to the last bit
+    # Undefined alike (NaN != NaN, so compared through repr).
+    flat = ([1.0] * 4, [1.0, 2.0, 3.0, 4.0])
+    undefined = stratified_kendall(*flat, [0] * 4, reps=50)
+    assert repr(undefined) == repr(bootstrap_kendall(*flat, reps=50))
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_stratified_kendall_matches_per_stratum_scipy_weighted_by_pairs(seed: int) -> None:
+    rng = np.random.default_rng(400 + seed)
+    sizes = [int(v) for v in rng.integers(2, 15, size=int(rng.integers(2, 5)))]
+    strata = [f"m{k}" for k, size in enumerate(sizes) for _ in range(size)]
+    n = len(strata)
+    x = rng.integers(0, 5, n).astype(float)  # ties
+    y = x * rng.choice([-1.0, 1.0]) + rng.normal(size=n) + 3 * rng.integers(0, 2, n)
+    order = rng.permutation(n)  # strata interleaved
+    xs, ys, ss = list(x[order]), list(y[order]), [strata[i] for i in order]
+    # A stratum of one point and a constant one weigh nothing.
+    xs, ys, ss = [*xs, 9.0, 1.0, 1.0, 1.0], [*ys, 9.0, 0.0, 1.0, 2.0], [*ss, "one", *"ccc"]
+    result = stratified_kendall(xs, ys, ss, reps=200, seed=seed)
+    assert result.tau == pytest.approx(brute_stratified(xs, ys, ss), abs=1e-12)
+    assert result.n == n + 4 and (result.reps, result.seed) == (200, seed)
+    # Strata of 2 points are constant in half their resamples: the interval may be undefined.
+    assert not result.defined or -1 <= result.low <= result.high <= 1
+
+
+def test_stratified_bootstrap_matches_a_plain_loop_over_resamples() -> None:
+    rng = np.random.default_rng(8)
+    sizes = {"lenet": 9, "mlp": 6}
+    strata = ["mlp", "lenet"] * 6 + ["lenet"] * 3  # first appearance: mlp, then lenet
+    x = np.round(rng.normal(size=15), 1)
+    y = np.round(x + rng.normal(0, 1.0, 15), 1) + 5 * (np.asarray(strata) == "mlp")
+    reps, seed = 300, 4
+    result = stratified_kendall(list(x), list(y), strata, reps=reps, seed=seed, level=0.9)
+    # The same draws: mlp's reps x 6 indices, then lenet's reps x 9, from one generator;
+    # a resample is dropped when either stratum's resample is constant.
+    draw = np.random.default_rng(seed)
+    where = {s: np.flatnonzero(np.asarray(strata) == s) for s in ("mlp", "lenet")}
+    index = {s: draw.integers(0, sizes[s], size=(reps, sizes[s])) for s in ("mlp", "lenet")}
+    pairs = {s: sizes[s] * (sizes[s] - 1) / 2 for s in sizes}
+    stats_ = []
+    for r in range(reps):
+        total = 0.0
+        for s in ("mlp", "lenet"):
+            chosen = where[s][index[s][r]]
+            total += pairs[s] * scipy_tau(x[chosen], y[chosen])
+        if not math.isnan(total):
+            stats_.append(total / sum(pairs.values()))
+    low, high = np.quantile(stats_, [0.05, 0.95])
+    assert result.tau == pytest.approx(brute_stratified(list(x), list(y), strata), abs=1e-12)
+    assert (result.low, result.high) == pytest.approx((low, high), abs=1e-12)
+
+
+def test_stratified_kendall_removes_a_between_strata_offset() -> None:
+    # Three architectures of 5 networks: within each, flatter (larger x) mostly goes with
+    # smaller y (2 of 10 pairs concordant, tau -0.6), but each next architecture has both
+    # larger x and larger y, so the 75 pairs across architectures make the pooled tau
+    # strongly positive.
+    shape = [0.5, 0.3, 0.4, 0.1, 0.2]
+    x = [10.0 * k + i for k in range(3) for i in range(1, 6)]
+    y = [2.0 * k + v for k in range(3) for v in shape]
+    strata = [name for name in ("lenet", "mlp", "vgg") for _ in range(5)]
+    assert kendall_tau(x, y) == pytest.approx((75 + 3 * (2 - 8)) / 105)
+    within = [kendall_tau(x[k : k + 5], y[k : k + 5]) for k in (0, 5, 10)]
+    assert within == pytest.approx([-0.6] * 3)
+    result = stratified_kendall(x, y, strata, reps=1000, seed=0)
+    assert result.tau == pytest.approx(-0.6)
+    assert result.defined and result.high < 0
+    assert bootstrap_kendall(x, y, reps=1000, seed=0).low > 0  # pooled says the opposite
+
+
+def test_stratified_kendall_undefined_and_bad_input() -> None:
+    # Every stratum a single point or constant: undefined, no exception.
+    lone = stratified_kendall([1.0, 2.0, 3.0], [3.0, 1.0, 2.0], ["a", "b", "c"], reps=50)
+    assert not lone.defined and math.isnan(lone.tau) and lone.n == 3
+    flat = stratified_kendall([1.0, 1.0, 2.0, 2.0], [1.0, 2.0, 3.0, 4.0], "aabb", reps=50)
+    assert math.isnan(flat.tau)
+    with pytest.raises(InvalidArgumentError, match="strata and x differ in length: 2 != 3"):
+        stratified_kendall([1.0, 2.0, 3.0], [1.0, 2.0, 3.0], ["a", "b"])
+    with pytest.raises(InvalidArgumentError, match="level"):
+        stratified_kendall([1.0, 2.0, 3.0], [1.0, 2.0, 3.0], "aaa", level=0.0)
+    with pytest.raises(InvalidArgumentError, match="reps"):
+        stratified_kendall([1.0, 2.0, 3.0], [1.0, 2.0, 3.0], "aaa", reps=0)
+    with pytest.raises(InvalidArgumentError, match="differ in length"):
+        stratified_kendall([1.0, 2.0, 3.0], [1.0, 2.0], "aaa")
 
 
 # granulated_tau ----------------------------------------------------------------------------

@@ -23,16 +23,21 @@ from toroid.study.statistics import (
     granulated_tau,
     kendall_tau,
     spearman,
+    stratified_kendall,
 )
 from toroid.study.verdicts import (
     RULES,
     Verdict,
     chain_word,
+    claim_barriers,
     claim_binary,
     claim_chains,
     claim_closer,
     claim_flatness_test,
     correlation_word,
+    flatness_vs_barrier,
+    flatness_vs_closeness,
+    model_names,
 )
 
 REPS = 200  # fewer bootstrap resamples than the report's 2000 keep the tests quick
@@ -90,6 +95,24 @@ def test_clopper_pearson_edges_in_closed_form() -> None:
         clopper_pearson(-1, 3)
     with pytest.raises(InvalidArgumentError):
         clopper_pearson(1, 3, level=1.0)
+
+
+@pytest.mark.parametrize(
+    ("successes", "trials", "message"),
+    [
+        (True, 3, "successes must be an integer, got True"),
+        (1, False, "trials must be an integer, got False"),
+        (1.0, 3, "successes must be an integer, got 1.0"),
+        (1, 3.5, "trials must be an integer, got 3.5"),
+        (0, -2, "trials must be at least 0, got -2"),
+        (4, 3, r"successes must lie in \[0, trials\], got 4 of 3"),
+    ],
+)
+def test_clopper_pearson_refuses_bad_counts_in_one_line(
+    successes: object, trials: object, message: str
+) -> None:
+    with pytest.raises(InvalidArgumentError, match=f"^{message}$"):
+        clopper_pearson(successes, trials)  # type: ignore[arg-type]
 
 
 # Claim 4's rule ------------------------------------------------------------------------------
@@ -295,3 +318,107 @@ def test_the_verdict_table_gives_each_claim_its_n_and_rule() -> None:
         ("48", RULES["correlation"]),
         ("2", RULES["chains"]),
     ]
+
+
+# Several architectures: tau within each, pair-weighted ------------------------------------------
+
+# Two models, two optimizers each, three seeds: within each model the flatter network has the
+# lower test error... the other way round (tau < 0 within), but the mlp's dE and test errors
+# are both larger, so a tau over all 12 networks would be positive.
+MODELS = {
+    f"{o}-{m}": {"optimizer": o, "model": m} for m in ("mlp", "lenet") for o in ("sgd", "adam")
+}
+MODEL_FLAT = [0.01 * i for i in range(1, 7)] + [0.10 + 0.01 * i for i in range(1, 7)]
+MODEL_TESTS = [0.16, 0.15, 0.13, 0.14, 0.12, 0.11, 0.36, 0.34, 0.35, 0.33, 0.32, 0.31]
+
+
+def _model_block(
+    distances: tuple[DistanceRow, ...] = (), profiles: tuple[ProfileRow, ...] = ()
+) -> BlockEvidence:
+    return _block(MODELS, 3, MODEL_FLAT, MODEL_TESTS, distances=distances, profiles=profiles)
+
+
+def test_claim_1_takes_tau_within_each_model_when_the_block_has_several() -> None:
+    block = _model_block()
+    names = [n.name for n in block.networks]
+    # network_hyperparameters numbers the models in sorted order: lenet 0, mlp 1.
+    strata = [block.hyperparameters[n]["model"] for n in names]
+    assert strata == [1] * 6 + [0] * 6
+    assert kendall_tau(MODEL_FLAT, MODEL_TESTS) > 0  # over all networks: positive
+    expected = stratified_kendall(MODEL_FLAT, MODEL_TESTS, strata, reps=REPS, seed=0)
+    assert expected.tau < 0 and expected.high <= 0
+    verdict = claim_flatness_test(block, models=("lenet", "mlp"), reps=REPS)
+    assert (verdict.value, verdict.low, verdict.high) == (expected.tau, expected.low, expected.high)
+    assert verdict.word == "does not hold" and verdict.n == 12
+    assert verdict.statistic.startswith(
+        f"Kendall tau(dE at sigma=0.1, test error) within models (mlp, lenet), pair-weighted "
+        f"= {expected.tau:.2f}, 95% stratified bootstrap interval [{expected.low:.2f}, "
+        f"{expected.high:.2f}]; n = 12 networks; granulated tau"
+    )
+    # Without the labels the strata are named by their number.
+    assert "within models (1, 0)" in claim_flatness_test(block, reps=REPS).statistic
+    assert (
+        "(within each architecture, pair-weighted, when the block has several)"
+        in RULES["correlation"]
+    )
+    assert verdict.rule == RULES["correlation"]
+
+
+def test_claims_2_and_3_take_tau_within_each_model() -> None:
+    names = [f"main/{label}/s{s}" for label in MODELS for s in range(3)]
+    flat = dict(zip(names, MODEL_FLAT, strict=True))
+    # Per label: the distance between seeds 0 and 1 falls as the label's flatness grows
+    # within a model; the mlp's distances are 3x larger.
+    distances = tuple(
+        DistanceRow(
+            names[i], names[i + 1], "main", "geodesic",
+            (3.0 if i >= 6 else 1.0) * (1.0 - flat[names[i]]), True,
+        )
+        for i in range(0, 12, 3)
+    )  # fmt: skip
+    profiles = tuple(
+        ProfileRow(
+            a=names[i], b=names[j], block="main", path="geodesic", ts=(0.0, 0.5, 1.0),
+            train_error=(0.0, 0.1, 0.0), train_loss=(0.0,) * 3, test_error=(0.1,) * 3,
+            test_loss=(0.0,) * 3, barrier_train=(2.0 if i >= 6 else 0.5) - flat[names[i]],
+            barrier_test=0.1, max_train_error=0.1,
+        )
+        for i, j in ((0, 1), (0, 2), (3, 4), (3, 5), (6, 7), (6, 8), (9, 10), (9, 11))
+    )  # fmt: skip
+    block = _model_block(distances, profiles)
+    for points, verdict in (
+        (flatness_vs_closeness(block), claim_closer(block, models=("lenet", "mlp"), reps=REPS)),
+        (
+            flatness_vs_barrier(block, "geodesic"),
+            claim_barriers(block, models=("lenet", "mlp"), reps=REPS),
+        ),
+    ):
+        assert points.stratified and set(points.strata) == {0, 1}
+        expected = stratified_kendall(points.x, points.y, points.strata, reps=REPS, seed=0)
+        assert verdict.value == expected.tau
+        # Two labels per model: most resamples repeat one label, the interval is undefined.
+        assert verdict.low is None if math.isnan(expected.low) else verdict.low == expected.low
+        assert "within models (mlp, lenet), pair-weighted" in verdict.statistic
+        assert kendall_tau(points.x, points.y) > 0 > expected.tau
+    closer = flatness_vs_closeness(block)
+    assert closer.strata == (1, 1, 0, 0)  # one model per optimizer label
+
+
+def test_one_model_changes_nothing() -> None:
+    one = {label: dict(h, model="mlp") for label, h in PLAIN.items()}
+    block = _block(one, 4, FLAT, TESTS)
+    assert all("model" not in h for h in block.hyperparameters.values())
+    verdict = claim_flatness_test(block, models=("mlp",), reps=REPS)
+    assert verdict == claim_flatness_test(_block(PLAIN, 4, FLAT, TESTS), reps=REPS)
+    assert "within models" not in verdict.statistic
+
+
+def test_model_names_are_the_sorted_grid_models() -> None:
+    from types import SimpleNamespace
+
+    def evidence(models: object) -> object:
+        return SimpleNamespace(config=SimpleNamespace(grid=SimpleNamespace(models=models)))
+
+    assert model_names(evidence({"mlp": {}, "lenet": {}})) == ("lenet", "mlp")  # type: ignore[arg-type]
+    assert model_names(evidence(None)) == ()  # type: ignore[arg-type]
+    assert model_names(SimpleNamespace(config=SimpleNamespace(grid=None))) == ()  # type: ignore[arg-type]

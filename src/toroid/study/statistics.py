@@ -1,5 +1,6 @@
 """The statistics of the report: means with standard errors, Spearman's rho and Kendall's
-tau-b with seeded percentile-bootstrap intervals, the granulated Kendall coefficient of
+tau-b with seeded percentile-bootstrap intervals (tau-b also within strata, pooled, with a
+stratified bootstrap), the granulated Kendall coefficient of
 Jiang et al. (2020), the Clopper-Pearson interval of a proportion, and linear interpolation
 of a measured curve.
 
@@ -136,7 +137,8 @@ class KendallTau:
     resamples of the points with replacement, drawn from `seed`, the same draws as
     `bootstrap_spearman` with the same seed). NaN where tau-b is undefined (fewer than 2
     points, a constant coordinate, a non-finite value) or where fewer than half of the
-    resamples have one."""
+    resamples have one. `stratified_kendall` returns one too: its tau is the pair-weighted
+    mean of the strata's tau-b, its interval from resamples within each stratum."""
 
     tau: float
     low: float
@@ -224,12 +226,75 @@ def bootstrap_kendall(
     if math.isnan(tau):
         return KendallTau(tau, NAN, NAN, n, level, reps, seed)
     a, b = _check_pair(x, y)
-    index = np.random.default_rng(seed).integers(0, n, size=(reps, n))
+    taus = _resampled_taus(a, b, np.random.default_rng(seed), reps)
+    return KendallTau(tau, *_percentile_interval(taus, reps, level), n, level, reps, seed)
+
+
+def _resampled_taus(
+    a: np.ndarray, b: np.ndarray, rng: np.random.Generator, reps: int
+) -> np.ndarray:
+    """Tau-b of `reps` resamples of the points with replacement (NaN where undefined), the
+    indices drawn from `rng` as one reps x n array."""
+    n = a.size
+    index = rng.integers(0, n, size=(reps, n))
     # How often each network occurs in each resample: one bincount over offset indices.
     offsets = index + n * np.arange(reps)[:, None]
     counts = np.bincount(offsets.reshape(-1), minlength=reps * n).reshape(reps, n).astype(float)
-    taus = _tau_b_of_counts(counts, _pair_signs(a, b))
-    return KendallTau(tau, *_percentile_interval(taus, reps, level), n, level, reps, seed)
+    return _tau_b_of_counts(counts, _pair_signs(a, b))
+
+
+def _strata_of(strata: Sequence[Hashable]) -> list[list[int]]:
+    """Indices of the points grouped by stratum, groups in the order their first point
+    appears."""
+    groups: dict[Hashable, list[int]] = {}
+    for i, stratum in enumerate(strata):
+        groups.setdefault(stratum, []).append(i)
+    return list(groups.values())
+
+
+def stratified_kendall(
+    x: Sequence[float],
+    y: Sequence[float],
+    strata: Sequence[Hashable],
+    *,
+    reps: int = 2000,
+    seed: int = 0,
+    level: float = 0.95,
+) -> KendallTau:
+    """Kendall's tau-b of (x, y) within strata (point i lies in stratum `strata[i]`, e.g.
+    its architecture), pooled, with a stratified percentile-bootstrap interval.
+
+    The statistic is the mean of the strata's tau-b weighted by their numbers of pairs
+    n_s (n_s - 1) / 2: the share of within-stratum pairs each stratum holds, so pairs across
+    strata (whose order mostly says which stratum has the larger values) never count. A
+    stratum with fewer than 2 points or an undefined tau-b (constant, non-finite) gets
+    weight 0; the statistic is NaN when every stratum does. The bootstrap resamples the
+    points with replacement within each stratum independently (strata in the order their
+    first point appears, each drawing `reps` x n_s indices from one generator seeded with
+    `seed`), keeps the weights and drops a resample in which a weighted stratum's tau-b is
+    undefined, as `bootstrap_kendall` drops its undefined resamples; fewer than half
+    defined leaves the interval undefined. With a single stratum this is
+    `bootstrap_kendall` exactly (same draws, same numbers). `n` counts every point."""
+    _check_bootstrap(reps, level)
+    a, b = _check_pair(x, y)
+    if len(strata) != a.size:
+        raise InvalidArgumentError(f"strata and x differ in length: {len(strata)} != {a.size}")
+    n = int(a.size)
+    groups = [g for g in _strata_of(strata) if len(g) > 1]
+    taus = [_kendall(a[g], b[g]) for g in groups]
+    used = [(g, t) for g, t in zip(groups, taus, strict=True) if not math.isnan(t)]
+    if not used:
+        return KendallTau(NAN, NAN, NAN, n, level, reps, seed)
+    pairs = np.asarray([len(g) * (len(g) - 1) / 2 for g, _ in used], dtype=float)
+    # Weights normalized first: with one stratum the weight is exactly 1.0, so tau and every
+    # resample's tau are bootstrap_kendall's to the last bit.
+    weights = pairs / pairs.sum()
+    tau = float(sum(w * t for w, (_, t) in zip(weights, used, strict=True)))
+    rng = np.random.default_rng(seed)
+    pooled = np.zeros(reps)
+    for w, (g, _) in zip(weights, used, strict=True):
+        pooled = pooled + w * _resampled_taus(a[g], b[g], rng, reps)
+    return KendallTau(tau, *_percentile_interval(pooled, reps, level), n, level, reps, seed)
 
 
 # Granulated Kendall coefficient ------------------------------------------------------------
@@ -392,7 +457,12 @@ def clopper_pearson(successes: int, trials: int, *, level: float = 0.95) -> tupl
     for no trials."""
     if not 0 < level < 1:
         raise InvalidArgumentError(f"level must lie in (0, 1), got {level}")
-    if trials < 0 or not 0 <= successes <= max(trials, 0):
+    for name, value in (("successes", successes), ("trials", trials)):
+        if isinstance(value, bool | np.bool_) or not isinstance(value, int | np.integer):
+            raise InvalidArgumentError(f"{name} must be an integer, got {value!r}")
+    if trials < 0:
+        raise InvalidArgumentError(f"trials must be at least 0, got {trials}")
+    if not 0 <= successes <= trials:
         raise InvalidArgumentError(
             f"successes must lie in [0, trials], got {successes} of {trials}"
         )

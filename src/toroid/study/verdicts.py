@@ -3,7 +3,10 @@
 Flatness is a network's dE at the block's summary level (sigma, or flip probability p)
 on the training split; "flat" means small dE. The correlation claims take Kendall's tau-b
 with a seeded percentile-bootstrap 95% interval over the points (networks, optimizer labels
-or pairs):
+or pairs); when the block pools several architectures (grid.models), tau-b is taken within
+each architecture and pooled, weighted by each one's number of pairs, with a bootstrap
+that resamples within each (`stratified_kendall`): distances and dE differ in scale across
+architectures, so a tau over all points would mostly say which architecture is flatter:
 
 - holds when the interval lies above 0, does not hold when it lies at or below 0,
   inconclusive when it contains 0, when tau is undefined (constant values) or when
@@ -28,7 +31,7 @@ docs/study.md ("Report") states the same rules for readers of the report."""
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Hashable, Sequence
 from dataclasses import dataclass, replace
 from typing import Literal
 
@@ -47,6 +50,7 @@ from toroid.study.statistics import (
     bootstrap_kendall,
     clopper_pearson,
     granulated_tau,
+    stratified_kendall,
     summary_level,
 )
 
@@ -70,8 +74,9 @@ TITLES: dict[str, str] = {
 }
 RULES: dict[str, str] = {
     "correlation": (
-        f"holds if the {LEVEL:.0%} bootstrap interval of Kendall's tau-b lies above 0; does "
-        "not hold if it lies at or below 0; inconclusive if it contains 0, if tau is "
+        f"holds if the {LEVEL:.0%} bootstrap interval of Kendall's tau-b (within each "
+        "architecture, pair-weighted, when the block has several) lies above 0; does not "
+        "hold if it lies at or below 0; inconclusive if it contains 0, if tau is "
         f"undefined, or with fewer than {MIN_POINTS} points"
     ),
     "chains": (
@@ -127,11 +132,18 @@ class Verdict:
 
 @dataclass(frozen=True)
 class Points:
-    """Paired values a claim correlates: `labels[i]` names point (x[i], y[i])."""
+    """Paired values a claim correlates: `labels[i]` names point (x[i], y[i]); `strata[i]`
+    is its architecture (`model_of`; empty when not given)."""
 
     labels: tuple[str, ...]
     x: tuple[float, ...]
     y: tuple[float, ...]
+    strata: tuple[Hashable, ...] = ()
+
+    @property
+    def stratified(self) -> bool:
+        """Whether the points span more than one architecture."""
+        return len(set(self.strata)) > 1
 
 
 @dataclass(frozen=True)
@@ -149,14 +161,31 @@ class Chain:
 # What each claim is measured on --------------------------------------------------------
 
 
+def model_of(block: BlockEvidence, network: str) -> Hashable | None:
+    """A network's architecture as the block's hyperparameters hold it: with `grid.models`
+    the "model" entry (`network_hyperparameters` stores the model's position among the
+    sorted model labels), None without one."""
+    return block.hyperparameters.get(network, {}).get("model")
+
+
+def _points(block: BlockEvidence, rows: Sequence[tuple[str, float, float, str]]) -> Points:
+    """Points from rows (label, x, y, a network of the point, whose model is the point's)."""
+    return Points(
+        tuple(r[0] for r in rows),
+        tuple(r[1] for r in rows),
+        tuple(r[2] for r in rows),
+        tuple(model_of(block, r[3]) for r in rows),
+    )
+
+
 def flatness_vs_test(block: BlockEvidence) -> Points:
     """Per network: flatness and test error."""
     rows = [
-        (n.name, block.flatness[n.name], n.test_error)
+        (n.name, block.flatness[n.name], n.test_error, n.name)
         for n in block.networks
         if n.name in block.flatness and n.test_error is not None
     ]
-    return Points(tuple(r[0] for r in rows), tuple(r[1] for r in rows), tuple(r[2] for r in rows))
+    return _points(block, rows)
 
 
 def within_distances(block: BlockEvidence, kind: str) -> dict[str, list[float]]:
@@ -177,11 +206,14 @@ def flatness_vs_closeness(block: BlockEvidence) -> Points:
     within = within_distances(block, block.distance_kind)
     rows = []
     for optimizer in block.optimizers:
-        flat = [v for name, v in block.flatness.items() if block.optimizer_of(name) == optimizer]
+        mine = [name for name in block.flatness if block.optimizer_of(name) == optimizer]
+        flat = [block.flatness[name] for name in mine]
         if flat and within.get(optimizer):
             distances = within[optimizer]
-            rows.append((optimizer, sum(flat) / len(flat), sum(distances) / len(distances)))
-    return Points(tuple(r[0] for r in rows), tuple(r[1] for r in rows), tuple(r[2] for r in rows))
+            mean_flat, mean_distance = sum(flat) / len(flat), sum(distances) / len(distances)
+            # A label's networks share one model (the label names it).
+            rows.append((optimizer, mean_flat, mean_distance, mine[0]))
+    return _points(block, rows)
 
 
 def barrier_path(block: BlockEvidence) -> str | None:
@@ -194,11 +226,12 @@ def flatness_vs_barrier(block: BlockEvidence, path: str) -> Points:
     """Per pair profiled on `path`: the mean flatness of its ends and its training-error
     barrier (max_minus_mean)."""
     rows = [
-        (f"{p.a} ~ {p.b}", (block.flatness[p.a] + block.flatness[p.b]) / 2, p.barrier_train)
+        (f"{p.a} ~ {p.b}", (block.flatness[p.a] + block.flatness[p.b]) / 2, p.barrier_train, p.a)
         for p in block.profiles_on(path)
         if p.a in block.flatness and p.b in block.flatness and not math.isnan(p.barrier_train)
     ]
-    return Points(tuple(r[0] for r in rows), tuple(r[1] for r in rows), tuple(r[2] for r in rows))
+    # Pairs are formed within one architecture, so the first end's model is the pair's.
+    return _points(block, rows)
 
 
 def chains(block: BlockEvidence) -> tuple[Chain, ...]:
@@ -260,14 +293,40 @@ def _undefined_reason(points: Points) -> str:
     return "the bootstrap resamples are mostly constant"
 
 
-def describe_correlation(correlation: KendallTau, points: Points, what: str, unit: str) -> str:
+def model_name(value: Hashable, models: Sequence[str] = ()) -> str:
+    """A stratum's name: the model label (`models`, sorted as `network_hyperparameters`
+    numbers them), or the value itself when it is a label or out of range."""
+    if isinstance(value, int) and not isinstance(value, bool) and 0 <= value < len(models):
+        return models[value]
+    return str(value)
+
+
+def describe_correlation(
+    correlation: KendallTau,
+    points: Points,
+    what: str,
+    unit: str,
+    *,
+    within: Sequence[str] = (),
+) -> str:
+    """The statistic's text; `within` names the strata of a `stratified_kendall` tau
+    ("Kendall tau(...) within models (mlp, lenet), pair-weighted = 0.31, 95% stratified
+    bootstrap interval [...]")."""
     count = f"n = {correlation.n} {unit}"
+    name = f"Kendall tau({what})"
+    kind = "bootstrap"
+    if within:
+        name += f" within models ({', '.join(within)}), pair-weighted"
+        kind = "stratified bootstrap"
     if not correlation.defined:
         tau = "" if math.isnan(correlation.tau) else f" = {correlation.tau:.2f}"
-        return f"Kendall tau({what}){tau}, interval undefined: {_undefined_reason(points)}; {count}"
+        reason = _undefined_reason(points)
+        if within and math.isnan(correlation.tau):
+            reason = "no model has a defined tau (fewer than 2 points or constant values)"
+        return f"{name}{tau}, interval undefined: {reason}; {count}"
     short = f" (< {MIN_POINTS})" if correlation.n < MIN_POINTS else ""
     return (
-        f"Kendall tau({what}) = {correlation.tau:.2f}, {correlation.level:.0%} bootstrap "
+        f"{name} = {correlation.tau:.2f}, {correlation.level:.0%} {kind} "
         f"interval [{correlation.low:.2f}, {correlation.high:.2f}]; {count}{short}"
     )
 
@@ -308,6 +367,7 @@ def _correlation_verdict(
     reps: int,
     seed: int,
     extra: str = "",
+    models: Sequence[str] = (),
 ) -> Verdict:
     rule = RULES["correlation"]
     if not points.x:
@@ -315,8 +375,16 @@ def _correlation_verdict(
         return Verdict(
             claim, title, "inconclusive", f"no data: {reason}", rule, statistic_name="kendall_tau"
         )
-    correlation = bootstrap_kendall(points.x, points.y, reps=reps, seed=seed, level=LEVEL)
-    statistic = describe_correlation(correlation, points, what, unit) + extra
+    within: tuple[str, ...] = ()
+    if points.stratified:
+        # Several architectures: tau within each, pair-weighted (docs/study.md).
+        correlation = stratified_kendall(
+            points.x, points.y, points.strata, reps=reps, seed=seed, level=LEVEL
+        )
+        within = tuple(model_name(v, models) for v in dict.fromkeys(points.strata))
+    else:
+        correlation = bootstrap_kendall(points.x, points.y, reps=reps, seed=seed, level=LEVEL)
+    statistic = describe_correlation(correlation, points, what, unit, within=within) + extra
     if absent is not None:
         statistic += f" (partial: {absent})"
     return Verdict(
@@ -338,7 +406,12 @@ def _level(block: BlockEvidence) -> str:
 
 
 def claim_flatness_test(
-    block: BlockEvidence, *, claim: str = "1", reps: int = REPS, seed: int = SEED
+    block: BlockEvidence,
+    *,
+    models: Sequence[str] = (),
+    claim: str = "1",
+    reps: int = REPS,
+    seed: int = SEED,
 ) -> Verdict:
     absent = block.why_missing("local_energy", ("train", "energy"))
     points = flatness_vs_test(block)
@@ -352,6 +425,7 @@ def claim_flatness_test(
         reps=reps,
         seed=seed,
         extra=describe_granulated(granulated(block, points)),
+        models=models,
     )
 
 
@@ -362,7 +436,12 @@ def has_grid(block: BlockEvidence) -> bool:
 
 
 def claim_closer(
-    block: BlockEvidence, *, claim: str = "2", reps: int = REPS, seed: int = SEED
+    block: BlockEvidence,
+    *,
+    models: Sequence[str] = (),
+    claim: str = "2",
+    reps: int = REPS,
+    seed: int = SEED,
 ) -> Verdict:
     absent = block.why_missing("local_energy", ("train", "energy")) or block.why_missing(
         "distances", ("distance",)
@@ -377,11 +456,17 @@ def claim_closer(
         absent=absent,
         reps=reps,
         seed=seed,
+        models=models,
     )
 
 
 def claim_barriers(
-    block: BlockEvidence, *, claim: str = "3", reps: int = REPS, seed: int = SEED
+    block: BlockEvidence,
+    *,
+    models: Sequence[str] = (),
+    claim: str = "3",
+    reps: int = REPS,
+    seed: int = SEED,
 ) -> Verdict:
     absent = block.why_missing("local_energy", ("train", "energy")) or block.why_missing(
         "paths", ("path",)
@@ -399,6 +484,7 @@ def claim_barriers(
         absent=absent,
         reps=reps,
         seed=seed,
+        models=models,
     )
 
 
@@ -448,14 +534,20 @@ def claim_chains(block: BlockEvidence, *, claim: str = "4") -> Verdict:
 
 
 def block_verdicts(
-    block: BlockEvidence, *, prefix: str = "", reps: int = REPS, seed: int = SEED
+    block: BlockEvidence,
+    *,
+    prefix: str = "",
+    reps: int = REPS,
+    seed: int = SEED,
+    models: Sequence[str] = (),
 ) -> tuple[Verdict, ...]:
-    """Claims 1-4 on one block; `prefix` numbers them (e.g. "5" gives 5a-5d)."""
+    """Claims 1-4 on one block; `prefix` numbers them (e.g. "5" gives 5a-5d); `models`
+    names the block's architectures (`model_names`) in the statistic's text."""
     ids = ("1", "2", "3", "4") if not prefix else tuple(f"{prefix}{c}" for c in "abcd")
     return (
-        claim_flatness_test(block, claim=ids[0], reps=reps, seed=seed),
-        claim_closer(block, claim=ids[1], reps=reps, seed=seed),
-        claim_barriers(block, claim=ids[2], reps=reps, seed=seed),
+        claim_flatness_test(block, models=models, claim=ids[0], reps=reps, seed=seed),
+        claim_closer(block, models=models, claim=ids[1], reps=reps, seed=seed),
+        claim_barriers(block, models=models, claim=ids[2], reps=reps, seed=seed),
         claim_chains(block, claim=ids[3]),
     )
 
@@ -628,12 +720,20 @@ def claim_symmetry(evidence: Evidence, *, reps: int = REPS, seed: int = SEED) ->
     )
 
 
+def model_names(evidence: Evidence) -> tuple[str, ...]:
+    """The main block's model labels (`grid.models`), sorted, so that position k names the
+    model `network_hyperparameters` numbers k; empty without `grid.models`."""
+    grid = evidence.config.grid
+    return tuple(sorted(grid.models)) if grid is not None and grid.models else ()
+
+
 def verdicts(evidence: Evidence, *, reps: int = REPS, seed: int = SEED) -> tuple[Verdict, ...]:
     """The verdict lines of a study, in claim order: five, and claim 6 when
     `analyses.measures` is configured."""
     sixth = claim_symmetry(evidence, reps=reps, seed=seed)
+    models = model_names(evidence)
     return (
-        *block_verdicts(evidence.main, reps=reps, seed=seed),
+        *block_verdicts(evidence.main, reps=reps, seed=seed, models=models),
         claim_binary(evidence.binary, reps=reps, seed=seed),
         *((sixth,) if sixth is not None else ()),
     )
