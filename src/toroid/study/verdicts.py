@@ -201,7 +201,7 @@ def flatness_vs_closeness(block: BlockEvidence) -> Points:
     """Per optimizer label: the mean flatness of its networks and the mean distance
     between them. The label, not the network, is the unit: networks of one label share
     their pairwise distances, so per-network points would not be independent. With a
-    hyperparameter grid every grid point is a label of its own (`sam-bs64-lr0.5`), so the
+    hyperparameter grid every grid point is a label of its own (`sam-b64-lr0.5`), so the
     unit is then a grid cell: one optimizer at one batch size and learning rate."""
     within = within_distances(block, block.distance_kind)
     rows = []
