@@ -551,7 +551,7 @@ def test_a_profile_task_reads_only_its_path_settings() -> None:
     profile = next(t for t in build_graph(config) if t.kind == "profile")
     assert isinstance(profile.params, ProfileParams)
     assert {f.name for f in dataclasses.fields(profile.params)} == {
-        "a", "b", "block", "path", "data", "points", "refine", "plan"
+        "a", "b", "block", "path", "data", "points", "refine", "plan", "alignment"
     }  # fmt: skip
 
 
