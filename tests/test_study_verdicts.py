@@ -422,3 +422,29 @@ def test_model_names_are_the_sorted_grid_models() -> None:
     assert model_names(evidence({"mlp": {}, "lenet": {}})) == ("lenet", "mlp")  # type: ignore[arg-type]
     assert model_names(evidence(None)) == ()  # type: ignore[arg-type]
     assert model_names(SimpleNamespace(config=SimpleNamespace(grid=None))) == ()  # type: ignore[arg-type]
+
+
+def test_the_raw_coordinates_section_takes_claim_3s_statistic() -> None:
+    """Its flatness-against-barrier line per path is claim 3's statistic, within models."""
+    from toroid.study.document import Table
+    from toroid.study.sections import raw_section
+
+    names = [f"main/{label}/s{s}" for label in MODELS for s in range(3)]
+    flat = dict(zip(names, MODEL_FLAT, strict=True))
+    profiles = tuple(
+        ProfileRow(
+            a=names[i], b=names[j], block="main", path=path, ts=(0.0, 0.5, 1.0),
+            train_error=(0.0, 0.1, 0.0), train_loss=(0.0,) * 3, test_error=(0.1,) * 3,
+            test_loss=(0.0,) * 3, barrier_train=(2.0 if i >= 6 else 0.5) - flat[names[i]],
+            barrier_test=0.1, max_train_error=0.1,
+        )
+        for path in ("geodesic", "raw-linear")
+        for i, j in ((0, 1), (0, 2), (3, 4), (3, 5), (6, 7), (6, 8), (9, 10), (9, 11))
+    )  # fmt: skip
+    block = _model_block(profiles=profiles)
+    section = raw_section(block, models=("lenet", "mlp"))
+    summary = [item for item in section.items if isinstance(item, Table)][-1]
+    claim = claim_barriers(block, models=("lenet", "mlp"), reps=REPS)
+    row = next(r for r in summary.rows if r[0] == "geodesic")
+    assert claim.statistic.split("; n =")[0].split(" = ", 1)[1] in row[2]
+    assert "within models (mlp, lenet), pair-weighted" in row[2]

@@ -24,7 +24,7 @@ from toroid.study.evidence import (
     measure_summaries,
 )
 from toroid.study.figures import Panel, Series
-from toroid.study.statistics import KendallTau, bootstrap_kendall, mean_stderr
+from toroid.study.statistics import KendallTau, mean_stderr
 from toroid.study.verdicts import (
     LEVEL,
     REPS,
@@ -37,6 +37,8 @@ from toroid.study.verdicts import (
     flatness_vs_barrier,
     flatness_vs_closeness,
     flatness_vs_test,
+    kendall_of,
+    model_names,
 )
 
 EXAMPLE_PROFILES = 3
@@ -572,7 +574,7 @@ def chain_section(block: BlockEvidence, verdict: Verdict) -> Section:
 # Raw coordinates --------------------------------------------------------------------------
 
 
-def raw_section(block: BlockEvidence) -> Section:
+def raw_section(block: BlockEvidence, *, models: Sequence[str] = ()) -> Section:
     title = "Raw coordinates: what symmetry removal changes"
     raw = {(p.a, p.b): p for p in block.profiles_on(RAW_PATH)}
     absent = block.why_missing("paths", ("path",))
@@ -602,12 +604,15 @@ def raw_section(block: BlockEvidence) -> Section:
         values = [p.barrier_train for p in block.profiles_on(path)]
         stats = mean_stderr(values)
         points = flatness_vs_barrier(block, path)
-        correlation = bootstrap_kendall(points.x, points.y, reps=REPS, seed=SEED, level=LEVEL)
+        # The same statistic as claim 3's (within each architecture when there are several).
+        correlation, within = kendall_of(points, models=models, reps=REPS, seed=SEED)
         summary.append(
             (
                 path,
                 plus_minus(stats.mean, stats.stderr),
-                describe_correlation(correlation, points, "mean flatness, barrier", "pairs"),
+                describe_correlation(
+                    correlation, points, "mean flatness, barrier", "pairs", within=within
+                ),
             )
         )
     items.append(Table(("path", "mean barrier", "flatness against barrier"), tuple(summary)))
@@ -823,7 +828,7 @@ def all_sections(
         distance_section(main, verdicts[1]),
         barrier_section(main, verdicts[2]),
         chain_section(main, verdicts[3]),
-        raw_section(main),
+        raw_section(main, models=model_names(evidence)),
         *measures,
         *binary_sections(evidence, verdicts[4]),
     ]

@@ -293,6 +293,20 @@ def _undefined_reason(points: Points) -> str:
     return "the bootstrap resamples are mostly constant"
 
 
+def kendall_of(
+    points: Points, *, models: Sequence[str] = (), reps: int = REPS, seed: int = SEED
+) -> tuple[KendallTau, tuple[str, ...]]:
+    """The correlation claims' statistic on `points`: Kendall's tau-b with its bootstrap
+    interval, within each architecture and pair-weighted when the points span several
+    (docs/study.md); and the names of those architectures (empty with one)."""
+    if not points.stratified:
+        return bootstrap_kendall(points.x, points.y, reps=reps, seed=seed, level=LEVEL), ()
+    correlation = stratified_kendall(
+        points.x, points.y, points.strata, reps=reps, seed=seed, level=LEVEL
+    )
+    return correlation, tuple(model_name(v, models) for v in dict.fromkeys(points.strata))
+
+
 def model_name(value: Hashable, models: Sequence[str] = ()) -> str:
     """A stratum's name: the model label (`models`, sorted as `network_hyperparameters`
     numbers them), or the value itself when it is a label or out of range."""
@@ -375,15 +389,7 @@ def _correlation_verdict(
         return Verdict(
             claim, title, "inconclusive", f"no data: {reason}", rule, statistic_name="kendall_tau"
         )
-    within: tuple[str, ...] = ()
-    if points.stratified:
-        # Several architectures: tau within each, pair-weighted (docs/study.md).
-        correlation = stratified_kendall(
-            points.x, points.y, points.strata, reps=reps, seed=seed, level=LEVEL
-        )
-        within = tuple(model_name(v, models) for v in dict.fromkeys(points.strata))
-    else:
-        correlation = bootstrap_kendall(points.x, points.y, reps=reps, seed=seed, level=LEVEL)
+    correlation, within = kendall_of(points, models=models, reps=reps, seed=seed)
     statistic = describe_correlation(correlation, points, what, unit, within=within) + extra
     if absent is not None:
         statistic += f" (partial: {absent})"
