@@ -225,6 +225,27 @@ def test_align_two_trained_networks_keeps_the_function(
     assert meta["alignment"]["total_after"] == pytest.approx(after, abs=1e-4)
 
 
+def test_align_starts_are_recorded_and_never_less_similar(
+    checkpoints: dict[str, Path], tmp_path: Path
+) -> None:
+    from toroid.symmetry.align import WEIGHT_MATCHING_VERSION
+
+    source, reference = checkpoints["relu0"], checkpoints["relu1"]
+    totals = {}
+    for starts in (1, 4):
+        out = tmp_path / f"aligned-{starts}"
+        result = invoke(["align", source, "--to", reference, "-o", out, "--starts", str(starts)])
+        output, _ = _streams(result)
+        assert result.exit_code == 0, output
+        entry = checkpoint.load(out)[1]["alignment"]
+        assert entry["starts"] == starts and entry["weight_matching"] == WEIGHT_MATCHING_VERSION
+        assert 0 <= entry["start"] < starts
+        totals[starts] = entry["total_after"]
+    assert totals[4] >= totals[1]
+    args = ["align", source, "--to", reference, "-o", tmp_path / "x", "--starts", "0"]
+    assert "--starts must be at least 1, got 0" in assert_one_line_error(invoke(args), "0")
+
+
 def test_align_refuses_an_existing_checkpoint_without_force(
     checkpoints: dict[str, Path], tmp_path: Path
 ) -> None:

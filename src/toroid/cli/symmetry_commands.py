@@ -18,6 +18,7 @@ from toroid.errors import InvalidArgumentError
 from toroid.storage import has_bundle
 from toroid.symmetry import align as align_models
 from toroid.symmetry import canonicalize, is_canonical, spec_for
+from toroid.symmetry.align import WEIGHT_MATCHING_VERSION
 
 console = Console()
 
@@ -108,6 +109,10 @@ def align(
     ] = "weight",
     max_iter: Annotated[int, typer.Option(help="Coordinate-descent sweeps at most.")] = 100,
     seed: Annotated[int, typer.Option(help="Seed of the coordinate-descent order.")] = 0,
+    starts: Annotated[
+        int,
+        typer.Option(help="Weight-matching starts; the most similar result is kept (>= 1)."),
+    ] = 4,
     samples: Annotated[
         int, typer.Option(help="Training inputs to correlate on (--method activation).")
     ] = 1000,
@@ -120,6 +125,8 @@ def align(
         raise InvalidArgumentError(f"--max-iter must be at least 1, got {max_iter}")
     if samples < 1:
         raise InvalidArgumentError(f"--samples must be at least 1, got {samples}")
+    if starts < 1:
+        raise InvalidArgumentError(f"--starts must be at least 1, got {starts}")
     check_output_dir(out)
     _refuse_existing(out, force)
     net, meta, reference, _ = load_same_architecture(ckpt, to, command="align")
@@ -138,6 +145,7 @@ def align(
         spec=symmetry,
         max_iter=max_iter,
         seed=seed,
+        starts=starts,
     )
     table = Table(title=f"align {ckpt} to {to} ({method})")
     table.add_column("group")
@@ -162,6 +170,9 @@ def align(
         "total_before": result.total_before,
         "total_after": result.total_after,
         "seed": seed,
+        "starts": starts if method == "weight" else None,
+        "start": result.start if method == "weight" else None,
+        "weight_matching": WEIGHT_MATCHING_VERSION if method == "weight" else None,
         "samples": samples if method == "activation" else None,
     }
     with writing(out, "--out"):
