@@ -30,7 +30,7 @@ import inspect
 import itertools
 import statistics
 import time
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -42,7 +42,7 @@ from toroid.data import Split
 from toroid.evaluate import evaluate, recompute_bn
 from toroid.models import build
 from toroid.symmetry import align, canonicalize, spec_for
-from toroid.train import fit
+from toroid.train import TrainResult, fit
 
 
 def resnet_timing(repeats: int) -> None:
@@ -196,18 +196,10 @@ def multistart_experiment(epochs: int, nets: int) -> None:
             "num_classes": 10,
             "batchnorm": False,
         }
-        trained = []
-        for seed in range(nets):
-            result = fit(
-                build(config, seed=seed),
-                split,
-                optimizer={"name": "sgd", "lr": 0.05},
-                epochs=epochs,
-                schedule="cosine",
-                seed=seed,
-                progress=False,
-            )
-            trained.append(result.model.double())
+        trained = [
+            train_sgd(config, split, seed=seed, epochs=epochs).model.double()
+            for seed in range(nets)
+        ]
         label = "784-" + "-".join(str(w) for w in widths) + "-10"
         for i, j in itertools.combinations(range(nets), 2):
             r = compare_pair(trained[i], trained[j])
@@ -276,20 +268,25 @@ def midpoint(a: nn.Module, b: nn.Module, split: Split) -> tuple[float, float]:
     return evaluate(middle, split.train).error, evaluate(middle, split.test).error
 
 
+def train_sgd(config: dict[str, Any], split: Split, *, seed: int, epochs: int) -> TrainResult:
+    """The benchmark's networks: `config` from `seed`, SGD (lr 0.05) with a cosine schedule."""
+    return fit(
+        build(config, seed=seed),
+        split,
+        optimizer={"name": "sgd", "lr": 0.05},
+        epochs=epochs,
+        schedule="cosine",
+        seed=seed,
+        progress=False,
+    )
+
+
 def mlp_experiment(epochs: int) -> None:
     split, source = fashion_mnist_10k(test_size=10000)
     config = {"name": "mlp", "in_features": 784, "widths": [500, 500], "num_classes": 10}
     nets = []
     for seed in (0, 1):
-        result = fit(
-            build(config, seed=seed),
-            split,
-            optimizer={"name": "sgd", "lr": 0.05},
-            epochs=epochs,
-            schedule="cosine",
-            seed=seed,
-            progress=False,
-        )
+        result = train_sgd(config, split, seed=seed, epochs=epochs)
         print(
             f"{source} MLP seed {seed}: train error {result.train.error:.4f}, "
             f"test error {result.test_error:.4f}, {result.epochs} epochs"
