@@ -338,3 +338,12 @@ def logits(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
     model.eval()
     out: torch.Tensor = model(x)
     return out
+
+
+def assert_undoes_planted_permutations(
+    permutations: dict[str, torch.Tensor], planted: dict[str, torch.Tensor], seed: int
+) -> None:
+    """The permutations an alignment found are the inverses of the planted ones, group by
+    group (`seed` names the planted transform in the failure)."""
+    for name, perm in planted.items():
+        assert torch.equal(permutations[name], torch.argsort(perm)), (seed, name)
