@@ -10,9 +10,10 @@ from toroid.evaluate.batched import (
 )
 from toroid.evaluate.family import AffineFamily, multiplicative_family
 from toroid.evaluate.plan import EvalPlan, plan_or_loose
-from toroid.evaluate.single import BNPolicy, Metrics, evaluate, recompute_bn
+from toroid.evaluate.single import BN_POLICIES, BNPolicy, Metrics, evaluate, recompute_bn
 
 __all__ = [
+    "BN_POLICIES",
     "AffineFamily",
     "BNPolicy",
     "EvalPlan",

@@ -179,6 +179,11 @@ def evaluate_sets(
         check_finite_state({"coefficients": sets.coefficients}, what="the parameter sets")
     elif isinstance(sets, Mapping):
         check_finite_state(sets, what="the parameter sets")
+    if plan.bn == "repair":
+        raise InvalidArgumentError(
+            "bn='repair' needs the ends of a path (their unit statistics); toroid.paths."
+            "profile applies it, evaluate_sets takes 'recompute' or 'keep'"
+        )
     bn_source = None
     if plan.bn == "recompute":
         if bn_data is None:

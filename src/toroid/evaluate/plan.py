@@ -9,7 +9,7 @@ from typing import Any
 import torch
 
 from toroid.errors import InvalidArgumentError
-from toroid.evaluate.single import BNPolicy
+from toroid.evaluate.single import BN_POLICIES, BNPolicy
 
 
 def _positive(name: str, value: object) -> None:
@@ -24,7 +24,9 @@ class EvalPlan:
 
     `bn`: "recompute" (DESIGN.md's policy for moved networks: every set's BatchNorm
     statistics are re-estimated on `bn_samples` inputs of the training data, drawn with
-    `seed`, in minibatches of `bn_batch_size`) or "keep" (the stored statistics).
+    `seed`, in minibatches of `bn_batch_size`), "keep" (the stored statistics) or
+    "repair" (recompute, and REPAIR the units that no BatchNorm follows on the same inputs:
+    a path profile's option, `toroid.paths.repair`; `evaluate_sets` refuses it).
     `bn_samples=None` uses every training input. `batch_size`: examples per evaluation
     minibatch (changes no result). `max_sets`: parameter sets evaluated together (memory
     grows with max_sets x batch_size x the activations of one example; changes no result).
@@ -42,8 +44,10 @@ class EvalPlan:
     device: str | torch.device | None = None
 
     def __post_init__(self) -> None:
-        if self.bn not in ("keep", "recompute"):
-            raise InvalidArgumentError(f"bn must be 'keep' or 'recompute', got {self.bn!r}")
+        if self.bn not in BN_POLICIES:
+            raise InvalidArgumentError(
+                f"bn must be one of {', '.join(map(repr, BN_POLICIES))}, got {self.bn!r}"
+            )
         samples = self.bn_samples
         if samples is not None and (
             isinstance(samples, bool) or not isinstance(samples, int) or samples <= 0

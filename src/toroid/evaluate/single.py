@@ -25,7 +25,13 @@ class Metrics:
     n: int
 
 
-BNPolicy = Literal["keep", "recompute"]
+BNPolicy = Literal["keep", "recompute", "repair"]
+"""How moved networks get their activation statistics back: "keep" the stored BatchNorm
+statistics; "recompute" them on training inputs (DESIGN.md's BatchNorm policy); "repair":
+recompute, and renormalize the units no BatchNorm follows to the statistics interpolated
+from a path's ends (REPAIR, Jordan et al. 2023). "repair" needs a path: only
+`toroid.paths.profile` applies it; everything else refuses it."""
+BN_POLICIES: tuple[BNPolicy, ...] = ("keep", "recompute", "repair")
 
 
 def inputs_like(x: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
@@ -80,7 +86,8 @@ def evaluate(
     default, right for a trained network) uses the stored statistics. With `device`, a
     copy of the model is moved there; by default everything runs on the model's device."""
     if bn not in ("keep", "recompute"):
-        raise InvalidArgumentError(f"bn must be 'keep' or 'recompute', got {bn!r}")
+        why = " ('repair' needs a path's ends: see toroid.paths.profile)" if bn == "repair" else ""
+        raise InvalidArgumentError(f"bn must be 'keep' or 'recompute', got {bn!r}{why}")
     check_finite_model(model)
     check_finite_data(data, what="the evaluation data")
     if bn == "recompute":

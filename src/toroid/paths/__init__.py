@@ -24,6 +24,14 @@ from toroid.paths.path import (
     uniform_ts,
 )
 from toroid.paths.profile import BARRIER_KINDS, METRICS, Profile, barrier, profile
+from toroid.paths.repair import (
+    PathRepair,
+    RepairLayout,
+    UnitStatistics,
+    repair_layout,
+    repair_state,
+    unit_statistics,
+)
 
 __all__ = [
     "BARRIER_KINDS",
@@ -40,9 +48,12 @@ __all__ = [
     "LinearPath",
     "Path",
     "PathKind",
+    "PathRepair",
     "PolyChainPath",
     "Profile",
     "RawLinearPath",
+    "RepairLayout",
+    "UnitStatistics",
     "barrier",
     "bezier",
     "endpoints",
@@ -56,6 +67,9 @@ __all__ = [
     "make_path",
     "polychain",
     "profile",
+    "repair_layout",
+    "repair_state",
     "retrain_midpoint",
     "uniform_ts",
+    "unit_statistics",
 ]

@@ -119,6 +119,12 @@ class Path:
     def state_at(self, t: float) -> State:
         raise NotImplementedError
 
+    def anchor_weights(self, t: float) -> tuple[float, ...]:
+        """How much each anchor weighs in the point at t: the weights with which REPAIR
+        interpolates the anchors' unit statistics (`toroid.paths.repair`); they sum to one
+        and are exact at the ends."""
+        raise NotImplementedError(f"a {self.kind} path does not say how its anchors weigh")
+
     def at(self, t: float) -> nn.Module:
         """A new model at t (BatchNorm statistics to be recomputed)."""
         return with_state(self.template, self.state_at(t))
@@ -141,6 +147,9 @@ class AffinePath(Path):
 
     def weights(self, t: float) -> tuple[float, ...]:
         raise NotImplementedError
+
+    def anchor_weights(self, t: float) -> tuple[float, ...]:
+        return self.weights(check_t(t))
 
     def state_at(self, t: float) -> State:
         t = check_t(t)
@@ -229,6 +238,11 @@ class GeodesicPath(Path):
 
     def state_at(self, t: float) -> State:
         return slerp_state(self.a, self.b, t, self.spec)
+
+    def anchor_weights(self, t: float) -> tuple[float, ...]:
+        """(1 - t, t): the cells move with their slerp weights, but the point at t is
+        still the fraction t of the way from a to b."""
+        return linear_weights(check_t(t))
 
     def sets(self, ts: Sequence[float]) -> AffineFamily | dict[str, torch.Tensor]:
         """Every t as a combination of the two ends: per cell with its slerp weights

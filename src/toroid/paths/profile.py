@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, replace
 from itertools import pairwise
 from typing import Any, Literal
 
@@ -17,12 +17,14 @@ from toroid.evaluate import (
     BNPolicy,
     EvalPlan,
     ManyMetrics,
+    SetChunk,
     evaluate_sets,
     in_chunks,
     plan_or_loose,
 )
 from toroid.models.finite import check_finite_data, check_finite_state
 from toroid.paths.path import Path, uniform_ts
+from toroid.paths.repair import PathRepair
 
 BarrierKind = Literal["max_minus_mean", "max_minus_linear", "max"]
 BARRIER_KINDS: tuple[BarrierKind, ...] = ("max_minus_mean", "max_minus_linear", "max")
@@ -59,7 +61,8 @@ def barrier(
 class Profile:
     """Eval-mode errors and losses at `ts` along a path of `kind` (test values None when
     no test data was given). BatchNorm statistics were recomputed at every point
-    (`bn="recompute"`) unless `bn` says otherwise.
+    (`bn="recompute"`) unless `bn` says otherwise ("repair": recomputed, and the other
+    units renormalized by REPAIR).
 
     A path with random elements (a flip path: the order in which weights are flipped) is
     measured once per draw ("order"): then `train_error` etc. are the mean curves over
@@ -204,7 +207,14 @@ def profile(
     `bn_samples` training inputs drawn with `seed`, in minibatches of `bn_batch_size`),
     `batch_size`, `max_sets` points at a time, on `device` (default: the path's). An
     explicit plan wins; loose arguments changed from their defaults together with a plan
-    are refused."""
+    are refused.
+
+    `bn="repair"` adds REPAIR (Jordan et al. 2023; `toroid.paths.repair`) to the
+    recomputation: at every point, the units of the Linear/Conv layers that no BatchNorm
+    follows (the output layer excepted) get the mean and standard deviation of their
+    pre-activations interpolated from the anchors' (a straight line: (1 - t) A + t B),
+    measured on the same `bn_samples` inputs; models whose layers it cannot correct (e.g.
+    writers of a residual stream) are refused."""
     plan = plan_or_loose(
         plan,
         _DEFAULT_PLAN,
@@ -234,15 +244,23 @@ def profile(
     if refine_metric.startswith("test") and "test" not in parts:
         raise InvalidArgumentError(f"refine_metric={refine_metric!r} needs test data")
     results: dict[float, dict[str, tuple[float, float]]] = {}
+    sets: Callable[[Sequence[float]], SetChunk] = path.sets
+    evaluation = plan
+    if plan.bn == "repair":
+        repair = PathRepair(path, train, plan=plan)
+        sets = repair.sets
+        # The repaired points' BatchNorm statistics are re-estimated as every moved
+        # network's are; REPAIR's own part is in the weights.
+        evaluation = replace(plan, bn="recompute")
 
     def measure(new: Sequence[float], reporter: progress_helper.Reporter) -> None:
         points = list(new)
         measured = evaluate_sets(
             path.template,
-            in_chunks(len(points), plan.max_sets, lambda b, e: path.sets(points[b:e])),
+            in_chunks(len(points), plan.max_sets, lambda b, e: sets(points[b:e])),
             parts,
             bn_data=train,
-            plan=plan,
+            plan=evaluation,
             on_chunk=reporter.advance,
         )
         for k, t in enumerate(points):
