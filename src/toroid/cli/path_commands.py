@@ -106,6 +106,13 @@ def path_command(
     bn_samples: Annotated[
         int, typer.Option(help="Training inputs that BatchNorm statistics are recomputed on.")
     ] = 2000,
+    repair: Annotated[
+        bool,
+        typer.Option(
+            help="REPAIR (Jordan et al. 2023): also renormalize, at every point, the units no "
+            "BatchNorm follows to the mean and sd interpolated from the ends' (same inputs)."
+        ),
+    ] = False,
     plot: Annotated[
         Path | None, typer.Option(help="Write a plot of the profile (.png, .pdf, .svg).")
     ] = None,
@@ -115,7 +122,8 @@ def path_command(
     quiet: Annotated[bool, typer.Option(help="No progress bar.")] = False,
 ) -> None:
     """Errors and losses along a path from A to B (canonical coordinates, B aligned to A;
-    raw-linear: the original ones), BatchNorm recomputed at every point, and its barriers."""
+    raw-linear: the original ones), BatchNorm recomputed at every point (with --repair,
+    the other units REPAIRed too), and its barriers."""
     _choice("--kind", kind, PATH_KINDS)
     if points < 2:
         raise InvalidArgumentError(f"--points must be at least 2, got {points}")
@@ -151,8 +159,16 @@ def path_command(
     )
     progress.enable(not quiet)
     route = make_path(kind, net_a, net_b, bend=bend_net, seed=seed)
-    result = profile(route, data, points=points, refine=refine, seed=seed, bn_samples=bn_samples)
-    title = f"{kind} path {a.name} -> {b.name}"
+    result = profile(
+        route,
+        data,
+        points=points,
+        refine=refine,
+        seed=seed,
+        bn_samples=bn_samples,
+        bn="repair" if repair else "recompute",
+    )
+    title = f"{kind} path {a.name} -> {b.name}" + (" (REPAIR)" if repair else "")
     console.print(_profile_table(result, title))
     for metric in ("train_error", "test_error"):
         if getattr(result, metric) is None:

@@ -28,6 +28,7 @@ and are not repaired.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -120,11 +121,7 @@ def _describe(node: fx.Node, modules: Mapping[str, nn.Module]) -> str:
 
 def _per_unit(consumer: fx.Node, producer: fx.Node, modules: Mapping[str, nn.Module]) -> bool:
     """Whether `consumer` acts on each unit of `producer`'s output alone."""
-    others = [
-        a
-        for a in (*consumer.args[1:], *consumer.kwargs.values())
-        if isinstance(a, fx.Node)
-    ]
+    others = [a for a in (*consumer.args[1:], *consumer.kwargs.values()) if isinstance(a, fx.Node)]
     if not consumer.args or consumer.args[0] is not producer or others:
         return False
     if consumer.op == "call_module":
@@ -309,10 +306,8 @@ def _measure(
     try:
         for start in range(0, index.numel(), batch_size):
             chosen = index[start : start + batch_size].to(data.x.device)
-            try:
+            with contextlib.suppress(_Enough):
                 model(inputs_like(data.x[chosen], reference))
-            except _Enough:
-                pass
     finally:
         for handle in handles:
             handle.remove()
