@@ -1,13 +1,17 @@
-"""Built-in models: output shapes, the no-bias-before-BatchNorm rule, configs that rebuild."""
+"""Built-in models: output shapes, the no-bias-before-BatchNorm rule, configs that rebuild,
+the GELU/SiLU and LayerNorm/RMSNorm/GroupNorm variants, and configs that stay as they were."""
 
 from __future__ import annotations
+
+import json
+from typing import Any
 
 import pytest
 import torch
 from torch import nn
 
 from toroid.errors import InvalidArgumentError
-from toroid.models import build, lenet5, mlp, model_config, resnet, vgg
+from toroid.models import build, lenet5, mlp, model_config, resnet, vgg, vit
 
 CASES = [
     (lambda: mlp(784, [32, 16], 10), (1, 28, 28), 10),
@@ -18,6 +22,11 @@ CASES = [
     (lambda: vgg(16, width=0.0625, in_channels=1), (1, 28, 28), 10),
     (lambda: resnet(20), (3, 32, 32), 10),
     (lambda: resnet(18, width=1, num_classes=7), (3, 32, 32), 7),
+    (lambda: mlp(40, [8, 6], 3, norm="layernorm", activation="gelu"), (1, 40), 3),
+    (lambda: mlp(40, [8], 3, norm="rmsnorm", activation="silu"), (40,), 3),
+    (lambda: lenet5(norm="groupnorm", activation="gelu"), (1, 28, 28), 10),
+    (lambda: lenet5(norm="groupnorm", groups=1, input_size=32), (1, 32, 32), 10),
+    (lambda: vit(image_size=8, patch=4, dim=8, heads=2, mlp_dim=16), (1, 8, 8), 10),
 ]
 
 
@@ -93,9 +102,9 @@ def test_seeded_build_is_deterministic_and_leaves_global_rng() -> None:
                 "in_features": 4,
                 "widths": [3],
                 "num_classes": 2,
-                "activation": "gelu",
+                "activation": "swish",
             },
-            "activation",
+            "activation must be one of 'relu', 'tanh', 'sign', 'gelu', 'silu', got 'swish'",
         ),
         ({"name": "vgg", "depth": 12}, "depth"),
         ({"name": "resnet", "depth": 56}, "depth"),
@@ -120,6 +129,9 @@ _SEEDED = [
     lambda seed: lenet5(binary=True, seed=seed),
     lambda seed: vgg(11, width=0.0625, seed=seed),
     lambda seed: resnet(20, seed=seed),
+    lambda seed: mlp(12, [8], 3, norm="layernorm", activation="gelu", seed=seed),
+    lambda seed: lenet5(norm="groupnorm", seed=seed),
+    lambda seed: vit(image_size=8, patch=4, dim=8, heads=2, mlp_dim=16, seed=seed),
 ]
 
 
@@ -162,3 +174,168 @@ def test_fit_twice_from_seeded_constructor_is_identical() -> None:
         for _ in range(2)
     ]
     assert _same(runs[0].model, runs[1].model)
+
+
+# The configs (and their JSON) that models built before `norm`, GELU/SiLU and GroupNorm
+# existed carry: old checkpoints and study task hashes depend on them byte for byte.
+OLD_CONFIGS = [
+    (
+        lambda: mlp(784, [32, 16], 10),
+        '{"name": "mlp", "in_features": 784, "widths": [32, 16], "num_classes": 10, '
+        '"batchnorm": true, "activation": "relu"}',
+    ),
+    (
+        lambda: mlp(40, [8], 3, batchnorm=False, activation="tanh"),
+        '{"name": "mlp", "in_features": 40, "widths": [8], "num_classes": 3, '
+        '"batchnorm": false, "activation": "tanh"}',
+    ),
+    (
+        lambda: mlp(12, [9], 4, binary=True),
+        '{"name": "mlp", "in_features": 12, "widths": [9], "num_classes": 4, '
+        '"batchnorm": true, "activation": "sign", "binary": true}',
+    ),
+    (
+        lambda: lenet5(),
+        '{"name": "lenet5", "in_channels": 1, "num_classes": 10, "input_size": 28, '
+        '"batchnorm": true, "activation": "relu"}',
+    ),
+    (
+        lambda: lenet5(in_channels=3, input_size=32, batchnorm=False),
+        '{"name": "lenet5", "in_channels": 3, "num_classes": 10, "input_size": 32, '
+        '"batchnorm": false, "activation": "relu"}',
+    ),
+    (
+        lambda: lenet5(binary=True),
+        '{"name": "lenet5", "in_channels": 1, "num_classes": 10, "input_size": 28, '
+        '"batchnorm": true, "activation": "sign", "binary": true}',
+    ),
+]
+
+
+@pytest.mark.parametrize(("make", "expected"), OLD_CONFIGS)
+def test_old_configs_are_byte_identical(make: Any, expected: str) -> None:
+    config = model_config(make())
+    assert json.dumps(config) == expected
+    assert model_config(build(json.loads(expected))) == config
+
+
+@pytest.mark.parametrize(
+    ("explicit", "flag"),
+    [
+        (lambda: mlp(6, [4], 2, norm="batchnorm"), lambda: mlp(6, [4], 2, batchnorm=True)),
+        (lambda: mlp(6, [4], 2, norm="none"), lambda: mlp(6, [4], 2, batchnorm=False)),
+        (lambda: lenet5(norm="batchnorm", batchnorm=True), lambda: lenet5()),
+        (lambda: lenet5(norm="none"), lambda: lenet5(batchnorm=False)),
+    ],
+)
+def test_norm_names_what_the_flag_said(explicit: Any, flag: Any) -> None:
+    """norm='batchnorm'/'none' build the same layers and the same config as the flag."""
+    a, b = explicit(), flag()
+    assert json.dumps(model_config(a)) == json.dumps(model_config(b))
+    assert [type(m) for m in a.modules()] == [type(m) for m in b.modules()]
+
+
+@pytest.mark.parametrize(
+    ("make", "norm_type", "extra"),
+    [
+        (lambda: mlp(6, [5, 4], 2, norm="layernorm"), nn.LayerNorm, {"norm": "layernorm"}),
+        (lambda: mlp(6, [5, 4], 2, norm="rmsnorm"), nn.RMSNorm, {"norm": "rmsnorm"}),
+        (
+            lambda: lenet5(norm="groupnorm"),
+            nn.GroupNorm,
+            {"norm": "groupnorm", "groups": 2},
+        ),
+        (
+            lambda: lenet5(norm="groupnorm", groups=1, batchnorm=False),
+            nn.GroupNorm,
+            {"norm": "groupnorm", "groups": 1},
+        ),
+    ],
+)
+def test_other_norms_follow_every_hidden_layer_and_add_keys(
+    make: Any, norm_type: type[nn.Module], extra: dict[str, Any]
+) -> None:
+    model = make()
+    config = model_config(model)
+    assert config["batchnorm"] is False and {k: config[k] for k in extra} == extra
+    assert list(config)[-len(extra) :] == list(extra)  # new keys come last
+    assert model_config(build(json.loads(json.dumps(config)))) == config
+    layers = list(model)
+    norms = [i for i, m in enumerate(layers) if isinstance(m, norm_type)]
+    hidden = [i for i, m in enumerate(layers[:-1]) if isinstance(m, nn.Linear | nn.Conv2d)]
+    assert [i - 1 for i in norms] == hidden  # one norm right after each hidden layer
+    # These norms do not absorb a bias (only BatchNorm does): every layer keeps its own.
+    assert all(layers[i].bias is not None for i in hidden)
+    assert not any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in layers)
+    if norm_type is nn.GroupNorm:
+        assert {layers[i].num_groups for i in norms} == {extra["groups"]}
+        assert [layers[i].num_channels for i in norms] == [6, 16, 120, 84]
+
+
+@pytest.mark.parametrize(
+    ("activation", "module"), [("gelu", nn.GELU), ("silu", nn.SiLU), ("tanh", nn.Tanh)]
+)
+def test_activation_is_used_after_every_hidden_layer(
+    activation: Any, module: type[nn.Module]
+) -> None:
+    for model, hidden in (
+        (mlp(6, [5, 4], 2, activation=activation), 2),
+        (lenet5(activation=activation), 4),
+    ):
+        assert sum(isinstance(m, module) for m in model.modules()) == hidden
+        assert model_config(model)["activation"] == activation
+        assert not any(isinstance(m, nn.ReLU) for m in model.modules())
+
+
+def test_layernorm_mlp_normalizes_each_sample() -> None:
+    """The hidden pre-activations after the LayerNorm have mean 0 and variance 1 per sample
+    (identity affine at initialization), whatever the batch."""
+    model = mlp(6, [5], 2, norm="layernorm", seed=0).double()
+    x = torch.randn(3, 6, dtype=torch.float64) * 10 + 3
+    h = model[2](model[1](model[0](x)))
+    assert torch.allclose(h.mean(dim=1), torch.zeros(3, dtype=torch.float64), atol=1e-12)
+    assert torch.allclose(
+        h.var(dim=1, unbiased=False), torch.ones(3, dtype=torch.float64), atol=1e-4
+    )
+    # Per sample: a sample's output does not depend on the rest of the batch.
+    assert torch.allclose(model.train()(x)[:1], model(x[:1]), rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize(
+    ("make", "message"),
+    [
+        (
+            lambda: mlp(4, [3], 2, norm="groupnorm"),
+            "norm must be one of 'batchnorm', 'layernorm', 'rmsnorm', 'none', got 'groupnorm'",
+        ),
+        (
+            lambda: lenet5(norm="layernorm"),
+            "norm must be one of 'batchnorm', 'groupnorm', 'none', got 'layernorm'",
+        ),
+        (
+            lambda: mlp(4, [3], 2, batchnorm=True, norm="layernorm"),
+            "batchnorm=True contradicts norm='layernorm'",
+        ),
+        (lambda: lenet5(batchnorm=False, norm="batchnorm"), "batchnorm=False contradicts"),
+        (lambda: mlp(4, [3], 2, batchnorm="yes"), "batchnorm must be true or false, got 'yes'"),
+        (
+            lambda: lenet5(groups=2),
+            "groups applies only to norm='groupnorm', got groups=2 with norm='batchnorm'",
+        ),
+        (
+            lambda: lenet5(norm="groupnorm", groups=3),
+            "groups must divide every normalized width (6, 16, 120, 84): one of 1, 2, got 3",
+        ),
+        (lambda: lenet5(norm="groupnorm", groups=True), "groups must divide"),
+        (
+            lambda: mlp(4, [3], 2, binary=True, norm="layernorm"),
+            "binary networks need batchnorm=True (norm='batchnorm'), got norm='layernorm'",
+        ),
+        (lambda: lenet5(binary=True, norm="groupnorm"), "binary networks need batchnorm=True"),
+        (lambda: mlp(4, [3], 2, binary=True, activation="gelu"), "sign activations"),
+    ],
+)
+def test_bad_variants_are_refused_in_one_line(make: Any, message: str) -> None:
+    with pytest.raises(InvalidArgumentError) as info:
+        make()
+    assert message in str(info.value) and "\n" not in str(info.value)

@@ -7,14 +7,18 @@ from toroid.models.lenet import lenet5
 from toroid.models.mlp import mlp
 from toroid.models.resnet import BasicBlock, ResNet, resnet
 from toroid.models.vgg import vgg
+from toroid.models.vit import EncoderBlock, PatchEmbedding, VisionTransformer, vit
 
 __all__ = [
     "BUILDERS",
     "BasicBlock",
     "BinaryConv2d",
     "BinaryLinear",
+    "EncoderBlock",
+    "PatchEmbedding",
     "ResNet",
     "Sign",
+    "VisionTransformer",
     "attach_config",
     "build",
     "is_binary",
@@ -23,4 +27,5 @@ __all__ = [
     "model_config",
     "resnet",
     "vgg",
+    "vit",
 ]

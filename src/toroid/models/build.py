@@ -13,12 +13,14 @@ from toroid.models.lenet import lenet5
 from toroid.models.mlp import mlp
 from toroid.models.resnet import resnet
 from toroid.models.vgg import vgg
+from toroid.models.vit import vit
 
 BUILDERS: dict[str, Callable[..., nn.Module]] = {
     "mlp": mlp,
     "lenet5": lenet5,
     "vgg": vgg,
     "resnet": resnet,
+    "vit": vit,
 }
 
 

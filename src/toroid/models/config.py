@@ -25,7 +25,7 @@ def model_config(model: nn.Module) -> dict[str, Any]:
     if not isinstance(config, dict):
         raise InvalidArgumentError(
             f"{type(model).__name__} carries no toroid config; build it with toroid.models "
-            "(mlp, lenet5, vgg, resnet, build) or attach one with attach_config"
+            "(mlp, lenet5, vgg, resnet, vit, build) or attach one with attach_config"
         )
     return dict(config)
 

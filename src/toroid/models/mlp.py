@@ -1,4 +1,4 @@
-"""Fully connected classifier: Linear [-> BatchNorm] -> activation per hidden layer; or its
+"""Fully connected classifier: Linear [-> norm] -> activation per hidden layer; or its
 binary variant, BinaryLinear -> BatchNorm -> Sign per hidden layer."""
 
 from __future__ import annotations
@@ -16,9 +16,16 @@ from toroid.models.config import (
     initialization_seed,
 )
 from toroid.models.layers import BinaryLinear, Sign
+from toroid.models.norms import MLP_NORMS, Norm, norm_keys, norm_layer, resolve_norm
 
-Activation = Literal["relu", "tanh", "sign"]
-ACTIVATIONS: dict[str, type[nn.Module]] = {"relu": nn.ReLU, "tanh": nn.Tanh, "sign": Sign}
+Activation = Literal["relu", "tanh", "sign", "gelu", "silu"]
+ACTIVATIONS: dict[str, type[nn.Module]] = {
+    "relu": nn.ReLU,
+    "tanh": nn.Tanh,
+    "sign": Sign,
+    "gelu": nn.GELU,
+    "silu": nn.SiLU,
+}
 
 
 def activation_module(name: str) -> nn.Module:
@@ -60,14 +67,16 @@ def mlp(
     widths: Sequence[int],
     num_classes: int,
     *,
-    batchnorm: bool = True,
+    batchnorm: bool | None = None,
+    norm: Norm | None = None,
     activation: Activation | None = None,
     binary: bool = False,
     seed: int | None = None,
 ) -> nn.Sequential:
-    """Flatten, then one Linear [-> BatchNorm1d] -> activation (default relu) per width,
-    then a Linear output layer with bias. A Linear that feeds a BatchNorm has no bias (BN
-    absorbs it).
+    """Flatten, then one Linear [-> norm] -> activation (default relu) per width, then a
+    Linear output layer with bias. `norm`: 'batchnorm' (the default; `batchnorm=True` says
+    the same), 'layernorm', 'rmsnorm' or 'none' (`batchnorm=False`). A Linear that feeds a
+    BatchNorm has no bias (BN absorbs it); one that feeds a LayerNorm or RMSNorm keeps it.
 
     `binary=True`: BinaryLinear (sign of latent weights) -> BatchNorm1d -> Sign per width,
     then a BinaryLinear output layer followed by BatchNorm1d(num_classes), the per-class
@@ -83,6 +92,7 @@ def mlp(
                 widths,
                 num_classes,
                 batchnorm=batchnorm,
+                norm=norm,
                 activation=activation,
                 binary=binary,
             )
@@ -90,14 +100,16 @@ def mlp(
     check_positive("num_classes", num_classes)
     for width in widths:
         check_positive("each width", width)
-    resolved = resolve_activation(activation, binary=binary, batchnorm=batchnorm)
+    resolved_norm = resolve_norm(norm, batchnorm=batchnorm, valid=MLP_NORMS, binary=binary)
+    has_bn = resolved_norm == "batchnorm"
+    resolved = resolve_activation(activation, binary=binary, batchnorm=has_bn)
     linear = BinaryLinear if binary else nn.Linear
     layers: list[nn.Module] = [nn.Flatten()]
     fan_in = in_features
     for width in widths:
-        layers.append(linear(fan_in, width, bias=not batchnorm))
-        if batchnorm:
-            layers.append(nn.BatchNorm1d(width))
+        layers.append(linear(fan_in, width, bias=not has_bn))
+        if resolved_norm != "none":
+            layers.append(norm_layer(resolved_norm, width, spatial=False))
         layers.append(activation_module(resolved))
         fan_in = width
     if binary:
@@ -112,8 +124,9 @@ def mlp(
             "in_features": int(in_features),
             "widths": [int(w) for w in widths],
             "num_classes": int(num_classes),
-            "batchnorm": batchnorm,
+            "batchnorm": has_bn,
             "activation": resolved,
             **binary_key(binary),
+            **norm_keys(resolved_norm),
         },
     )
