@@ -109,3 +109,53 @@ def test_bend_bad_arguments_exit_2_with_one_line(trained: dict[str, Path], tmp_p
     assert_one_line_error(invoke([*base, "--method", "magic"]), "--method")
     assert_one_line_error(invoke([*base, "--method", "retrain", "--kind", "bezier"]), "retrain")
     assert_one_line_error(invoke([*base, "--epochs", "0"]), "--epochs")
+
+
+@pytest.fixture(scope="module")
+def plain_pair(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """Two MLPs without BatchNorm, where REPAIR has units to correct."""
+    root = tmp_path_factory.mktemp("path-cli-plain")
+    paths: dict[str, Path] = {}
+    for seed in (0, 1):
+        paths[f"m{seed}"] = root / f"m{seed}"
+        args = [a if a != "0" else str(seed) for a in TRAIN_ARGS]
+        args = [a if a != "30" else "5" for a in args]
+        result = invoke([*args, "--no-batchnorm", "--out", paths[f"m{seed}"]])
+        assert result.exit_code == 0, result.output
+    return paths
+
+
+def test_path_repair_matches_the_library(plain_pair: dict[str, Path], tmp_path: Path) -> None:
+    out = tmp_path / "repaired.json"
+    args = ["path", plain_pair["m0"], plain_pair["m1"], "--kind", "linear", "--points", "5"]
+    result = invoke([*args, "--repair", "--json", out, "--quiet"])
+    assert result.exit_code == 0, result.output
+    assert "REPAIR" in result.output
+    record = json.loads(out.read_text())
+    a, meta = checkpoint.load(plain_pair["m0"])
+    b, _ = checkpoint.load(plain_pair["m1"])
+    data = checkpoint_data(meta, a, plain_pair["m0"], need="test")
+    route = make_path("linear", a, b)
+    expected = profile(route, data, points=5, bn="repair", progress=False)
+    plain = profile(route, data, points=5, progress=False)
+    assert record["bn"] == "repair" and record["ts"] == list(expected.ts)
+    assert record["train_error"] == list(expected.train_error)
+    assert record["train_loss"] == pytest.approx(list(expected.train_loss))
+    assert record["train_loss"][0] == pytest.approx(plain.train_loss[0], abs=1e-6)
+    assert record["train_loss"][2] != pytest.approx(plain.train_loss[2], abs=1e-6)
+
+
+def test_path_repair_leaves_batchnorm_networks_as_recomputed(
+    trained: dict[str, Path], tmp_path: Path
+) -> None:
+    """Every hidden layer of the default MLP feeds a BatchNorm: REPAIR has nothing to add."""
+    records = []
+    for flag in ([], ["--repair"]):
+        out = tmp_path / f"geo{len(flag)}.json"
+        args = ["path", trained["m0"], trained["m1"], "--points", "3", "--json", out, "--quiet"]
+        result = invoke([*args, *flag])
+        assert result.exit_code == 0, result.output
+        records.append(json.loads(out.read_text()))
+    assert [r["bn"] for r in records] == ["recompute", "repair"]
+    assert records[0]["train_loss"] == records[1]["train_loss"]
+    assert records[0]["test_error"] == records[1]["test_error"]

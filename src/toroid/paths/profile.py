@@ -248,7 +248,8 @@ def profile(
     evaluation = plan
     if plan.bn == "repair":
         repair = PathRepair(path, train, plan=plan)
-        sets = repair.sets
+        if repair.layout.repaired:  # else REPAIR is the recomputation alone, bit for bit
+            sets = repair.sets
         # The repaired points' BatchNorm statistics are re-estimated as every moved
         # network's are; REPAIR's own part is in the weights.
         evaluation = replace(plan, bn="recompute")
