@@ -46,7 +46,8 @@ class EvalPlan:
     def __post_init__(self) -> None:
         if self.bn not in BN_POLICIES:
             raise InvalidArgumentError(
-                f"bn must be one of {', '.join(map(repr, BN_POLICIES))}, got {self.bn!r}"
+                f"bn must be 'keep' or 'recompute', got {self.bn!r} (or 'repair': REPAIR, "
+                "an option of path profiles)"
             )
         samples = self.bn_samples
         if samples is not None and (
