@@ -3,6 +3,7 @@ LayerNorm and a linear head on the class token or the mean token."""
 
 from __future__ import annotations
 
+import math
 from typing import Literal
 
 import torch
@@ -21,6 +22,14 @@ POOLS: tuple[Pool, ...] = ("cls", "mean")
 # Standard deviation of the initial position embedding and class token: small, but not
 # zero, so that tokens and positions are told apart from the first step.
 EMBEDDING_STD = 0.02
+
+
+def _small_random(*shape: int) -> nn.Parameter:
+    """Uniform values of standard deviation EMBEDDING_STD. Uniform, not normal: on the
+    meta device (where studies and checkpoints build a model's skeleton) normal sampling
+    first imports hundreds of torch modules, which takes seconds."""
+    bound = EMBEDDING_STD * math.sqrt(3)
+    return nn.Parameter(nn.init.uniform_(torch.empty(*shape), -bound, bound))
 
 
 class PatchEmbedding(nn.Module):
@@ -85,10 +94,8 @@ class VisionTransformer(nn.Module):
         self.pool = pool
         self.embedding = PatchEmbedding(in_channels, image_size, patch, dim)
         tokens = (image_size // patch) ** 2 + (1 if pool == "cls" else 0)
-        self.class_token = (
-            nn.Parameter(torch.randn(1, 1, dim) * EMBEDDING_STD) if pool == "cls" else None
-        )
-        self.position = nn.Parameter(torch.randn(1, tokens, dim) * EMBEDDING_STD)
+        self.class_token = _small_random(1, 1, dim) if pool == "cls" else None
+        self.position = _small_random(1, tokens, dim)
         self.blocks = nn.Sequential(
             *(EncoderBlock(dim, heads, mlp_dim, norm_eps) for _ in range(depth))
         )
@@ -165,7 +172,11 @@ def vit(
     if dim % heads:
         raise InvalidArgumentError(f"heads must divide dim {dim}, got heads={heads}")
     check_choice("pool", pool, POOLS)
-    if isinstance(norm_eps, bool) or not isinstance(norm_eps, int | float):
+    if (
+        isinstance(norm_eps, bool)
+        or not isinstance(norm_eps, int | float)
+        or not math.isfinite(norm_eps)
+    ):
         raise InvalidArgumentError(f"norm_eps must be a positive number, got {norm_eps!r}")
     check_positive("norm_eps", norm_eps)
     model = VisionTransformer(
