@@ -446,9 +446,11 @@ def test_rank_deficient_heads_have_a_unique_form() -> None:
     case = CASES["mha"]
     spec = case.spec()
     model = copy.deepcopy(case.model())
+    out_proj = model.get_submodule("attn.out_proj")
+    assert isinstance(out_proj, nn.Linear)
     with torch.no_grad():
-        model.attn.out_proj.weight[:, 0] = 0.0  # head 0: rank 1
-        model.attn.out_proj.weight[:, 4:6] = 0.0  # head 2: no output
+        out_proj.weight[:, 0] = 0.0  # head 0: rank 1
+        out_proj.weight[:, 4:6] = 0.0  # head 2: no output
     target = canonicalize(model, spec=spec).state_dict()
     x = case.inputs()
     kept = canonicalize(model, spec=spec, output="keep")
@@ -592,7 +594,7 @@ def _split() -> Split:
 def _energy(
     model: nn.Module, split: Split, spec: SymmetrySpec, noise: Noise
 ) -> Mapping[str, tuple[tuple[float, ...], ...]]:
-    return local_energy(
+    energy = local_energy(
         model,
         split,
         sigmas=(0.0, 0.3, 1.0),
@@ -605,7 +607,9 @@ def _energy(
         batch_size=48,
         seed=3,
         progress=False,
-    ).raw
+    )
+    raw: Mapping[str, tuple[tuple[float, ...], ...]] = energy.raw
+    return raw
 
 
 @pytest.mark.parametrize("noise", ["multiplicative", "spherical"])
@@ -670,7 +674,7 @@ def _plus_weights(result: tuple[torch.Tensor, torch.Tensor | None]) -> torch.Ten
 
 
 def _mha(heads: int = 2, **kwargs: object) -> Callable[[], nn.MultiheadAttention]:
-    return lambda: nn.MultiheadAttention(6, heads, batch_first=True, **kwargs)  # type: ignore[arg-type]
+    return lambda: nn.MultiheadAttention(6, heads, batch_first=True, **kwargs)
 
 
 @pytest.mark.parametrize(
