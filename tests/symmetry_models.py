@@ -347,3 +347,67 @@ def assert_undoes_planted_permutations(
     group (`seed` names the planted transform in the failure)."""
     for name, perm in planted.items():
         assert torch.equal(permutations[name], torch.argsort(perm)), (seed, name)
+
+
+# ---------------------------------------------------------------- token models (attention)
+
+
+class AttentionClassifier(nn.Module):
+    """(batch, tokens, 5) -> [embed Linear 5 -> `width`, then ReLU when `embed_relu`] ->
+    MultiheadAttention (`heads` heads) as self-attention -> [Linear `width` -> 7 when
+    `mix`] -> activation -> mean over tokens (or the first token) -> Linear 3. Sequence-first
+    attention (`batch_first=False`) gets (tokens, batch, channels) by a transpose and is
+    pooled in that layout (`x.mean(dim=0)`, `x[0]`)."""
+
+    def __init__(
+        self,
+        *,
+        batch_first: bool = True,
+        bias: bool = True,
+        act: str = "relu",
+        pool: str = "mean",
+        heads: int = 3,
+        width: int = 6,
+        mix: bool = True,
+        embed_relu: bool = False,
+    ) -> None:
+        super().__init__()
+        self.batch_first, self.pool, self.embed_relu = batch_first, pool, embed_relu
+        self.act: Callable[[torch.Tensor], torch.Tensor] = torch.relu if act == "relu" else F.gelu
+        self.embed = nn.Linear(5, width)
+        self.attn = nn.MultiheadAttention(width, heads, bias=bias, batch_first=batch_first)
+        self.mix = nn.Linear(width, 7) if mix else None
+        self.head = nn.Linear(7 if mix else width, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.embed(x)
+        if self.embed_relu:
+            x = torch.relu(x)
+        if not self.batch_first:
+            x = x.transpose(0, 1)
+        x = self.attn(x, x, x, need_weights=False)[0]
+        if self.mix is not None:
+            x = self.mix(x)
+        x = self.act(x)
+        if self.pool == "mean":
+            x = x.mean(dim=1 if self.batch_first else 0)
+        elif self.batch_first:
+            x = x[:, 0]
+        else:
+            x = x[0]
+        out: torch.Tensor = self.head(x)
+        return out
+
+
+class TokenMLP(nn.Module):
+    """(batch, tokens, 5) -> Linear 6 -> ReLU -> Linear 4 -> GELU -> mean over tokens ->
+    Linear 3: Linear layers on token tensors, without attention."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc1, self.fc2, self.out = nn.Linear(5, 6), nn.Linear(6, 4), nn.Linear(4, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = F.gelu(self.fc2(torch.relu(self.fc1(x))))
+        out: torch.Tensor = self.out(torch.mean(x, 1))
+        return out

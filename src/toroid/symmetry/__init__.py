@@ -10,15 +10,18 @@ from toroid.symmetry.derive import (
     symmetry_spec,
 )
 from toroid.symmetry.transform import (
+    HeadMaps,
     SymmetryTransform,
     apply_symmetry,
     random_symmetry,
 )
-from toroid.symmetry.types import CellFamily, Slot, SymmetrySpec, UnitGroup
+from toroid.symmetry.types import AttentionHeads, CellFamily, Slot, SymmetrySpec, UnitGroup
 
 __all__ = [
     "Alignment",
+    "AttentionHeads",
     "CellFamily",
+    "HeadMaps",
     "Slot",
     "SymmetrySpec",
     "SymmetryTransform",

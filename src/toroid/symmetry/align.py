@@ -216,8 +216,10 @@ def _moment_sums(size: int) -> dict[str, torch.Tensor]:
 def _activation_correlations(
     model_a: nn.Module, model_b: nn.Module, spec: SymmetrySpec, data: DataLike, batch_size: int
 ) -> dict[str, torch.Tensor]:
-    """Per group, the correlation of A's unit i with B's unit j over data (and positions)."""
+    """Per group, the correlation of A's unit i with B's unit j over data (and positions,
+    tokens). Groups without activation nodes (attention heads) get none."""
     wanted = {node: g.name for g in spec.groups for node in g.activation_nodes}
+    last = {node for g in spec.groups for node in g.channel_last}
     sums: dict[str, dict[str, torch.Tensor]] = {}
 
     class Recorder(fx.Interpreter):
@@ -243,7 +245,8 @@ def _activation_correlations(
                 recorded.append(recorder.seen)
             for node, group_name in wanted.items():
                 size = spec.group(group_name).size
-                ua, ub = (r[node].double().movedim(1, 0).reshape(size, -1) for r in recorded)
+                axis = -1 if node in last else 1
+                ua, ub = (r[node].double().movedim(axis, 0).reshape(size, -1) for r in recorded)
                 acc = sums.setdefault(group_name, _moment_sums(size))
                 acc["n"] = acc["n"] + ua.shape[1]
                 acc["a"] += ua.sum(1)
@@ -328,8 +331,9 @@ def align(
     then random permutations; all drawn from `seed`) and the most similar result is kept
     (ties: the earliest start), so it is never less similar than `starts=1`, the single
     start. `activation`: per group, the assignment maximizing the correlation of unit
-    outputs on `data` (`starts` is not used). Odd activations match on |similarity| and
-    flip signs."""
+    outputs on `data` (`starts` is not used); attention heads, which have no output of
+    their own in the graph, are then matched on their canonical factors. Odd activations
+    match on |similarity| and flip signs."""
     from toroid.symmetry.derive import spec_for
 
     if method not in ("weight", "activation"):
@@ -369,6 +373,8 @@ def align(
         correlations = _activation_correlations(canonical_a, canonical_b, spec, data, batch_size)
         best = _Matcher(spec, state_a, state_b)
         for group in spec.groups:
+            if group.name not in correlations:
+                continue  # no activation to correlate: matched on weights below
             corr = correlations[group.name]
             score = corr.abs() if group.odd else corr
             rows, cols = linear_sum_assignment(score.cpu().numpy(), maximize=True)
@@ -379,6 +385,11 @@ def align(
                 best.signs[group.name] = torch.where(chosen < 0, -1.0, 1.0).to(
                     best.signs[group.name].dtype
                 )
+        for group in spec.groups:
+            if group.name not in correlations:
+                # Attention heads live inside one module: matched, with every other group
+                # fixed, by the exact assignment on their canonical factors.
+                best.solve(group)
         iterations, start = 1, 0
     aligned = best.state()
     after, total_after = _cosines(spec, state_a, aligned)

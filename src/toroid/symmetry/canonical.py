@@ -1,6 +1,8 @@
 """Canonical form: every cell unit-norm, signs fixed by a deterministic rule, biases in
 front of BatchNorm folded into its running mean; the eval-mode function unchanged.
-Binary cells (latent weights of binary layers) are replaced by their signs, +-1."""
+Binary cells (latent weights of binary layers) are replaced by their signs, +-1. Attention
+layers: value bias folded into the output bias, key bias zeroed, every head's projections
+replaced by the canonical factors of its circuits (`toroid.symmetry.attention`)."""
 
 from __future__ import annotations
 
@@ -10,6 +12,7 @@ import torch
 from torch import nn
 
 from toroid.errors import InvalidArgumentError
+from toroid.symmetry.attention import factor_heads_, fold_attention_biases_, is_factored
 from toroid.symmetry.slots import State, unit_matrix
 from toroid.symmetry.transform import flip_units_, scale_cell_, with_state
 from toroid.symmetry.types import CellFamily, SymmetrySpec, UnitGroup
@@ -52,12 +55,15 @@ def canonical_state(state: State, spec: SymmetrySpec, *, output: OutputMode) -> 
         raise InvalidArgumentError(f"output must be 'normalize' or 'keep', got {output!r}")
     out = dict(state)
     fold_biases_(out, spec)
+    for att in spec.attention:
+        fold_attention_biases_(out, att)
     sizes = {g.name: g.size for g in spec.groups}
     for cell in spec.cells:
         assert cell.group is not None
         if cell.kind == "binary":
             binarize_cell_(out, cell)
             continue
+        _factor_attention_in_(out, spec, cell)
         norms = unit_matrix(out, cell.members, sizes[cell.group]).norm(dim=1)
         # A zero cell has no direction. Where it feeds its consumers directly the unit
         # outputs nothing, so zeroing what it feeds keeps the function and makes the form
@@ -73,10 +79,24 @@ def canonical_state(state: State, spec: SymmetrySpec, *, output: OutputMode) -> 
     if spec.output is not None and spec.output.kind == "binary":
         binarize_cell_(out, spec.output)  # the logits stay as they are: both modes
     elif output == "normalize" and spec.output is not None:
+        _factor_attention_in_(out, spec, spec.output)
         norm = unit_matrix(out, spec.output.members, 1).norm(dim=1)
         if float(norm) > 0:
             scale_cell_(out, spec, spec.output, 1.0 / norm)
+    for att in spec.attention:  # the input columns are final now (the cells are done)
+        factor_heads_(out, att)
     return out
+
+
+def _factor_attention_in_(state: State, spec: SymmetrySpec, cell: CellFamily) -> None:
+    """Factor the attention layers whose output projection is a member of `cell` before its
+    norm is taken: the factorization gives each output row the norm of its row of the
+    value-output circuits, which no per-head linear map changes (the spec orders the cell
+    after every cell that scales the layer's input columns)."""
+    members = {s.tensor for s in cell.members}
+    for att in spec.attention:
+        if att.out_proj in members:
+            factor_heads_(state, att)
 
 
 def canonicalize(
@@ -93,8 +113,9 @@ def canonicalize(
 
 def is_canonical(model: nn.Module, spec: SymmetrySpec | None = None, *, atol: float = 1e-6) -> bool:
     """Whether every hidden cell has unit norm (zero cells excepted; binary cells +-1), every
-    sign follows the rule and every bias in front of a BatchNorm is folded. A float output
-    layer is not checked (both output modes are canonical); a binary one must be +-1."""
+    sign follows the rule, every bias in front of a BatchNorm is folded and every attention
+    layer holds its canonical factors. A float output layer is not checked (both output
+    modes are canonical); a binary one must be +-1."""
     from toroid.symmetry.derive import spec_for
 
     spec = spec or spec_for(model)
@@ -112,4 +133,6 @@ def is_canonical(model: nn.Module, spec: SymmetrySpec | None = None, *, atol: fl
         norms = unit_matrix(state, cell.members, sizes[cell.group]).norm(dim=1)
         if ((norms - 1).abs() > atol)[norms > 0].any():
             return False
+    if not all(is_factored(state, att, atol=atol) for att in spec.attention):
+        return False
     return all(bool((canonical_signs(state, g) > 0).all()) for g in spec.groups if g.odd)

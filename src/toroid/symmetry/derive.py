@@ -17,6 +17,14 @@ in front of it get no cell (their weights stay Euclidean coordinates, outside ce
 no sign symmetry; a segment before it that ends in a BatchNorm keeps its `absorbed` cell.
 Binary layers (sign of latent weights) have no scale symmetry: their latent rows form
 `binary` cells that canonical form replaces by their signs.
+Token tensors (batch, tokens, channels), as a Linear applied to a 3-D input makes them,
+carry their channel on the last axis: Linear, element-wise operations, residual adds and
+self-attention act on them per position; averaging over tokens, selecting tokens and
+swapping the token and batch axes are per-channel linear operations (like pooling).
+`torch.nn.MultiheadAttention` (self-attention) reads one channel space through its packed
+input projection and starts a new one with its output projection; its heads form a unit
+group of their own, with a per-head linear freedom that canonical form removes by a
+factorization (`toroid.symmetry.attention`).
 """
 
 from __future__ import annotations
@@ -34,7 +42,7 @@ from torch.fx.passes.shape_prop import ShapeProp
 
 from toroid.errors import UnsupportedModelError
 from toroid.models.layers import BinaryConv2d, BinaryLinear, Sign
-from toroid.symmetry.types import CellFamily, Slot, SymmetrySpec, UnitGroup
+from toroid.symmetry.types import AttentionHeads, CellFamily, Slot, SymmetrySpec, UnitGroup
 
 OpKind = Literal[
     "producer",
@@ -49,6 +57,8 @@ OpKind = Literal[
     "flatten",
     "pass",
     "add",
+    "attention",
+    "tokens",
 ]
 PRODUCERS: frozenset[str] = frozenset({"producer", "binary"})
 HOMOGENEOUS: frozenset[str] = frozenset({"relu", "maxpool", "avgpool", "flatten", "pass"})
@@ -86,6 +96,7 @@ _MODULE_KINDS: dict[type[nn.Module], OpKind] = {
     nn.Dropout1d: "pass",
     nn.Dropout2d: "pass",
     nn.Identity: "pass",
+    nn.MultiheadAttention: "attention",
 }
 
 _FUNCTION_KINDS: dict[Callable[..., Any], OpKind] = {
@@ -117,6 +128,9 @@ _FUNCTION_KINDS: dict[Callable[..., Any], OpKind] = {
     F.alpha_dropout: "pass",
     operator.add: "add",
     torch.add: "add",
+    torch.mean: "tokens",
+    operator.getitem: "tokens",
+    torch.transpose: "tokens",
 }
 
 _METHOD_KINDS: dict[str, OpKind] = {
@@ -131,6 +145,8 @@ _METHOD_KINDS: dict[str, OpKind] = {
     "add": "add",
     "__add__": "add",
     "contiguous": "pass",
+    "mean": "tokens",
+    "transpose": "tokens",
 }
 
 
@@ -158,6 +174,7 @@ class Value:
     block: int  # features per channel after flattening
     origin: tuple[str, str]  # ("producer" | "add" | "input", node name)
     chain: tuple[Op, ...]  # operations since the origin
+    channel_last: bool = False  # a token tensor: (batch, tokens, channels), channel last
 
 
 @dataclass
@@ -208,8 +225,9 @@ def _kind(node: fx.Node, modules: dict[str, nn.Module]) -> OpKind:
                 f"unsupported {_describe(node, modules)}; toroid's symmetry derivation handles "
                 "Linear, Conv1d/2d, their binary variants, BatchNorm1d/2d, ReLU, LeakyReLU, "
                 "Tanh, Hardtanh, Sign, GELU, SiLU, Softplus, ELU, Sigmoid, Mish, "
-                "pooling, flatten/view, dropout, identity and residual add (write a "
-                "SymmetrySpec by hand, or register_module_kind, for others)"
+                "pooling, flatten/view, dropout, identity, residual add and "
+                "MultiheadAttention as self-attention (write a SymmetrySpec by hand, or "
+                "register_module_kind, for others)"
             )
         _check_module(node, module, modules)
         return kind
@@ -252,6 +270,97 @@ def _check_module(node: fx.Node, module: nn.Module, modules: dict[str, nn.Module
         raise UnsupportedModelError(
             f"unsupported {_describe(node, modules)}: only flattening all but the batch axis"
         )
+    if isinstance(module, nn.MultiheadAttention):
+        refused = {
+            "kdim or vdim different from embed_dim": not module._qkv_same_embed_dim,
+            "add_bias_kv=True": module.bias_k is not None,
+            "add_zero_attn=True": module.add_zero_attn,
+        }
+        for what, present in refused.items():
+            if present:
+                raise UnsupportedModelError(
+                    f"unsupported {_describe(node, modules)}: {what}; only self-attention "
+                    "with kdim = vdim = embed_dim, without add_bias_kv and add_zero_attn"
+                )
+
+
+def _attention_input(node: fx.Node, modules: dict[str, nn.Module]) -> fx.Node:
+    """The one tensor a MultiheadAttention call attends over: query, key and value must be
+    the same node (self-attention) and no mask may be passed."""
+    names = ("query", "key", "value")
+    qkv = [
+        node.args[i] if i < len(node.args) else node.kwargs.get(name)
+        for i, name in enumerate(names)
+    ]
+    if not all(isinstance(a, fx.Node) for a in qkv) or len(set(qkv)) != 1:
+        raise UnsupportedModelError(
+            f"unsupported {_describe(node, modules)}: cross-attention (query, key and value "
+            "differ); only self-attention attn(x, x, x)"
+        )
+    others = [
+        a
+        for a in (*node.args[3:], *(v for k, v in node.kwargs.items() if k not in names))
+        if isinstance(a, fx.Node)
+    ]
+    if others:
+        raise UnsupportedModelError(
+            f"unsupported {_describe(node, modules)}: masks (or other tensor arguments) are "
+            "not supported; only attn(x, x, x)"
+        )
+    source = qkv[0]
+    assert isinstance(source, fx.Node)
+    return source
+
+
+def _axes(spec: object, ndim: int) -> tuple[int, ...] | None:
+    """Constant axis arguments normalized to non-negative ints (None when not constant)."""
+    items = spec if isinstance(spec, tuple | list) else (spec,)
+    if not all(isinstance(a, int) and not isinstance(a, bool) for a in items):
+        return None
+    return tuple(int(a) % ndim for a in items)
+
+
+def _token_op(node: fx.Node, modules: dict[str, nn.Module], ndim: int) -> OpKind:
+    """What a mean, a selection or a transpose does to a token tensor's channels: "avgpool"
+    (a per-channel average or selection over the other axes) or "pass" (a transpose that
+    keeps the channel last). Anything that touches the channel axis is refused."""
+    name = "mean" if node.target in (torch.mean, "mean") else str(node.target)
+    channel = ndim - 1
+    what = f"unsupported {_describe(node, modules)} on a (batch, tokens, channels) tensor"
+    if node.target is operator.getitem:
+        index = node.args[1]
+        items = index if isinstance(index, tuple) else (index,)
+        full = slice(None)
+        simple = all(
+            (isinstance(i, int) and not isinstance(i, bool))
+            or (
+                isinstance(i, slice)
+                and all(v is None or isinstance(v, int) for v in (i.start, i.stop, i.step))
+            )
+            for i in items
+        )
+        if not simple or len(items) > ndim or (len(items) == ndim and items[-1] != full):
+            raise UnsupportedModelError(
+                f"{what}: index {index!r}; only integers and slices on the token and batch "
+                "axes, the channel axis kept whole"
+            )
+        return "avgpool"
+    if name == "mean":
+        dim = node.kwargs.get("dim", node.args[1] if len(node.args) > 1 else None)
+        axes = None if dim is None else _axes(dim, ndim)
+        if axes is None or channel in axes:
+            raise UnsupportedModelError(
+                f"{what}: mean over dim={dim!r}; only over token axes, never the channel axis"
+            )
+        return "avgpool"
+    # transpose
+    axes = _axes(tuple(node.args[1:3]), ndim) if len(node.args) >= 3 else None
+    if axes is None or channel in axes:
+        raise UnsupportedModelError(
+            f"{what}: transpose{tuple(node.args[1:])!r} moves the channel axis; only the "
+            "token and batch axes may be swapped"
+        )
+    return "pass"
 
 
 def _tensor_args(node: fx.Node) -> list[fx.Node]:
@@ -313,11 +422,29 @@ def symmetry_spec(model: nn.Module, example_input: torch.Tensor) -> SymmetrySpec
     eps: dict[str, float] = {}
     called: set[str] = set()
     binary: set[str] = set()
+    attention: dict[str, tuple[int, str]] = {}  # attention node -> (index, module)
 
     def space_of(v: Value) -> _Space:
         return spaces[uf.find(v.space)]
 
     for index, node in enumerate(graph_module.graph.nodes):
+        used = [a for a in (*node.args, *node.kwargs.values()) if isinstance(a, fx.Node)]
+        if any(a.name in attention for a in used):
+            attn_name = next(attention[a.name][1] for a in used if a.name in attention)
+            if not (node.target is operator.getitem and node.args[1] == 0):
+                raise UnsupportedModelError(
+                    f"the output of module {attn_name!r} (MultiheadAttention) is used by "
+                    f"{_describe(node, modules)}; only its attention output attn(...)[0] "
+                    "(not the attention weights) is supported"
+                )
+            # The output projection's rows start a channel space, as a Linear's do.
+            new = len(uf.parent)
+            uf.add(new)
+            producer = f"{attn_name}.out_proj"
+            spaces[new] = _Space(producers=[(node.name, producer)], first_index=index)
+            values[node.name] = Value(new, 1, ("producer", node.name), (), True)
+            spaces[new].values.append((node.name, values[node.name]))
+            continue
         if node.op == "placeholder":
             values[node.name] = Value(0, 1, ("input", node.name), ())
             continue
@@ -329,8 +456,49 @@ def symmetry_spec(model: nn.Module, example_input: torch.Tensor) -> SymmetrySpec
             continue
         if "tensor_meta" not in node.meta:  # shape arithmetic such as x.size(0)
             continue
-        inputs = [values[a.name] for a in _tensor_args(node)]
         kind = _kind(node, modules)
+        if kind == "attention":
+            attn_name = str(node.target)
+            source = values[_attention_input(node, modules).name]
+            in_shape = _shape(_attention_input(node, modules))
+            if attn_name in called:
+                raise UnsupportedModelError(
+                    f"{_describe(node, modules)} is called more than once (shared weights "
+                    "are not supported)"
+                )
+            called.add(attn_name)
+            if (
+                len(in_shape) != 3
+                or source.block != 1
+                or (uf.find(source.space) != 0 and not source.channel_last)
+            ):
+                raise UnsupportedModelError(
+                    f"{_describe(node, modules)} reads a tensor of shape {in_shape}; only "
+                    "(batch, tokens, channels) or (tokens, batch, channels) tensors"
+                )
+            space_of(source).reads.append((attn_name, source))
+            attention[node.name] = (index, attn_name)
+            continue
+        inputs = [values[a.name] for a in _tensor_args(node)]
+        if (
+            len(inputs) == 1
+            and inputs[0].channel_last
+            and uf.find(inputs[0].space) != 0
+            and (
+                kind in ("bn", "maxpool", "avgpool", "flatten")
+                or (
+                    node.op == "call_module"
+                    and kind in PRODUCERS
+                    and not isinstance(modules[str(node.target)], nn.Linear)
+                )
+            )
+        ):
+            raise UnsupportedModelError(
+                f"unsupported {_describe(node, modules)} on a (batch, tokens, channels) tensor; "
+                "token tensors support Linear, element-wise activations, dropout, residual "
+                "add, self-attention, mean over tokens, selecting tokens and swapping the "
+                "token and batch axes"
+            )
         if kind == "add":
             if len(inputs) != 2 or len({_shape(a) for a in _tensor_args(node)}) != 1:
                 raise UnsupportedModelError(
@@ -350,7 +518,8 @@ def symmetry_spec(model: nn.Module, example_input: torch.Tensor) -> SymmetrySpec
                 merged.outputs += other.outputs
                 merged.values += other.values
                 merged.first_index = min(merged.first_index, other.first_index)
-            value = Value(root, inputs[0].block, ("add", node.name), ())
+            last = inputs[0].channel_last or inputs[1].channel_last
+            value = Value(root, inputs[0].block, ("add", node.name), (), last)
         else:
             if len(inputs) != 1:
                 raise UnsupportedModelError(
@@ -371,16 +540,36 @@ def symmetry_spec(model: nn.Module, example_input: torch.Tensor) -> SymmetrySpec
                     binary.add(module_name)
                 if source.block != 1 and not isinstance(modules[module_name], nn.Linear):
                     raise UnsupportedModelError(f"{_describe(node, modules)} reads flattened input")
-                if isinstance(modules[module_name], nn.Linear) and len(_shape(node)) != 2:
+                tokens = isinstance(modules[module_name], nn.Linear) and len(_shape(node)) != 2
+                if tokens and not (source.channel_last or uf.find(source.space) == 0):
                     raise UnsupportedModelError(
                         f"{_describe(node, modules)} acts on the last axis of a "
-                        f"{len(_shape(node))}-D tensor; only (batch, features) inputs are supported"
+                        f"{len(_shape(node))}-D tensor whose channels are on axis 1; only "
+                        "(batch, features) inputs and token tensors (channel last) are supported"
                     )
                 space_of(source).reads.append((module_name, source))
                 new = len(uf.parent)
                 uf.add(new)
                 spaces[new] = _Space(producers=[(node.name, module_name)], first_index=index)
-                value = Value(new, 1, ("producer", node.name), ())
+                value = Value(new, 1, ("producer", node.name), (), tokens)
+            elif kind == "tokens":
+                out_ndim = len(_shape(node))
+                if uf.find(source.space) == 0:  # the raw input: no unit is touched
+                    op = Op("pass", node.name)
+                else:
+                    if not source.channel_last:
+                        raise UnsupportedModelError(
+                            f"unsupported {_describe(node, modules)}: mean, indexing and "
+                            "transpose are supported on (batch, tokens, channels) tensors only"
+                        )
+                    op = Op(_token_op(node, modules, len(_shape(_tensor_args(node)[0]))), node.name)
+                    if out_ndim < 2:
+                        raise UnsupportedModelError(
+                            f"unsupported {_describe(node, modules)}: leaves {out_ndim} axes"
+                        )
+                value = Value(
+                    source.space, source.block, source.origin, (*source.chain, op), out_ndim > 2
+                )
             elif kind == "flatten":
                 in_shape, out_shape = _shape(_tensor_args(node)[0]), _shape(node)
                 if len(out_shape) != 2 or out_shape[0] != in_shape[0] or len(in_shape) < 2:
@@ -399,11 +588,55 @@ def symmetry_spec(model: nn.Module, example_input: torch.Tensor) -> SymmetrySpec
                     assert isinstance(bn, nn.modules.batchnorm._BatchNorm)
                     eps[module_name] = float(bn.eps)
                 op = Op(kind, node.name, module_name)
-                value = Value(source.space, source.block, source.origin, (*source.chain, op))
+                value = Value(
+                    source.space,
+                    source.block,
+                    source.origin,
+                    (*source.chain, op),
+                    source.channel_last,
+                )
         values[node.name] = value
         space_of(value).values.append((node.name, value))
 
-    return _build_spec(spaces, tensors, eps, frozenset(binary))
+    heads = [
+        (index, _attention_heads(module, modules[module], tensors))
+        for index, module in attention.values()
+    ]
+    return _build_spec(spaces, tensors, eps, frozenset(binary), heads)
+
+
+def _attention_heads(
+    module_name: str, module: nn.Module, tensors: dict[str, torch.Tensor]
+) -> AttentionHeads:
+    assert isinstance(module, nn.MultiheadAttention)
+    bias = f"{module_name}.in_proj_bias" in tensors
+    return AttentionHeads(
+        module=module_name,
+        group=f"heads:{module_name}",
+        heads=module.num_heads,
+        head_dim=module.head_dim,
+        in_proj=f"{module_name}.in_proj_weight",
+        out_proj=f"{module_name}.out_proj.weight",
+        in_bias=f"{module_name}.in_proj_bias" if bias else None,
+        out_bias=f"{module_name}.out_proj.bias" if bias else None,
+    )
+
+
+def _head_group(att: AttentionHeads) -> UnitGroup:
+    """The heads as units: head h owns rows h d .. (h + 1) d - 1 of the query, key and value
+    blocks of the packed input projection (and of its bias), and the same columns of the
+    output projection."""
+    e, d = att.embed_dim, att.head_dim
+    packed = [att.in_proj] + ([att.in_bias] if att.in_bias is not None else [])
+    slots = [Slot(t, 0, d, start=k * e, stop=(k + 1) * e) for t in packed for k in range(3)]
+    return UnitGroup(att.group, att.heads, (*slots, Slot(att.out_proj, 1, d)))
+
+
+def _reader_weight(module: str, tensors: dict[str, torch.Tensor]) -> str:
+    """The weight whose input columns a consumer module owns (an attention layer's packed
+    input projection, else its `weight`)."""
+    packed = f"{module}.in_proj_weight"
+    return packed if packed in tensors and f"{module}.weight" not in tensors else f"{module}.weight"
 
 
 def _vector_slots(
@@ -442,7 +675,9 @@ def _build_spec(
     tensors: dict[str, torch.Tensor],
     eps: dict[str, float],
     binary: frozenset[str],
+    heads: list[tuple[int, AttentionHeads]] | None = None,
 ) -> SymmetrySpec:
+    heads = heads or []
     groups: list[tuple[int, UnitGroup]] = []
     cells: list[CellFamily] = []
     folds: list[tuple[str, str]] = []
@@ -462,14 +697,20 @@ def _build_spec(
         groups.append((space.first_index, group))
         cells += group_cells
         folds += group_folds
-    ordered = _order_cells(cells)
+    # An attention layer's output rows are factorized from its circuits, which its input
+    # columns enter: a cell over the output rows comes after the cells scaling the inputs.
+    coupled = {att.out_proj: att.in_proj for _, att in heads}
+    ordered = _order_cells(cells, coupled)
     used_eps = {m: e for m, e in eps.items() if any(m in c.batchnorm for c in ordered)}
+    groups += [(index, _head_group(att)) for index, att in heads]
+    groups.sort(key=lambda item: item[0])  # stable: spaces were visited in graph order
     return SymmetrySpec(
-        groups=tuple(g for _, g in groups),  # spaces were visited in graph order
+        groups=tuple(g for _, g in groups),
         cells=tuple(ordered),
         output=output,
         bias_folds=tuple(folds),
         bn_eps=used_eps,
+        attention=tuple(att for _, att in heads),
     )
 
 
@@ -530,7 +771,9 @@ class _GroupBuilder:
         return UnsupportedModelError(f"unit group of {producers}: {why}")
 
     def _reader_slots(self, reads: list[tuple[str, Value]]) -> list[Slot]:
-        return [Slot(f"{module}.weight", 1, value.block) for module, value in reads]
+        return [
+            Slot(_reader_weight(module, self.tensors), 1, value.block) for module, value in reads
+        ]
 
     def _matched(self, slots: list[Slot]) -> list[Slot]:
         """Units of binary layers are matched on their sign weights alone (the overlap),
@@ -557,7 +800,14 @@ class _GroupBuilder:
         slots += self._reader_slots(space.reads)
         cells, folds = self._cells()
         flip, rule = ([], []) if space.writes else self._sign()
+        if flip and any(m.endswith(".out_proj") for _, m in space.producers):
+            # The factorization of the heads decides the output rows' directions, which a
+            # per-unit sign rule would have to read: not supported.
+            raise self._unsupported("an odd activation after an attention layer")
         nodes = sorted({v.chain[-1].node if v.chain else v.origin[1] for _, v in space.reads})
+        last = sorted(
+            {v.chain[-1].node if v.chain else v.origin[1] for _, v in space.reads if v.channel_last}
+        )
         group = UnitGroup(
             name=self.name,
             size=self.size,
@@ -566,6 +816,7 @@ class _GroupBuilder:
             sign_rule=tuple(self._matched(rule)),
             stream=bool(space.writes),
             activation_nodes=tuple(nodes),
+            channel_last=tuple(last),
         )
         return group, cells, folds
 
@@ -735,9 +986,15 @@ class _GroupBuilder:
         return gamma_beta + readers, gamma_beta
 
 
-def _order_cells(cells: list[CellFamily]) -> list[CellFamily]:
-    """Every cell after the cells whose compensation writes into its members."""
+def _order_cells(
+    cells: list[CellFamily], coupled: dict[str, str] | None = None
+) -> list[CellFamily]:
+    """Every cell after the cells whose compensation writes into its members (or into the
+    tensors `coupled` to a member: an attention layer's input projection for its output
+    projection)."""
+    coupled = coupled or {}
     members = [{s.tensor for s in c.members} for c in cells]
+    members = [m | {coupled[t] for t in m if t in coupled} for m in members]
     writes = [{s.tensor for s in c.compensate} for c in cells]
     remaining = list(range(len(cells)))
     ordered: list[CellFamily] = []

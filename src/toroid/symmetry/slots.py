@@ -15,6 +15,8 @@ State = dict[str, torch.Tensor]
 def unit_rows(tensor: torch.Tensor, slot: Slot, size: int) -> torch.Tensor:
     """A (size, d) view-like matrix: row i holds unit i's slice of `tensor`."""
     moved = tensor.movedim(slot.axis, 0)
+    if not slot.whole:
+        moved = moved[slot.start : slot.stop]
     return moved.reshape(size, -1)
 
 
@@ -28,6 +30,11 @@ def unit_matrix(
 
 def _expand(factors: torch.Tensor, tensor: torch.Tensor, slot: Slot) -> torch.Tensor:
     per_index = factors.to(tensor.dtype).repeat_interleave(slot.block)
+    if not slot.whole:  # factor 1 outside the slot's range
+        ones = torch.ones(tensor.shape[slot.axis], dtype=tensor.dtype, device=per_index.device)
+        per_index = torch.cat(
+            [ones[: slot.start], per_index, ones[slot.start + per_index.numel() :]]
+        )
     shape = [1] * tensor.dim()
     shape[slot.axis] = -1
     return per_index.view(shape)
@@ -42,4 +49,8 @@ def permute_units(tensor: torch.Tensor, slot: Slot, perm: torch.Tensor) -> torch
     """`tensor` whose unit i slice is the old unit perm[i] slice."""
     block = torch.arange(slot.block, device=perm.device)
     index = (perm[:, None] * slot.block + block[None, :]).reshape(-1).to(tensor.device)
+    if not slot.whole:  # the identity outside the slot's range
+        full = torch.arange(tensor.shape[slot.axis], device=tensor.device)
+        full[slot.start : slot.start + index.numel()] = index + slot.start
+        index = full
     return tensor.index_select(slot.axis, index)

@@ -1,6 +1,7 @@
 """Group elements acting on a network: per-cell positive scales, per-unit sign flips and
-per-group permutations, applied to a state dict exactly as the function-preserving
-symmetries of DESIGN.md describe."""
+per-group permutations, per-head linear maps of attention layers, applied to a state dict
+exactly as the function-preserving symmetries of DESIGN.md (and docs/symmetry.md,
+Attention) describe."""
 
 from __future__ import annotations
 
@@ -13,21 +14,37 @@ import torch
 from torch import nn
 
 from toroid.errors import InvalidArgumentError
+from toroid.symmetry.attention import move_heads_, random_invertible
 from toroid.symmetry.slots import State, permute_units, scale_units
 from toroid.symmetry.types import CellFamily, Slot, SymmetrySpec
+
+
+@dataclass(frozen=True)
+class HeadMaps:
+    """The per-head linear symmetry of one attention layer: `query_key[h]` = A_h and
+    `value_output[h]` = B_h, invertible (H, d, d) (W_Q,h -> A_h^T W_Q,h, W_K,h -> A_h^-1
+    W_K,h; W_V,h -> B_h W_V,h, W_O,h -> W_O,h B_h^-1), and shifts (E) of the key bias and
+    of the value bias (compensated in the output bias); None: no shift."""
+
+    query_key: torch.Tensor
+    value_output: torch.Tensor
+    key_bias: torch.Tensor | None = None
+    value_bias: torch.Tensor | None = None
 
 
 @dataclass(frozen=True)
 class SymmetryTransform:
     """One group element. Applied in this order: `scales` (cell name -> positive factor
     per unit, multiplying the cell and dividing its compensation), `output_scale`, then
-    `signs` (group -> +-1 per unit, in the original unit order), then `permutations`
-    (group -> perm; new unit i is old unit perm[i])."""
+    `signs` (group -> +-1 per unit, in the original unit order), then `heads` (attention
+    module -> its per-head maps, in the original head order), then `permutations` (group
+    -> perm; new unit i is old unit perm[i])."""
 
     scales: Mapping[str, torch.Tensor] = field(default_factory=dict)
     signs: Mapping[str, torch.Tensor] = field(default_factory=dict)
     permutations: Mapping[str, torch.Tensor] = field(default_factory=dict)
     output_scale: float = 1.0
+    heads: Mapping[str, HeadMaps] = field(default_factory=dict)
 
 
 def _bn_stat_slot(state: State, bn: str, stat: str, size: int) -> Slot:
@@ -84,6 +101,18 @@ def transform_state(state: State, spec: SymmetrySpec, transform: SymmetryTransfo
                 f"transform flips signs of {name!r}, not a sign-symmetric group"
             )
         flip_units_(out, group.flip, signs)
+    attention = {att.module: att for att in spec.attention}
+    for name, maps in transform.heads.items():
+        if name not in attention:
+            raise InvalidArgumentError(f"transform moves the heads of {name!r}, not an attention")
+        move_heads_(
+            out,
+            attention[name],
+            query_key=maps.query_key,
+            value_output=maps.value_output,
+            key_bias=maps.key_bias,
+            value_bias=maps.value_bias,
+        )
     for name, perm in transform.permutations.items():
         if name not in groups:
             raise InvalidArgumentError(f"transform permutes unknown group {name!r}")
@@ -118,8 +147,10 @@ def random_symmetry(
 ) -> tuple[nn.Module, SymmetryTransform]:
     """A random group element applied to `model`: log-uniform positive scales in
     `scale_range` for every cell (the output layer included, unless it is binary; a binary
-    cell's latent weights are scaled), random signs for sign-symmetric groups and, unless
-    `permutations=False`, random permutations."""
+    cell's latent weights are scaled), random signs for sign-symmetric groups, for every
+    attention layer random invertible per-head maps (`random_invertible`, condition number
+    below 9) and standard normal key and value bias shifts (with biases) and, unless
+    `permutations=False`, random permutations (attention heads included)."""
     from toroid.symmetry.derive import spec_for
 
     low, high = scale_range
@@ -145,5 +176,18 @@ def random_symmetry(
     # A binary output layer's latent scale changes nothing (not even the logits).
     scalable_output = spec.output is not None and spec.output.kind == "output"
     output_scale = float(log_uniform(1)) if scalable_output else 1.0
-    transform = SymmetryTransform(scales, signs, perms, output_scale)
+    heads = {}
+    for att in spec.attention:  # drawn last: earlier draws stay as they were
+        shifts = [
+            torch.randn(att.embed_dim, generator=gen, dtype=torch.float64)
+            if att.in_bias is not None
+            else None
+            for _ in range(2)
+        ]
+        heads[att.module] = HeadMaps(
+            random_invertible(att.heads, att.head_dim, gen),
+            random_invertible(att.heads, att.head_dim, gen),
+            *shifts,
+        )
+    transform = SymmetryTransform(scales, signs, perms, output_scale, heads)
     return apply_symmetry(model, transform, spec), transform

@@ -17,13 +17,23 @@ CellKind = Literal["absorbed", "homogeneous", "invariant", "stream", "binary", "
 class Slot:
     """Unit i of a group owns the i-th block of `block` consecutive indices along `axis`
     of the state-dict tensor `tensor` (block > 1 for a Linear reading flattened channels).
-    Slots with `match=False` (running statistics, which depend on the data more than on the
-    weights and would dominate the similarity) are permuted but not matched on."""
+    The units occupy the indices `start` to `stop` of that axis (default: all of it), so
+    that several groups or slots can share one axis (the query, key and value rows of an
+    attention layer's packed projection). Slots with `match=False` (running statistics,
+    which depend on the data more than on the weights and would dominate the similarity)
+    are permuted but not matched on."""
 
     tensor: str
     axis: int
     block: int = 1
     match: bool = True  # used by alignment scores (False: BatchNorm running statistics)
+    start: int = 0
+    stop: int | None = None  # None: to the end of the axis
+
+    @property
+    def whole(self) -> bool:
+        """Whether the units cover the whole axis (every slot but a sub-range)."""
+        return self.start == 0 and self.stop is None
 
 
 @dataclass(frozen=True)
@@ -57,7 +67,10 @@ class UnitGroup:
     `activation_nodes`: graph nodes whose outputs carry the group's channels. Per-unit
     scale freedom lives in the spec's cells, sign freedom in `flip`: a unit with neither
     (e.g. in front of GELU without BatchNorm) has permutation symmetry only, and the slices
-    no cell holds are Euclidean coordinates of the network (outside cells)."""
+    no cell holds are Euclidean coordinates of the network (outside cells). The channel of
+    an activation node is its axis 1, or its last axis for the nodes in `channel_last`
+    (token tensors). The heads of an attention layer form a group without activation
+    nodes (they live inside one module)."""
 
     name: str
     size: int
@@ -66,6 +79,7 @@ class UnitGroup:
     sign_rule: tuple[Slot, ...] = ()
     stream: bool = False
     activation_nodes: tuple[str, ...] = ()
+    channel_last: tuple[str, ...] = ()  # activation nodes of (batch, tokens, channels) tensors
 
     @property
     def odd(self) -> bool:
@@ -73,17 +87,43 @@ class UnitGroup:
 
 
 @dataclass(frozen=True)
+class AttentionHeads:
+    """A `torch.nn.MultiheadAttention` used as self-attention: `heads` units of `head_dim`
+    channels each, permuted as the unit group `group`. Per head h, besides the permutation,
+    GL(head_dim) acts on the query-key circuit (W_Q,h -> A^T W_Q,h with its bias, W_K,h ->
+    A^-1 W_K,h) and on the value-output circuit (W_V,h -> B W_V,h with its bias, W_O,h ->
+    W_O,h B^-1); the key bias is free (softmax ignores a per-query constant) and the value
+    bias can move into the output bias (attention weights sum to 1). `in_proj`: the packed
+    (3E, E) query/key/value weight; `in_bias`, `out_bias`: None without biases."""
+
+    module: str
+    group: str
+    heads: int
+    head_dim: int
+    in_proj: str
+    out_proj: str
+    in_bias: str | None = None
+    out_bias: str | None = None
+
+    @property
+    def embed_dim(self) -> int:
+        return self.heads * self.head_dim
+
+
+@dataclass(frozen=True)
 class SymmetrySpec:
     """All symmetries of one architecture. `groups` run from input to output; `cells` are
     in an order where every cell comes after the cells that compensate into it;
     `bias_folds` pairs a bias in front of a BatchNorm with that BatchNorm's prefix;
-    `bn_eps` holds each BatchNorm's epsilon."""
+    `bn_eps` holds each BatchNorm's epsilon; `attention` the attention layers, whose
+    per-head linear freedom canonical form removes by a factorization (not a cell)."""
 
     groups: tuple[UnitGroup, ...]
     cells: tuple[CellFamily, ...]
     output: CellFamily | None = None
     bias_folds: tuple[tuple[str, str], ...] = ()
     bn_eps: Mapping[str, float] = field(default_factory=dict)
+    attention: tuple[AttentionHeads, ...] = ()
 
     def binary_cells(self) -> tuple[CellFamily, ...]:
         """The `binary` cells (hidden layers, then the output layer): the +-1 weights."""
@@ -104,10 +144,14 @@ class SymmetrySpec:
     def describe(self) -> str:
         """A readable listing of groups and cells (what `toroid spec` prints)."""
         lines = []
+        heads = {a.group: a for a in self.attention}
         for g in self.groups:
             kind = "residual stream" if g.stream else "layer"
             sign = ", sign-symmetric" if g.odd else ""
-            if not g.odd and not any(c.group == g.name for c in self.cells):
+            if g.name in heads:
+                kind = f"attention heads of {heads[g.name].head_dim} channels"
+                sign = ", GL per head on the query-key and value-output circuits"
+            elif not g.odd and not any(c.group == g.name for c in self.cells):
                 sign = ", permutations only"
             lines.append(f"group {g.name}: {g.size} units ({kind}{sign}), {len(g.slots)} axes")
             for cell in self.cells:
