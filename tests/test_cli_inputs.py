@@ -287,3 +287,18 @@ def test_resume_from_hand_edited_training_state_is_one_line(
     state.write_text(json.dumps(meta))
     args = [*TINY, "--seed", "0", "--out", run, "--resume"]
     assert_one_line_error(invoke(args), str(state), f"members[0].{field}")
+
+
+def test_model_config_for_builds_a_vit_and_refuses_unknown_names() -> None:
+    from toroid.cli.commands import model_config_for
+    from toroid.errors import InvalidArgumentError
+    from toroid.models import build
+
+    sizes: dict[str, Any] = {"widths": [4], "depth": None, "width": 1.0, "batchnorm": True}
+    config = model_config_for("vit", (1, 28, 28), 10, activation=None, **sizes)
+    assert config == {"name": "vit", "in_channels": 1, "image_size": 28, "num_classes": 10}
+    assert type(build(config)).__name__ == "VisionTransformer"
+    with pytest.raises(InvalidArgumentError, match="square images"):
+        model_config_for("vit", (1, 28, 14), 10, activation=None, **sizes)
+    with pytest.raises(InvalidArgumentError, match="'nope'"):
+        model_config_for("nope", (1, 28, 28), 10, activation=None, **sizes)

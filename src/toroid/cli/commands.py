@@ -189,6 +189,22 @@ def model_config_for(
             "num_classes": num_classes,
             "batchnorm": batchnorm,
         }
+    if name == "vit":
+        if input_shape[1] != input_shape[2]:
+            raise InvalidArgumentError(
+                f"model 'vit' needs square images; this dataset has shape {input_shape}"
+            )
+        # The vit's defaults (patch 7, dim 64, depth 2, 4 heads) fit 28x28 images.
+        return {
+            "name": "vit",
+            "in_channels": channels,
+            "image_size": input_shape[-1],
+            "num_classes": num_classes,
+        }
+    if name != "resnet":
+        raise InvalidArgumentError(
+            f"--model must be one of mlp, lenet5, vgg, resnet, vit, got {name!r}"
+        )
     if width != int(width):
         raise InvalidArgumentError(f"resnet --width must be a whole number, got {width}")
     return {
