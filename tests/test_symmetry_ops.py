@@ -357,10 +357,13 @@ UNSUPPORTED = {
         (4,),
         ("Hardswish", "'1'"),
     ),
-    "layernorm": (
-        lambda: nn.Sequential(nn.Linear(4, 5), nn.LayerNorm(5), nn.ReLU(), nn.Linear(5, 2)),
-        (4,),
-        ("LayerNorm", "'1'"),
+    "layernorm_two_axes": (
+        lambda: nn.Sequential(
+            nn.Conv2d(2, 3, 3), nn.LayerNorm((4, 4)), nn.ReLU(), nn.Flatten(),
+            nn.Linear(3 * 4 * 4, 2),
+        ),
+        (2, 6, 6),
+        ("LayerNorm", "'1'", "(4, 4)"),
     ),
     "cat": (CatNet, (4,), ("cat",)),
     "functional_hardswish": (FunctionalHardswish, (4,), ("hardswish",)),

@@ -7,13 +7,13 @@ from collections.abc import Iterator, Mapping
 
 import torch
 
-from toroid.symmetry.slots import State, unit_matrix, unit_rows
+from toroid.symmetry.slots import State, span_matrix, unit_rows
 from toroid.symmetry.types import CellFamily, SymmetrySpec
 
 
 def cell_families(spec: SymmetrySpec) -> Iterator[tuple[CellFamily, int]]:
-    """Every cell family of the spec with its number of cells (units); the output layer's
-    global cell last, as a family of one."""
+    """Every cell family of the spec with its number of units (cells, unless a cell spans
+    several units: `cell.span`); the output layer's global cell last, as a family of one."""
     sizes = {g.name: g.size for g in spec.groups}
     for cell in spec.cells:
         assert cell.group is not None
@@ -23,12 +23,15 @@ def cell_families(spec: SymmetrySpec) -> Iterator[tuple[CellFamily, int]]:
 
 
 def cell_matrix(state: Mapping[str, torch.Tensor], cell: CellFamily, size: int) -> torch.Tensor:
-    """(size, n_c): row i is unit i's cell vector."""
-    return unit_matrix(state, cell.members, size)
+    """(size / span, n_c): row k is cell k's vector (unit k's, or the concatenation of the
+    units of block k when a cell spans `cell.span` units); `size` counts units."""
+    return span_matrix(state, cell.members, size, cell.span)
 
 
 def set_cell_matrix_(state: State, cell: CellFamily, size: int, rows: torch.Tensor) -> None:
-    """Write `rows` (size, n_c) back into the member slices of `state` (new tensors)."""
+    """Write `rows` (size / span, n_c) back into the member slices of `state` (new
+    tensors); `size` counts units."""
+    rows = rows.reshape(size, -1)
     offset = 0
     for slot in cell.members:
         current = state[slot.tensor]

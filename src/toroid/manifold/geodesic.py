@@ -142,11 +142,12 @@ def slerp_weights(
                 return None
             tensor = state_a[slot.tensor]
             shape = [len(ts), 2] + [1] * tensor.dim()
-            if size == 1:  # one cell for the whole tensor: one weight
+            cells = size // cell.span
+            if cells == 1:  # one cell for the whole tensor: one weight
                 weights[slot.tensor] = pair.reshape(shape)
                 continue
             shape[2 + slot.axis] = tensor.shape[slot.axis]
-            per_index = pair.repeat_interleave(tensor.shape[slot.axis] // size, dim=2)
+            per_index = pair.repeat_interleave(tensor.shape[slot.axis] // cells, dim=2)
             weights[slot.tensor] = per_index.reshape(shape)
     return weights
 

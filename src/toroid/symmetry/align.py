@@ -17,7 +17,7 @@ from toroid.errors import InvalidArgumentError
 from toroid.symmetry.canonical import canonical_state
 from toroid.symmetry.derive import symbolic_trace
 from toroid.symmetry.slots import State, permute_units, scale_units, unit_rows
-from toroid.symmetry.transform import SymmetryTransform, with_state
+from toroid.symmetry.transform import SymmetryTransform, structured_randperm, with_state
 from toroid.symmetry.types import Slot, SymmetrySpec, UnitGroup
 
 AlignMethod = Literal["weight", "activation"]
@@ -53,6 +53,32 @@ class Alignment:
             original[self.permutations[name]] = signs
             old_signs[name] = original
         return SymmetryTransform(signs=old_signs, permutations=dict(self.permutations))
+
+
+def assign(score: torch.Tensor, blocks: int = 1) -> torch.Tensor:
+    """perm maximizing sum_i score[i, perm[i]] over the permutations of a group with
+    `blocks` blocks (within blocks and of whole blocks): with blocks = 1 one exact linear
+    assignment; else, for every pair (block a, block b), the exact assignment of a's units
+    to b's, then the exact assignment of blocks on those optima. Exact, because once block
+    a is paired with block b the best units' assignment between them does not depend on
+    the other pairs."""
+    matrix = score.cpu().numpy()
+    if blocks == 1:
+        rows, cols = linear_sum_assignment(matrix, maximize=True)
+        return torch.as_tensor(cols[np.argsort(rows)], dtype=torch.long)
+    span = matrix.shape[0] // blocks
+    parts = matrix.reshape(blocks, span, blocks, span)
+    inner = np.empty((blocks, blocks, span), dtype=np.int64)
+    value = np.empty((blocks, blocks))
+    for a in range(blocks):
+        for b in range(blocks):
+            rows, cols = linear_sum_assignment(parts[a, :, b, :], maximize=True)
+            inner[a, b] = cols[np.argsort(rows)]
+            value[a, b] = parts[a, :, b, :][rows, cols].sum()
+    rows, cols = linear_sum_assignment(value, maximize=True)
+    outer = cols[np.argsort(rows)]
+    perm = np.concatenate([outer[a] * span + inner[a, outer[a]] for a in range(blocks)])
+    return torch.as_tensor(perm, dtype=torch.long)
 
 
 class _Matcher:
@@ -105,8 +131,7 @@ class _Matcher:
     def solve(self, group: UnitGroup, usable: set[str] | None = None) -> bool:
         keep, flip = self.scores(group, usable)
         score = keep + flip.abs() if group.odd else keep + flip
-        rows, cols = linear_sum_assignment(score.cpu().numpy(), maximize=True)
-        perm = torch.as_tensor(cols[np.argsort(rows)], dtype=torch.long)
+        perm = assign(score, group.blocks)
         signs = self.signs[group.name]
         if group.odd:
             chosen = flip[torch.arange(group.size), perm]
@@ -173,7 +198,7 @@ class _Matcher:
     def shuffle(self, generator: torch.Generator) -> None:
         """A random permutation of every group's units (signs kept), a start for `descend`."""
         for group in self.spec.groups:
-            self.perms[group.name] = torch.randperm(group.size, generator=generator)
+            self.perms[group.name] = structured_randperm(group, generator=generator)
 
     def objective(self) -> float:
         """The summed inner products of A's and B's (transformed) grouped tensors, each
@@ -377,8 +402,7 @@ def align(
                 continue  # no activation to correlate: matched on weights below
             corr = correlations[group.name]
             score = corr.abs() if group.odd else corr
-            rows, cols = linear_sum_assignment(score.cpu().numpy(), maximize=True)
-            perm = torch.as_tensor(cols[np.argsort(rows)], dtype=torch.long)
+            perm = assign(score, group.blocks)
             best.perms[group.name] = perm
             if group.odd:
                 chosen = corr[torch.arange(group.size), perm]

@@ -1,5 +1,6 @@
 """Canonical form: every cell unit-norm, signs fixed by a deterministic rule, biases in
-front of BatchNorm folded into its running mean; the eval-mode function unchanged.
+front of BatchNorm folded into its running mean, units read only through a LayerNorm or
+GroupNorm centered over their blocks; the eval-mode function unchanged.
 Binary cells (latent weights of binary layers) are replaced by their signs, +-1. Attention
 layers: value bias folded into the output bias, key bias zeroed, every head's projections
 replaced by the canonical factors of its circuits (`toroid.symmetry.attention`)."""
@@ -13,7 +14,7 @@ from torch import nn
 
 from toroid.errors import InvalidArgumentError
 from toroid.symmetry.attention import factor_heads_, fold_attention_biases_, is_factored
-from toroid.symmetry.slots import State, unit_matrix
+from toroid.symmetry.slots import State, center_units, expand_span, span_matrix, unit_matrix
 from toroid.symmetry.transform import flip_units_, scale_cell_, with_state
 from toroid.symmetry.types import CellFamily, SymmetrySpec, UnitGroup
 
@@ -25,6 +26,18 @@ def fold_biases_(state: State, spec: SymmetrySpec) -> None:
     for bias, bn in spec.bias_folds:
         state[f"{bn}.running_mean"] = state[f"{bn}.running_mean"] - state[bias]
         state[bias] = torch.zeros_like(state[bias])
+
+
+def center_translations_(state: State, spec: SymmetrySpec) -> None:
+    """Each translation family's members minus their mean over each block of units: the
+    point of the translation orbit closest to the origin (commutes with permutations
+    within and of blocks, and with the scales of the units' input columns)."""
+    sizes = {g.name: g.size for g in spec.groups}
+    for family in spec.translations:
+        for slot in family.members:
+            state[slot.tensor] = center_units(
+                state[slot.tensor], slot, sizes[family.group], family.span
+            )
 
 
 def binarize_cell_(state: State, cell: CellFamily) -> None:
@@ -57,6 +70,8 @@ def canonical_state(state: State, spec: SymmetrySpec, *, output: OutputMode) -> 
     fold_biases_(out, spec)
     for att in spec.attention:
         fold_attention_biases_(out, att)
+    # After the value-bias fold, which moves a constant into output biases it centers.
+    center_translations_(out, spec)
     sizes = {g.name: g.size for g in spec.groups}
     for cell in spec.cells:
         assert cell.group is not None
@@ -64,7 +79,7 @@ def canonical_state(state: State, spec: SymmetrySpec, *, output: OutputMode) -> 
             binarize_cell_(out, cell)
             continue
         _factor_attention_in_(out, spec, cell)
-        norms = unit_matrix(out, cell.members, sizes[cell.group]).norm(dim=1)
+        norms = span_matrix(out, cell.members, sizes[cell.group], cell.span).norm(dim=1)
         # A zero cell has no direction. Where it feeds its consumers directly the unit
         # outputs nothing, so zeroing what it feeds keeps the function and makes the form
         # unique; an absorbed zero cell (BatchNorm after it) is left as it is.
@@ -72,7 +87,7 @@ def canonical_state(state: State, spec: SymmetrySpec, *, output: OutputMode) -> 
         factors = torch.where(dead, torch.ones_like(norms), 1.0 / norms)
         scale_cell_(out, spec, cell, factors)
         if dead.any():
-            flip_units_(out, cell.compensate, (~dead).to(norms.dtype))
+            flip_units_(out, cell.compensate, expand_span((~dead).to(norms.dtype), cell.span))
     for group in spec.groups:
         if group.odd:
             flip_units_(out, group.flip, canonical_signs(out, group))
@@ -113,9 +128,9 @@ def canonicalize(
 
 def is_canonical(model: nn.Module, spec: SymmetrySpec | None = None, *, atol: float = 1e-6) -> bool:
     """Whether every hidden cell has unit norm (zero cells excepted; binary cells +-1), every
-    sign follows the rule, every bias in front of a BatchNorm is folded and every attention
-    layer holds its canonical factors. A float output layer is not checked (both output
-    modes are canonical); a binary one must be +-1."""
+    sign follows the rule, every bias in front of a BatchNorm is folded, every translation
+    family is centered and every attention layer holds its canonical factors. A float
+    output layer is not checked (both output modes are canonical); a binary one must be +-1."""
     from toroid.symmetry.derive import spec_for
 
     spec = spec or spec_for(model)
@@ -126,11 +141,18 @@ def is_canonical(model: nn.Module, spec: SymmetrySpec | None = None, *, atol: fl
             return False
     if not all(is_binarized(state, c) for c in spec.binary_cells()):
         return False
+    for family in spec.translations:
+        for slot in family.members:
+            offset = state[slot.tensor] - center_units(
+                state[slot.tensor], slot, sizes[family.group], family.span
+            )
+            if offset.abs().max() > atol:
+                return False
     for cell in spec.cells:
         assert cell.group is not None
         if cell.kind == "binary":
             continue
-        norms = unit_matrix(state, cell.members, sizes[cell.group]).norm(dim=1)
+        norms = span_matrix(state, cell.members, sizes[cell.group], cell.span).norm(dim=1)
         if ((norms - 1).abs() > atol)[norms > 0].any():
             return False
     if not all(is_factored(state, att, atol=atol) for att in spec.attention):

@@ -25,6 +25,15 @@ swapping the token and batch axes are per-channel linear operations (like poolin
 input projection and starts a new one with its output projection; its heads form a unit
 group of their own, with a per-head linear freedom that canonical form removes by a
 factorization (`toroid.symmetry.attention`).
+LayerNorm, RMSNorm and GroupNorm (kind `norm`) carry the channel space like a BatchNorm
+and start a new segment (their affine pair is its source), but they mix the units: a
+segment ending in one gets no per-unit cell; instead the units' translation (LayerNorm,
+GroupNorm: through the producer's rows and bias, or its bias alone where the norm sees
+several positions) becomes a `TranslationFamily`, and, only at eps = 0, the global (per
+GroupNorm group) positive scale becomes one `invariant` cell spanning the block. A
+residual stream read only through such norms gets one translation family per writer and,
+at eps = 0, one global scale of all writers; GroupNorm restricts a group's permutations
+to those within and of its groups (`UnitGroup.blocks`).
 """
 
 from __future__ import annotations
@@ -42,12 +51,20 @@ from torch.fx.passes.shape_prop import ShapeProp
 
 from toroid.errors import UnsupportedModelError
 from toroid.models.layers import BinaryConv2d, BinaryLinear, Sign
-from toroid.symmetry.types import AttentionHeads, CellFamily, Slot, SymmetrySpec, UnitGroup
+from toroid.symmetry.types import (
+    AttentionHeads,
+    CellFamily,
+    Slot,
+    SymmetrySpec,
+    TranslationFamily,
+    UnitGroup,
+)
 
 OpKind = Literal[
     "producer",
     "binary",
     "bn",
+    "norm",
     "relu",
     "odd",
     "sign",
@@ -65,6 +82,10 @@ HOMOGENEOUS: frozenset[str] = frozenset({"relu", "maxpool", "avgpool", "flatten"
 ODD: frozenset[str] = frozenset({"odd", "sign"})
 SIGN_EQUIVARIANT: frozenset[str] = frozenset({"odd", "sign", "avgpool", "flatten", "pass"})
 LINEAR: frozenset[str] = frozenset({"avgpool", "flatten", "pass"})
+# Operations that carry a constant added to every unit through unchanged (f(x + c) =
+# f(x) + c, per example): a translation passes them on to the normalization.
+TRANSLATING: frozenset[str] = frozenset({"flatten", "pass"})
+NORMS: frozenset[str] = frozenset({"bn", "norm"})  # where a chain is split into segments
 
 _MODULE_KINDS: dict[type[nn.Module], OpKind] = {
     nn.Linear: "producer",
@@ -74,6 +95,9 @@ _MODULE_KINDS: dict[type[nn.Module], OpKind] = {
     BinaryConv2d: "binary",
     nn.BatchNorm1d: "bn",
     nn.BatchNorm2d: "bn",
+    nn.LayerNorm: "norm",
+    nn.RMSNorm: "norm",
+    nn.GroupNorm: "norm",
     nn.ReLU: "relu",
     nn.LeakyReLU: "relu",
     nn.Tanh: "odd",
@@ -133,6 +157,12 @@ _FUNCTION_KINDS: dict[Callable[..., Any], OpKind] = {
     torch.transpose: "tokens",
 }
 
+# Functional normalizations read their affine parameters as graph attributes, which the
+# channel-space analysis cannot assign to a module: refused with a pointer to the modules.
+_FUNCTIONAL_NORMS: frozenset[Callable[..., Any]] = frozenset(
+    {F.layer_norm, F.group_norm, F.rms_norm, torch.layer_norm, torch.group_norm}
+)
+
 _METHOD_KINDS: dict[str, OpKind] = {
     "relu": "relu",
     "relu_": "relu",
@@ -155,7 +185,12 @@ def register_module_kind(module_type: type[nn.Module], kind: OpKind) -> None:
     'binary' (one whose forward uses the sign of its latent `weight`), 'sign' (a
     scale-invariant odd activation), 'odd', 'relu', 'elementwise' (any other element-wise
     activation: its units have permutation symmetry only), 'bn', pooling, 'flatten' or
-    'pass'."""
+    'pass'. ('norm' is reserved for torch's LayerNorm, RMSNorm and GroupNorm.)"""
+    if kind == "norm":
+        raise UnsupportedModelError(
+            f"register_module_kind({module_type.__name__}, 'norm'): only nn.LayerNorm, "
+            "nn.RMSNorm and nn.GroupNorm are normalization layers the derivation knows"
+        )
     _MODULE_KINDS[module_type] = kind
 
 
@@ -164,6 +199,26 @@ class Op:
     kind: OpKind
     node: str
     module: str | None = None
+
+
+NormKind = Literal["layer", "rms", "group"]
+
+
+@dataclass(frozen=True)
+class NormInfo:
+    """A LayerNorm/RMSNorm/GroupNorm as the derivation sees it: its kind, epsilon, number
+    of groups (1 for LayerNorm and RMSNorm) and the positions each channel has at its
+    input (features per channel after flattening, times the spatial size)."""
+
+    kind: NormKind
+    eps: float
+    groups: int
+    positions: int
+
+    @property
+    def translates(self) -> bool:
+        """Whether it subtracts a mean (RMSNorm does not)."""
+        return self.kind != "rms"
 
 
 @dataclass(frozen=True)
@@ -363,6 +418,34 @@ def _token_op(node: fx.Node, modules: dict[str, nn.Module], ndim: int) -> OpKind
     return "pass"
 
 
+def _norm_info(node: fx.Node, module: nn.Module, block: int, describe: str) -> NormInfo:
+    """Checks that the norm acts where the derivation's mathematics holds (LayerNorm and
+    RMSNorm over the last axis of (batch, features); GroupNorm over channel axis 1 of an
+    unflattened input) and returns what the spec needs from it."""
+    (arg,) = _tensor_args(node)
+    shape = _shape(arg)
+    if isinstance(module, nn.GroupNorm):
+        if len(shape) < 2 or block != 1:
+            raise UnsupportedModelError(
+                f"unsupported {describe}: input of shape {shape}; only (batch, channels, ...) "
+                "inputs that are not flattened channels"
+            )
+        return NormInfo("group", float(module.eps), int(module.num_groups), math.prod(shape[2:]))
+    assert isinstance(module, nn.LayerNorm | nn.RMSNorm)
+    normalized = tuple(module.normalized_shape)
+    if len(shape) != 2 or normalized != (shape[-1],):
+        raise UnsupportedModelError(
+            f"unsupported {describe}: normalizes over {normalized} of a {len(shape)}-D input "
+            f"of shape {shape}; only normalization over the last axis of (batch, features) "
+            "inputs is supported"
+        )
+    if isinstance(module, nn.LayerNorm):
+        return NormInfo("layer", float(module.eps), 1, block)
+    dtype = node.meta["tensor_meta"].dtype
+    eps = float(torch.finfo(dtype).eps) if module.eps is None else float(module.eps)
+    return NormInfo("rms", eps, 1, block)
+
+
 def _tensor_args(node: fx.Node) -> list[fx.Node]:
     return [
         a
@@ -420,9 +503,16 @@ def symmetry_spec(model: nn.Module, example_input: torch.Tensor) -> SymmetrySpec
     values: dict[str, Value] = {}
     spaces: dict[int, _Space] = {0: _Space()}
     eps: dict[str, float] = {}
+    norms: dict[str, NormInfo] = {}
     called: set[str] = set()
     binary: set[str] = set()
     attention: dict[str, tuple[int, str]] = {}  # attention node -> (index, module)
+    for node in graph_module.graph.nodes:
+        if node.op == "call_function" and node.target in _FUNCTIONAL_NORMS:
+            raise UnsupportedModelError(
+                f"unsupported {_describe(node, modules)}: functional normalization; use the "
+                "modules nn.LayerNorm, nn.RMSNorm or nn.GroupNorm"
+            )
 
     def space_of(v: Value) -> _Space:
         return spaces[uf.find(v.space)]
@@ -527,7 +617,7 @@ def symmetry_spec(model: nn.Module, example_input: torch.Tensor) -> SymmetrySpec
                 )
             (source,) = inputs
             module_name = str(node.target) if node.op == "call_module" else None
-            if module_name is not None and kind in (*PRODUCERS, "bn"):
+            if module_name is not None and kind in (*PRODUCERS, *NORMS):
                 if module_name in called:
                     raise UnsupportedModelError(
                         f"{_describe(node, modules)} is called more than once (shared weights "
@@ -587,6 +677,11 @@ def symmetry_spec(model: nn.Module, example_input: torch.Tensor) -> SymmetrySpec
                     bn = modules[module_name]
                     assert isinstance(bn, nn.modules.batchnorm._BatchNorm)
                     eps[module_name] = float(bn.eps)
+                if kind == "norm":
+                    assert module_name is not None
+                    norms[module_name] = _norm_info(
+                        node, modules[module_name], source.block, _describe(node, modules)
+                    )
                 op = Op(kind, node.name, module_name)
                 value = Value(
                     source.space,
@@ -602,7 +697,7 @@ def symmetry_spec(model: nn.Module, example_input: torch.Tensor) -> SymmetrySpec
         (index, _attention_heads(module, modules[module], tensors))
         for index, module in attention.values()
     ]
-    return _build_spec(spaces, tensors, eps, frozenset(binary), heads)
+    return _build_spec(spaces, tensors, eps, frozenset(binary), norms, heads)
 
 
 def _attention_heads(
@@ -660,10 +755,11 @@ def _affine_slots(module_name: str, tensors: dict[str, torch.Tensor], block: int
 
 
 def _segments(chain: tuple[Op, ...]) -> list[tuple[Op | None, list[Op]]]:
-    """Split a chain at its BatchNorms: [(source BN or None for the origin, ops after it)]."""
+    """Split a chain at its BatchNorms and normalization layers: [(source BN/norm or None for
+    the origin, ops after it)]."""
     segments: list[tuple[Op | None, list[Op]]] = [(None, [])]
     for op in chain:
-        if op.kind == "bn":
+        if op.kind in NORMS:
             segments.append((op, []))
         else:
             segments[-1][1].append(op)
@@ -675,11 +771,13 @@ def _build_spec(
     tensors: dict[str, torch.Tensor],
     eps: dict[str, float],
     binary: frozenset[str],
+    norms: dict[str, NormInfo],
     heads: list[tuple[int, AttentionHeads]] | None = None,
 ) -> SymmetrySpec:
     heads = heads or []
     groups: list[tuple[int, UnitGroup]] = []
     cells: list[CellFamily] = []
+    translations: list[TranslationFamily] = []
     folds: list[tuple[str, str]] = []
     output: CellFamily | None = None
     for root, space in sorted(spaces.items(), key=lambda item: item[1].first_index):
@@ -692,11 +790,12 @@ def _build_spec(
             continue
         name = f"g{len(groups)}:{space.producers[0][1]}"
         size = int(tensors[f"{space.producers[0][1]}.weight"].shape[0])
-        builder = _GroupBuilder(name, size, space, tensors, binary)
+        builder = _GroupBuilder(name, size, space, tensors, binary, norms)
         group, group_cells, group_folds = builder.build()
         groups.append((space.first_index, group))
         cells += group_cells
         folds += group_folds
+        translations += builder.translations
     # An attention layer's output rows are factorized from its circuits, which its input
     # columns enter: a cell over the output rows comes after the cells scaling the inputs.
     coupled = {att.out_proj: att.in_proj for _, att in heads}
@@ -711,6 +810,7 @@ def _build_spec(
         bias_folds=tuple(folds),
         bn_eps=used_eps,
         attention=tuple(att for _, att in heads),
+        translations=tuple(translations),
     )
 
 
@@ -758,8 +858,11 @@ class _GroupBuilder:
         space: _Space,
         tensors: dict[str, torch.Tensor],
         binary: frozenset[str] = frozenset(),
+        norms: dict[str, NormInfo] | None = None,
     ) -> None:
         self.name, self.size, self.space = name, size, space
+        self.norms = norms or {}
+        self.translations: list[TranslationFamily] = []
         self.tensors = tensors
         self.blocks = {node: value.block for node, value in space.values}
         self.binary = binary
@@ -793,7 +896,7 @@ class _GroupBuilder:
         seen_bn: set[str] = set()
         for _, value in space.values:
             for op in value.chain:
-                if op.kind == "bn" and op.module not in seen_bn:
+                if op.kind in NORMS and op.module not in seen_bn:
                     assert op.module is not None
                     seen_bn.add(op.module)
                     slots += _vector_slots(op.module, self.tensors, self._block_at_op(op))
@@ -817,8 +920,60 @@ class _GroupBuilder:
             stream=bool(space.writes),
             activation_nodes=tuple(nodes),
             channel_last=tuple(last),
+            blocks=self._blocks(seen_bn),
         )
         return group, cells, folds
+
+    def _blocks(self, norm_modules: set[str]) -> int:
+        """The GroupNorm groups the units fall into (1: any permutation is a symmetry)."""
+        counts = {self.norms[m].groups for m in norm_modules if m in self.norms}
+        counts.discard(1)
+        if len(counts) > 1:
+            raise self._unsupported(
+                f"GroupNorms with different numbers of groups {sorted(counts)} read its units"
+            )
+        return counts.pop() if counts else 1
+
+    def _norm_families(
+        self, src: str, source: Op | None, ops: list[Op], norm: Op, binary: bool
+    ) -> list[CellFamily]:
+        """What a segment ending in a LayerNorm/RMSNorm/GroupNorm keeps: a translation of
+        the units (LayerNorm, GroupNorm), when only operations that carry constants lie in
+        between: the source's rows and bias if the norm sees one position per channel, else
+        its bias alone (a conv's row change varies over positions, and GroupNorm removes one
+        mean per group, not per position); a BatchNorm or norm pair as source translates
+        its beta only. And, at eps = 0 only, the positive scale of each norm group's units
+        as one `invariant` cell (the norm absorbs it, nothing is compensated)."""
+        assert norm.module is not None
+        info = self.norms[norm.module]
+        span = self.size // info.groups
+        if source is None and binary:
+            return []
+        block = 1 if source is None else self._block_at_op(source)
+        affine = _affine_slots(src, self.tensors, block)
+        if info.translates and all(op.kind in TRANSLATING for op in ops):
+            rows_too = source is None and info.positions == 1
+            members = [s for s in affine if rows_too or s.tensor == f"{src}.bias"]
+            if members:
+                self.translations.append(
+                    TranslationFamily(
+                        f"{self.name}:{src}>{norm.module}:translation",
+                        self.name,
+                        tuple(members),
+                        span,
+                    )
+                )
+        if affine and info.eps == 0 and all(op.kind in HOMOGENEOUS for op in ops):
+            return [
+                CellFamily(
+                    f"{self.name}:{src}>{norm.module}",
+                    self.name,
+                    "invariant",
+                    tuple(affine),
+                    span=span,
+                )
+            ]
+        return []
 
     def _chain_cells(
         self, producer: str, chain: tuple[Op, ...]
@@ -835,6 +990,9 @@ class _GroupBuilder:
             assert absorbing is not None and absorbing.module is not None
             src = producer if source is None else source.module
             assert src is not None
+            if absorbing.kind == "norm":
+                cells += self._norm_families(src, source, ops, absorbing, binary)
+                continue
             members = _affine_slots(
                 src, self.tensors, 1 if source is None else self._block_at_op(source)
             )
@@ -868,6 +1026,12 @@ class _GroupBuilder:
 
     def _cells(self) -> tuple[list[CellFamily], list[tuple[str, str]]]:
         space = self.space
+        if space.writes and any(
+            op.kind == "norm"
+            for v in (*space.writes, *(v for _, v in space.reads))
+            for op in v.chain
+        ):
+            return self._stream_norm_cells(), []
         by_producer: dict[str, list[tuple[str, Value]]] = {}
         node_to_module = dict(space.producers)
         for module, value in space.reads:
@@ -882,9 +1046,11 @@ class _GroupBuilder:
         tails: set[TailKind | None] = set()
         scalable = True
         for producer, uses in by_producer.items():
-            bn_sequences = {tuple(op.module for op in v.chain if op.kind == "bn") for _, v in uses}
+            bn_sequences = {tuple(op.module for op in v.chain if op.kind in NORMS) for _, v in uses}
             if len(bn_sequences) != 1:
-                raise self._unsupported("its units are read through different BatchNorms")
+                raise self._unsupported(
+                    "its units are read through different BatchNorms or normalization layers"
+                )
             if producer in self.binary_producers:
                 cells.append(
                     CellFamily(
@@ -969,7 +1135,13 @@ class _GroupBuilder:
         assert bn is not None and bn.module is not None
         block = self._block_at_op(bn)
         between = LINEAR if binary else frozenset({"pass"})
-        if len(segments) == 2 and all(op.kind in between for op in segments[0][1]):
+        # A LayerNorm/GroupNorm mixes the units: flipping one unit in front of it is no
+        # symmetry, so only the norm's pair can flip.
+        if (
+            bn.kind == "bn"
+            and len(segments) == 2
+            and all(op.kind in between for op in segments[0][1])
+        ):
             # Negate the unit's input, the BatchNorm's running mean and beta: the BN output
             # changes sign and gamma stays (as binary networks need).
             bn_slots = [Slot(f"{bn.module}.running_mean", 0, block, match=False)]
@@ -984,6 +1156,95 @@ class _GroupBuilder:
         if not gamma_beta:
             return [], []
         return gamma_beta + readers, gamma_beta
+
+    def _stream_norm_cells(self) -> list[CellFamily]:
+        """Cells and translations of a residual stream read through LayerNorm, RMSNorm or
+        GroupNorm. Each norm's affine pair is a per-unit `homogeneous` cell when only
+        positively homogeneous operations follow it into its readers. When every read goes
+        through a norm: every writer's translation (rows and bias; bias only when a norm
+        sees several positions per channel) is a translation family, since the stream then
+        changes by a per-example constant that every norm removes; and, when every norm has
+        eps = 0, the global (per GroupNorm group) scale of all writers together is one
+        `invariant` cell."""
+        space = self.space
+        for value in space.writes:
+            if any(op.kind != "pass" for op in value.chain):
+                raise self._unsupported(
+                    "a residual stream read through normalization layers must be written "
+                    "directly (through dropout or identity at most) by Linear/Conv layers "
+                    "(post-norm blocks are not supported)"
+                )
+        if self.binary_producers:
+            raise self._unsupported("binary layers write a stream read through norms")
+        by_norm: dict[str, tuple[Op, list[tuple[str, Value, list[Op]]]]] = {}
+        through_norms = True
+        for module, value in space.reads:
+            ops = list(value.chain)
+            first = next((i for i, op in enumerate(ops) if op.kind != "pass"), len(ops))
+            if first < len(ops) and ops[first].kind == "norm":
+                rest = ops[first + 1 :]
+                if any(op.kind in NORMS for op in rest):
+                    raise self._unsupported(
+                        "a normalization layer after the one that reads the residual stream"
+                    )
+                norm = ops[first]
+                assert norm.module is not None
+                by_norm.setdefault(norm.module, (norm, []))[1].append((module, value, rest))
+            else:
+                through_norms = False
+                if any(op.kind in NORMS for op in ops):
+                    raise self._unsupported(
+                        "a BatchNorm or a normalization layer reads the residual stream after "
+                        "other operations (pre-activation blocks are not supported yet)"
+                    )
+        cells: list[CellFamily] = []
+        for module, (norm, uses) in by_norm.items():
+            pair = _affine_slots(module, self.tensors, self._block_at_op(norm))
+            tails = {_tail_kind(rest) for _, _, rest in uses}
+            if pair and tails == {"homogeneous"} and all(m not in self.binary for m, _, _ in uses):
+                readers = self._reader_slots([(m, v) for m, v, _ in uses])
+                cells.append(
+                    CellFamily(
+                        f"{self.name}:{module}:homogeneous",
+                        self.name,
+                        "homogeneous",
+                        tuple(pair),
+                        compensate=tuple(readers),
+                    )
+                )
+        if not through_norms or not by_norm:
+            return cells
+        infos = [self.norms[m] for m in by_norm]
+        spans = {self.size // info.groups for info in infos}
+        # A constant per block of the largest span is constant on every smaller block
+        # (consecutive blocks nest when the spans divide each other); else only a constant
+        # over all units is removed by every norm.
+        span = max(spans)
+        if any(span % other for other in spans):
+            span = self.size
+        writers = [m for _, m in space.producers]
+        if all(info.translates for info in infos):
+            rows_too = all(info.positions == 1 for info in infos)
+            for writer in writers:
+                members = [
+                    s
+                    for s in _affine_slots(writer, self.tensors, 1)
+                    if rows_too or s.tensor == f"{writer}.bias"
+                ]
+                if members:
+                    self.translations.append(
+                        TranslationFamily(
+                            f"{self.name}:{writer}:translation", self.name, tuple(members), span
+                        )
+                    )
+        if all(info.eps == 0 for info in infos):
+            members = [s for w in writers for s in _affine_slots(w, self.tensors, 1)]
+            cells.append(
+                CellFamily(
+                    f"{self.name}:invariant", self.name, "invariant", tuple(members), span=span
+                )
+            )
+        return cells
 
 
 def _order_cells(

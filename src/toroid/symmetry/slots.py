@@ -54,3 +54,33 @@ def permute_units(tensor: torch.Tensor, slot: Slot, perm: torch.Tensor) -> torch
         full[slot.start : slot.start + index.numel()] = index + slot.start
         index = full
     return tensor.index_select(slot.axis, index)
+
+
+def span_matrix(
+    state: Mapping[str, torch.Tensor], slots: Iterable[Slot], size: int, span: int
+) -> torch.Tensor:
+    """Row k: the concatenation of the `unit_matrix` rows of units k*span .. (k+1)*span - 1
+    (the vector of a cell that holds `span` consecutive units)."""
+    return unit_matrix(state, slots, size).reshape(size // span, -1)
+
+
+def expand_span(factors: torch.Tensor, span: int) -> torch.Tensor:
+    """One factor per block of `span` units -> one per unit."""
+    return factors if span == 1 else factors.repeat_interleave(span)
+
+
+def add_to_units(tensor: torch.Tensor, slot: Slot, size: int, rows: torch.Tensor) -> torch.Tensor:
+    """`tensor` with row i of `rows` (size, d: unit i's slice, as `unit_rows` reads it)
+    added to unit i's slice."""
+    moved = tensor.movedim(slot.axis, 0)
+    shifted = moved + rows.to(tensor.dtype).reshape(moved.shape)
+    return shifted.movedim(0, slot.axis).contiguous()
+
+
+def center_units(tensor: torch.Tensor, slot: Slot, size: int, span: int) -> torch.Tensor:
+    """`tensor` minus, in each block of `span` consecutive units, the mean of the block's
+    unit slices (the representative of a translation orbit)."""
+    rows = unit_rows(tensor, slot, size)
+    blocks = rows.reshape(size // span, span, -1)
+    mean = blocks.mean(dim=1, keepdim=True).expand_as(blocks).reshape(size, -1)
+    return add_to_units(tensor, slot, size, -mean)

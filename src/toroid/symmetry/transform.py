@@ -1,7 +1,7 @@
-"""Group elements acting on a network: per-cell positive scales, per-unit sign flips and
-per-group permutations, per-head linear maps of attention layers, applied to a state dict
-exactly as the function-preserving symmetries of DESIGN.md (and docs/symmetry.md,
-Attention) describe."""
+"""Group elements acting on a network: per-cell positive scales, translations of units
+read through LayerNorm/GroupNorm, per-unit sign flips and per-group permutations, per-head
+linear maps of attention layers, applied to a state dict exactly as the
+function-preserving symmetries of DESIGN.md (and docs/symmetry.md) describe."""
 
 from __future__ import annotations
 
@@ -15,8 +15,15 @@ from torch import nn
 
 from toroid.errors import InvalidArgumentError
 from toroid.symmetry.attention import move_heads_, random_invertible
-from toroid.symmetry.slots import State, permute_units, scale_units
-from toroid.symmetry.types import CellFamily, Slot, SymmetrySpec
+from toroid.symmetry.slots import (
+    State,
+    add_to_units,
+    expand_span,
+    permute_units,
+    scale_units,
+    unit_rows,
+)
+from toroid.symmetry.types import CellFamily, Slot, SymmetrySpec, TranslationFamily, UnitGroup
 
 
 @dataclass(frozen=True)
@@ -35,16 +42,19 @@ class HeadMaps:
 @dataclass(frozen=True)
 class SymmetryTransform:
     """One group element. Applied in this order: `scales` (cell name -> positive factor
-    per unit, multiplying the cell and dividing its compensation), `output_scale`, then
-    `signs` (group -> +-1 per unit, in the original unit order), then `heads` (attention
-    module -> its per-head maps, in the original head order), then `permutations` (group
-    -> perm; new unit i is old unit perm[i])."""
+    per cell, i.e. per unit unless the cell spans several, multiplying the cell and
+    dividing its compensation), `output_scale`, `translations` (translation family name ->
+    (blocks, n) shifts: row k, split like the members' slices of one unit, is added to every
+    unit of block k), then `signs` (group -> +-1 per unit, in the original unit order), then
+    `heads` (attention module -> its per-head maps, in the original head order), then
+    `permutations` (group -> perm; new unit i is old unit perm[i])."""
 
     scales: Mapping[str, torch.Tensor] = field(default_factory=dict)
     signs: Mapping[str, torch.Tensor] = field(default_factory=dict)
     permutations: Mapping[str, torch.Tensor] = field(default_factory=dict)
     output_scale: float = 1.0
     heads: Mapping[str, HeadMaps] = field(default_factory=dict)
+    translations: Mapping[str, torch.Tensor] = field(default_factory=dict)
 
 
 def _bn_stat_slot(state: State, bn: str, stat: str, size: int) -> Slot:
@@ -54,7 +64,9 @@ def _bn_stat_slot(state: State, bn: str, stat: str, size: int) -> Slot:
 def scale_cell_(state: State, spec: SymmetrySpec, cell: CellFamily, factors: torch.Tensor) -> None:
     """Multiply each unit's cell by its factor and compensate so that the eval-mode function
     is unchanged. An absorbing BatchNorm sees its input scaled by the factor: its running
-    mean scales with it, and running_var + eps with its square (eps folded in exactly)."""
+    mean scales with it, and running_var + eps with its square (eps folded in exactly).
+    `factors` holds one factor per cell (per `cell.span` consecutive units)."""
+    factors = expand_span(factors, cell.span)
     size = factors.numel()
     for slot in cell.members:
         state[slot.tensor] = scale_units(state[slot.tensor], slot, factors)
@@ -67,6 +79,23 @@ def scale_cell_(state: State, spec: SymmetrySpec, cell: CellFamily, factors: tor
         state[mean.tensor] = scale_units(state[mean.tensor], mean, factors)
         shifted = scale_units(state[var.tensor] + eps, var, factors * factors)
         state[var.tensor] = shifted - eps
+
+
+def translate_units_(
+    state: State, family: TranslationFamily, size: int, shifts: torch.Tensor
+) -> None:
+    """Add row k of `shifts` (blocks, n) to the member slices of every unit of block k."""
+    per_unit = expand_rows(shifts, family.span)
+    offset = 0
+    for slot in family.members:
+        width = unit_rows(state[slot.tensor], slot, size).shape[1]
+        part = per_unit[:, offset : offset + width]
+        state[slot.tensor] = add_to_units(state[slot.tensor], slot, size, part)
+        offset += width
+
+
+def expand_rows(rows: torch.Tensor, span: int) -> torch.Tensor:
+    return rows if span == 1 else rows.repeat_interleave(span, dim=0)
 
 
 def flip_units_(state: State, slots: tuple[Slot, ...], signs: torch.Tensor) -> None:
@@ -94,6 +123,12 @@ def transform_state(state: State, spec: SymmetrySpec, transform: SymmetryTransfo
             out, spec, spec.output, torch.tensor([transform.output_scale], dtype=torch.float64)
         )
     groups = {g.name: g for g in spec.groups}
+    families = {t.name: t for t in spec.translations}
+    for name, shifts in transform.translations.items():
+        if name not in families:
+            raise InvalidArgumentError(f"transform translates unknown family {name!r}")
+        family = families[name]
+        translate_units_(out, family, groups[family.group].size, shifts)
     for name, signs in transform.signs.items():
         group = groups.get(name)
         if group is None or not group.odd:
@@ -118,6 +153,17 @@ def transform_state(state: State, spec: SymmetrySpec, transform: SymmetryTransfo
             raise InvalidArgumentError(f"transform permutes unknown group {name!r}")
         permute_group_(out, groups[name].slots, perm)
     return out
+
+
+def structured_randperm(group: UnitGroup, *, generator: torch.Generator) -> torch.Tensor:
+    """A uniformly random permutation of the group's units that respects its blocks: whole
+    blocks permuted, and the units within each block (a plain permutation for blocks=1)."""
+    if group.blocks == 1:
+        return torch.randperm(group.size, generator=generator)
+    span = group.size // group.blocks
+    order = torch.randperm(group.blocks, generator=generator)
+    inner = [torch.randperm(span, generator=generator) for _ in range(group.blocks)]
+    return torch.cat([order[k] * span + inner[k] for k in range(group.blocks)])
 
 
 def with_state(model: nn.Module, state: Mapping[str, torch.Tensor]) -> nn.Module:
@@ -149,8 +195,10 @@ def random_symmetry(
     `scale_range` for every cell (the output layer included, unless it is binary; a binary
     cell's latent weights are scaled), random signs for sign-symmetric groups, for every
     attention layer random invertible per-head maps (`random_invertible`, condition number
-    below 9) and standard normal key and value bias shifts (with biases) and, unless
-    `permutations=False`, random permutations (attention heads included)."""
+    below 9) and standard normal key and value bias shifts (with biases), random
+    translations (normal, of the members' root-mean-square size) and, unless
+    `permutations=False`, random permutations (attention heads included; of a group with
+    blocks: within blocks and of whole blocks only)."""
     from toroid.symmetry.derive import spec_for
 
     low, high = scale_range
@@ -164,20 +212,22 @@ def random_symmetry(
         u = torch.rand(n, generator=gen, dtype=torch.float64)
         return torch.exp(math.log(low) + u * (math.log(high) - math.log(low)))
 
-    scales = {c.name: log_uniform(sizes[c.group]) for c in spec.cells if c.group is not None}
+    scales = {
+        c.name: log_uniform(sizes[c.group] // c.span) for c in spec.cells if c.group is not None
+    }
     signs = {
         g.name: torch.randint(0, 2, (g.size,), generator=gen).double() * 2 - 1
         for g in spec.groups
         if g.odd
     }
     perms = (
-        {g.name: torch.randperm(g.size, generator=gen) for g in spec.groups} if permutations else {}
+        {g.name: structured_randperm(g, generator=gen) for g in spec.groups} if permutations else {}
     )
     # A binary output layer's latent scale changes nothing (not even the logits).
     scalable_output = spec.output is not None and spec.output.kind == "output"
     output_scale = float(log_uniform(1)) if scalable_output else 1.0
     heads = {}
-    for att in spec.attention:  # drawn last: earlier draws stay as they were
+    for att in spec.attention:  # drawn after the rest: earlier draws stay as they were
         shifts = [
             torch.randn(att.embed_dim, generator=gen, dtype=torch.float64)
             if att.in_bias is not None
@@ -189,5 +239,17 @@ def random_symmetry(
             random_invertible(att.heads, att.head_dim, gen),
             *shifts,
         )
-    transform = SymmetryTransform(scales, signs, perms, output_scale, heads)
+    state = model.state_dict()
+    translations = {}
+    for family in spec.translations:  # drawn last: specs without them keep their draws
+        size = sizes[family.group]
+        rows = torch.cat(
+            [unit_rows(state[s.tensor], s, size).double() for s in family.members], dim=1
+        )
+        rms = float(rows.pow(2).mean().sqrt()) or 1.0
+        noise = torch.randn(size // family.span, rows.shape[1], generator=gen, dtype=torch.float64)
+        translations[family.name] = rms * noise
+    transform = SymmetryTransform(
+        scales, signs, perms, output_scale, heads=heads, translations=translations
+    )
     return apply_symmetry(model, transform, spec), transform

@@ -48,7 +48,11 @@ class CellFamily:
     the loss but not the predictions. A `binary` cell holds the latent weights of a binary
     layer (one row per unit, or the whole output layer when group is None): only their
     signs enter the function, so canonical form replaces them by their signs (+-1, +1 at
-    0) instead of normalizing them; its point on the sphere is w / sqrt(n_c)."""
+    0) instead of normalizing them; its point on the sphere is w / sqrt(n_c).
+    `span`: the consecutive units one cell holds (1: one cell per unit; the group's size:
+    one cell for all of them, e.g. the global scale of a LayerNorm's input at eps = 0; C/G:
+    one per GroupNorm group). Its vector is the concatenation of those units' slices, and a
+    scale multiplies all of them by one factor."""
 
     name: str
     group: str | None
@@ -56,6 +60,21 @@ class CellFamily:
     members: tuple[Slot, ...]
     compensate: tuple[Slot, ...] = ()
     batchnorm: tuple[str, ...] = ()
+    span: int = 1
+
+
+@dataclass(frozen=True)
+class TranslationFamily:
+    """Translations of `group`'s units in blocks of `span` consecutive units: adding one
+    vector v to the `members` slices of every unit of a block (for a Linear's rows
+    W -> W + 1 v^T, for a bias b -> b + c 1) keeps the function, because every use of the
+    units subtracts their mean over the block first (LayerNorm: span = all units; GroupNorm:
+    span = the channels of one group). Canonical form centers the members over each block."""
+
+    name: str
+    group: str
+    members: tuple[Slot, ...]
+    span: int
 
 
 @dataclass(frozen=True)
@@ -64,7 +83,9 @@ class UnitGroup:
     reader of a residual stream). `slots`: every tensor axis the permutation acts on.
     `flip`: the slices a unit's sign flip negates (empty unless the units feed an odd
     activation); `sign_rule`: the slices whose sum fixes the canonical sign.
-    `activation_nodes`: graph nodes whose outputs carry the group's channels. Per-unit
+    `activation_nodes`: graph nodes whose outputs carry the group's channels. `blocks` > 1:
+    the units form that many blocks of size/blocks consecutive units (GroupNorm groups), and
+    only permutations within blocks and of whole blocks are symmetries. Per-unit
     scale freedom lives in the spec's cells, sign freedom in `flip`: a unit with neither
     (e.g. in front of GELU without BatchNorm) has permutation symmetry only, and the slices
     no cell holds are Euclidean coordinates of the network (outside cells). The channel of
@@ -80,6 +101,7 @@ class UnitGroup:
     stream: bool = False
     activation_nodes: tuple[str, ...] = ()
     channel_last: tuple[str, ...] = ()  # activation nodes of (batch, tokens, channels) tensors
+    blocks: int = 1
 
     @property
     def odd(self) -> bool:
@@ -116,7 +138,9 @@ class SymmetrySpec:
     in an order where every cell comes after the cells that compensate into it;
     `bias_folds` pairs a bias in front of a BatchNorm with that BatchNorm's prefix;
     `bn_eps` holds each BatchNorm's epsilon; `attention` the attention layers, whose
-    per-head linear freedom canonical form removes by a factorization (not a cell)."""
+    per-head linear freedom canonical form removes by a factorization (not a cell);
+    `translations` the translation families (units read only through LayerNorm or
+    GroupNorm)."""
 
     groups: tuple[UnitGroup, ...]
     cells: tuple[CellFamily, ...]
@@ -124,6 +148,7 @@ class SymmetrySpec:
     bias_folds: tuple[tuple[str, str], ...] = ()
     bn_eps: Mapping[str, float] = field(default_factory=dict)
     attention: tuple[AttentionHeads, ...] = ()
+    translations: tuple[TranslationFamily, ...] = ()
 
     def binary_cells(self) -> tuple[CellFamily, ...]:
         """The `binary` cells (hidden layers, then the output layer): the +-1 weights."""
@@ -151,13 +176,24 @@ class SymmetrySpec:
             if g.name in heads:
                 kind = f"attention heads of {heads[g.name].head_dim} channels"
                 sign = ", GL per head on the query-key and value-output circuits"
-            elif not g.odd and not any(c.group == g.name for c in self.cells):
+            elif (
+                not g.odd
+                and not any(c.group == g.name for c in self.cells)
+                and not any(t.group == g.name for t in self.translations)
+            ):
                 sign = ", permutations only"
+            if g.blocks > 1:
+                sign += f", permutations within and of {g.blocks} blocks"
             lines.append(f"group {g.name}: {g.size} units ({kind}{sign}), {len(g.slots)} axes")
             for cell in self.cells:
                 if cell.group == g.name:
                     members = ", ".join(f"{s.tensor}[{s.axis}]" for s in cell.members)
-                    lines.append(f"  cell {cell.kind}: {members}")
+                    span = f" (one cell per {cell.span} units)" if cell.span > 1 else ""
+                    lines.append(f"  cell {cell.kind}: {members}{span}")
+            for family in self.translations:
+                if family.group == g.name:
+                    members = ", ".join(f"{s.tensor}[{s.axis}]" for s in family.members)
+                    lines.append(f"  translation: {members} (per {family.span} units)")
         if self.output is not None:
             members = ", ".join(s.tensor for s in self.output.members)
             what = "binary weights" if self.output.kind == "binary" else "one global scale"
